@@ -1,0 +1,189 @@
+//! backendRefs → Services → ready EndpointSlice endpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use agimo_shared::snapshot::{Backend, ObjectRef};
+
+use super::conditions::reasons;
+use super::grants;
+use crate::api::{EndpointSlice, SERVICE_NAME_LABEL};
+use crate::world::World;
+
+/// Why a backendRef cannot be used: a route `ResolvedRefs` reason and a
+/// message.
+#[derive(Clone, Debug)]
+pub struct BackendError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A backendRef's target, whatever its route's filters say.
+pub struct BackendRefSpec<'a> {
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub port: Option<i32>,
+}
+
+/// Resolves backendRefs against Services and EndpointSlices, sharing one
+/// `Arc<Backend>` per Service port within a compile.
+pub struct BackendResolver<'w> {
+    world: &'w World,
+    slices: BTreeMap<ObjectRef, Vec<&'w EndpointSlice>>,
+    resolved: HashMap<(ObjectRef, i32), Arc<Backend>>,
+}
+
+impl<'w> BackendResolver<'w> {
+    pub fn new(world: &'w World) -> Self {
+        let mut slices: BTreeMap<ObjectRef, Vec<&EndpointSlice>> = BTreeMap::new();
+        for (key, slice) in &world.endpoint_slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(service) = service {
+                slices
+                    .entry(ObjectRef {
+                        namespace: key.namespace.clone(),
+                        name: service.clone(),
+                    })
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        BackendResolver {
+            world,
+            slices,
+            resolved: HashMap::new(),
+        }
+    }
+
+    pub fn resolve(
+        &mut self,
+        route_namespace: &str,
+        r: &BackendRefSpec<'_>,
+    ) -> Result<Arc<Backend>, BackendError> {
+        let group = r.group.unwrap_or("");
+        let kind = r.kind.unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            let shown = if group.is_empty() {
+                kind.to_owned()
+            } else {
+                format!("{kind}.{group}")
+            };
+            return Err(BackendError {
+                reason: reasons::INVALID_KIND,
+                message: format!(
+                    "backendRef {}: unsupported kind {shown}; only core Services are supported",
+                    r.name
+                ),
+            });
+        }
+        let key = ObjectRef {
+            namespace: r.namespace.unwrap_or(route_namespace).to_owned(),
+            name: r.name.to_owned(),
+        };
+        let allowed = grants::allows(
+            self.world,
+            grants::From {
+                kind: "HTTPRoute",
+                namespace: route_namespace,
+            },
+            grants::To {
+                group: "",
+                kind: "Service",
+                namespace: &key.namespace,
+                name: &key.name,
+            },
+        );
+        if !allowed {
+            return Err(BackendError {
+                reason: reasons::REF_NOT_PERMITTED,
+                message: format!(
+                    "backendRef to Service {key} is not permitted: no ReferenceGrant in namespace {} allows HTTPRoutes \
+                     from namespace {route_namespace}",
+                    key.namespace
+                ),
+            });
+        }
+        let Some(service) = self.world.services.get(&key) else {
+            return Err(BackendError {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!("Service {key} not found"),
+            });
+        };
+        let Some(port) = r.port else {
+            return Err(BackendError {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!("backendRef to Service {key} has no port"),
+            });
+        };
+        let spec = service.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err(BackendError {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!(
+                    "Service {key} is of type ExternalName, which Agimo does not route to"
+                ),
+            });
+        }
+        let Some(service_port) = spec
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+        else {
+            return Err(BackendError {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!("Service {key} has no port {port}"),
+            });
+        };
+        let cache_key = (key.clone(), port);
+        if let Some(backend) = self.resolved.get(&cache_key) {
+            return Ok(backend.clone());
+        }
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let mut endpoints = Vec::new();
+        for slice in self.slices.get(&key).into_iter().flatten() {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let Some(target_port) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().flatten() {
+                // "ready" unset means ready, as the EndpointSlice API defines.
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                for address in &endpoint.addresses {
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        endpoints.push(SocketAddr::new(ip, target_port));
+                    }
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        let backend = Arc::new(Backend {
+            id: format!("{key}:{port}"),
+            endpoints,
+        });
+        self.resolved.insert(cache_key, backend.clone());
+        Ok(backend)
+    }
+}

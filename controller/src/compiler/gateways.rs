@@ -1,0 +1,669 @@
+//! GatewayClasses, Gateways and their listeners: validation, conflicts,
+//! binds, and their statuses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use agimo_shared::Snapshot;
+use agimo_shared::hostname::Hostname;
+use agimo_shared::snapshot::{self, Bind, BindKey, Certificate, ObjectRef, Protocol, RouteTable};
+
+use super::Statuses;
+use super::conditions::{condition, reasons, types};
+use super::grants::LabelSelector;
+use super::tls::CertificateCache;
+use crate::api::{
+    CONTROLLER_NAME, Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus,
+    GatewayStatus, GatewayStatusAddress, Listener, ListenerStatus, SupportedFeature, SupportedKind,
+    TlsMode,
+};
+use crate::world::World;
+
+/// The features Agimo claims in `GatewayClass.status.supportedFeatures`,
+/// sorted by name as the spec requires.
+pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+
+/// The GatewayClasses we own and accept; writes their statuses.
+pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<String> {
+    let mut accepted = BTreeSet::new();
+    for (name, class) in &world.gateway_classes {
+        if class.spec.controller_name != CONTROLLER_NAME {
+            continue;
+        }
+        let generation = class.metadata.generation;
+        let accepted_condition = match &class.spec.parameters_ref {
+            None => {
+                accepted.insert(name.clone());
+                condition(
+                    types::ACCEPTED,
+                    true,
+                    reasons::ACCEPTED,
+                    "Agimo serves this GatewayClass",
+                    generation,
+                )
+            }
+            Some(p) => condition(
+                types::ACCEPTED,
+                false,
+                reasons::INVALID_PARAMETERS,
+                format!(
+                    "parametersRef {}/{} {}: Agimo takes no GatewayClass parameters",
+                    p.group, p.kind, p.name
+                ),
+                generation,
+            ),
+        };
+        statuses.gateway_classes.insert(
+            name.clone(),
+            GatewayClassStatus {
+                conditions: Some(vec![accepted_condition]),
+                supported_features: Some(
+                    SUPPORTED_FEATURES
+                        .iter()
+                        .map(|f| SupportedFeature {
+                            name: (*f).to_owned(),
+                        })
+                        .collect(),
+                ),
+            },
+        );
+    }
+    accepted
+}
+
+/// A Gateway as the compiler sees it.
+pub struct GatewayModel<'w> {
+    pub key: ObjectRef,
+    pub gateway: &'w Gateway,
+    pub generation: Option<i64>,
+    /// Addresses to bind; `None` is the dataplane's default bind address.
+    pub addresses: Vec<Option<IpAddr>>,
+    /// `Err` holds the Accepted=False reason and message.
+    pub accepted: Result<(), (&'static str, String)>,
+    pub listeners: Vec<ListenerModel<'w>>,
+}
+
+/// A listener as the compiler sees it, with what decides its conditions.
+pub struct ListenerModel<'w> {
+    pub spec: &'w Listener,
+    pub hostname: Option<Hostname>,
+    pub port: u16,
+    pub protocol: Option<Protocol>,
+    pub namespaces: AllowedNamespaces,
+    pub allows_http_routes: bool,
+    pub supported_kinds: Vec<SupportedKind>,
+    pub certificates: Vec<Certificate>,
+    /// Accepted=False reason and message.
+    pub invalid: Option<(&'static str, String)>,
+    /// ResolvedRefs=False reason and message.
+    pub unresolved: Option<(&'static str, String)>,
+    /// Conflicted=True reason and message.
+    pub conflict: Option<(&'static str, String)>,
+    pub attached_routes: i32,
+    pub routes: RouteTable,
+}
+
+pub enum AllowedNamespaces {
+    Same,
+    All,
+    Selector(LabelSelector),
+}
+
+impl ListenerModel<'_> {
+    /// Whether the dataplane serves this listener.
+    pub fn programmable(&self) -> bool {
+        self.invalid.is_none()
+            && self.conflict.is_none()
+            && (self.protocol == Some(Protocol::Http) || !self.certificates.is_empty())
+    }
+
+    pub fn allows_namespace(
+        &self,
+        world: &World,
+        gateway_namespace: &str,
+        route_namespace: &str,
+    ) -> bool {
+        match &self.namespaces {
+            AllowedNamespaces::Same => gateway_namespace == route_namespace,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(s) => s.matches(&world.namespace_labels(route_namespace)),
+        }
+    }
+}
+
+/// Builds the models of every Gateway of an accepted class of ours, in a
+/// stable order: oldest first, then by namespace and name.
+pub fn build<'w>(world: &'w World, classes: &BTreeSet<String>) -> Vec<GatewayModel<'w>> {
+    let mut certificates = CertificateCache::default();
+    let mut models: Vec<_> = world
+        .gateways
+        .iter()
+        .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
+        .map(|(key, gw)| build_gateway(world, key, gw, &mut certificates))
+        .collect();
+    models.sort_by(|a, b| {
+        let created = |m: &GatewayModel<'_>| m.gateway.metadata.creation_timestamp.clone();
+        created(a)
+            .is_none()
+            .cmp(&created(b).is_none())
+            .then_with(|| created(a).cmp(&created(b)))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    models
+}
+
+fn build_gateway<'w>(
+    world: &'w World,
+    key: &ObjectRef,
+    gw: &'w Gateway,
+    certs: &mut CertificateCache,
+) -> GatewayModel<'w> {
+    let mut accepted = Ok(());
+    if let Some(p) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        accepted = Err((
+            reasons::INVALID_PARAMETERS,
+            format!(
+                "infrastructure.parametersRef {}/{} {}: Agimo takes no Gateway parameters",
+                p.group, p.kind, p.name
+            ),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for a in gw.spec.addresses.iter().flatten() {
+        let type_ = a.r#type.as_deref().unwrap_or("IPAddress");
+        match (type_, a.value.as_deref().filter(|v| !v.is_empty())) {
+            ("IPAddress", None) => {}
+            ("IPAddress", Some(v)) => match v.parse::<IpAddr>() {
+                Ok(ip) => addresses.push(Some(ip)),
+                Err(_) => {
+                    accepted = accepted.and(Err((
+                        reasons::UNSUPPORTED_ADDRESS,
+                        format!("address {v:?} is not an IP address"),
+                    )))
+                }
+            },
+            (other, _) => {
+                accepted = accepted.and(Err((
+                    reasons::UNSUPPORTED_ADDRESS,
+                    format!("address type {other} is not supported; use IPAddress"),
+                )))
+            }
+        }
+    }
+    if addresses.is_empty() {
+        addresses.push(world.assigned_addresses.get(key).copied());
+    }
+    addresses.sort();
+    addresses.dedup();
+
+    let mut listeners: Vec<_> = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|l| build_listener(world, &key.namespace, l, certs))
+        .collect();
+    mark_conflicts(&mut listeners);
+    GatewayModel {
+        key: key.clone(),
+        gateway: gw,
+        generation: gw.metadata.generation,
+        addresses,
+        accepted,
+        listeners,
+    }
+}
+
+fn build_listener<'w>(
+    world: &World,
+    namespace: &str,
+    l: &'w Listener,
+    certs: &mut CertificateCache,
+) -> ListenerModel<'w> {
+    let mut model = ListenerModel {
+        spec: l,
+        hostname: None,
+        port: 0,
+        protocol: None,
+        namespaces: AllowedNamespaces::Same,
+        allows_http_routes: false,
+        supported_kinds: Vec::new(),
+        certificates: Vec::new(),
+        invalid: None,
+        unresolved: None,
+        conflict: None,
+        attached_routes: 0,
+        routes: RouteTable::default(),
+    };
+    model.protocol = match l.protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        other => {
+            model.invalid = Some((
+                reasons::UNSUPPORTED_PROTOCOL,
+                format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners"),
+            ));
+            return model;
+        }
+    };
+    match u16::try_from(l.port) {
+        Ok(port) if port > 0 => model.port = port,
+        _ => {
+            model.invalid = Some((
+                reasons::PORT_UNAVAILABLE,
+                format!("port {} is out of range", l.port),
+            ));
+        }
+    }
+    if let Some(h) = l.hostname.as_deref().filter(|h| !h.is_empty()) {
+        match Hostname::parse(h) {
+            Ok(h) => model.hostname = Some(h),
+            Err(e) => model.invalid = Some((reasons::UNSUPPORTED_VALUE, e.to_string())),
+        }
+    }
+
+    // allowedRoutes.namespaces
+    let allowed = l.allowed_routes.as_ref();
+    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    model.namespaces = match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(FromNamespaces::Same) => AllowedNamespaces::Same,
+        Some(FromNamespaces::All) => AllowedNamespaces::All,
+        Some(FromNamespaces::Selector) => match namespaces.and_then(|n| n.selector.as_ref()) {
+            Some(selector) => match LabelSelector::compile(selector) {
+                Ok(s) => AllowedNamespaces::Selector(s),
+                Err(e) => {
+                    model.invalid.get_or_insert((reasons::UNSUPPORTED_VALUE, e));
+                    AllowedNamespaces::Same
+                }
+            },
+            None => {
+                model.invalid.get_or_insert((
+                    reasons::UNSUPPORTED_VALUE,
+                    "allowedRoutes.namespaces.from is Selector but no selector is set".into(),
+                ));
+                AllowedNamespaces::Same
+            }
+        },
+    };
+
+    // allowedRoutes.kinds: only HTTPRoute is supported on HTTP and HTTPS.
+    let kinds = allowed
+        .and_then(|a| a.kinds.as_ref())
+        .filter(|k| !k.is_empty());
+    match kinds {
+        None => model.allows_http_routes = true,
+        Some(kinds) => {
+            let mut invalid = Vec::new();
+            for k in kinds {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
+                    model.allows_http_routes = true;
+                } else {
+                    invalid.push(format!("{}.{}", k.kind, group));
+                }
+            }
+            if !invalid.is_empty() {
+                model.unresolved = Some((
+                    reasons::INVALID_ROUTE_KINDS,
+                    format!(
+                        "route kinds {} are not supported; Agimo supports HTTPRoute",
+                        invalid.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if model.allows_http_routes {
+        model.supported_kinds.push(SupportedKind {
+            group: Some(GATEWAY_GROUP.to_owned()),
+            kind: "HTTPRoute".to_owned(),
+        });
+    }
+
+    if model.protocol == Some(Protocol::Https) {
+        let tls = l.tls.as_ref();
+        if tls.and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) {
+            model.invalid.get_or_insert((
+                reasons::UNSUPPORTED_VALUE,
+                "tls.mode Passthrough is not supported on HTTPS listeners".into(),
+            ));
+        }
+        let refs = tls
+            .and_then(|t| t.certificate_refs.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if refs.is_empty() {
+            model.unresolved.get_or_insert((
+                reasons::INVALID_CERTIFICATE_REF,
+                "an HTTPS listener needs tls.certificateRefs".into(),
+            ));
+        }
+        for r in refs {
+            match certs.resolve(world, namespace, r) {
+                Ok(cert) => model.certificates.push(cert),
+                Err(e) => {
+                    // RefNotPermitted takes precedence: it tells the user what to add.
+                    if model
+                        .unresolved
+                        .as_ref()
+                        .is_none_or(|(reason, _)| *reason != reasons::REF_NOT_PERMITTED)
+                    {
+                        model.unresolved = Some(e);
+                    }
+                }
+            }
+        }
+    }
+    model
+}
+
+/// Marks listeners of one Gateway that are not distinct: "ALL indistinct
+/// Listeners must not be accepted for processing."
+fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
+    let n = listeners.len();
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let (a, b) = (&listeners[i], &listeners[j]);
+            let (Some(pa), Some(pb)) = (a.protocol, b.protocol) else {
+                continue;
+            };
+            if a.port != b.port || a.port == 0 {
+                continue;
+            }
+            let conflict = if pa != pb {
+                Some((
+                    reasons::PROTOCOL_CONFLICT,
+                    format!(
+                        "listener {} uses port {} with protocol {}",
+                        b.spec.name, b.port, b.spec.protocol
+                    ),
+                ))
+            } else if a.hostname == b.hostname {
+                Some((
+                    reasons::HOSTNAME_CONFLICT,
+                    format!(
+                        "listener {} uses the same port {} and hostname {}",
+                        b.spec.name,
+                        b.port,
+                        a.hostname
+                            .as_ref()
+                            .map_or("(none)".to_owned(), |h| h.to_string())
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some(c) = conflict
+                && listeners[i].conflict.is_none()
+            {
+                listeners[i].conflict = Some(c);
+            }
+        }
+    }
+}
+
+/// Gateways that share a bind address and port are served by one socket. The
+/// older Gateway keeps a port; a newer Gateway's listener that would change
+/// its protocol or duplicate one of its hostnames is Conflicted, so adding a
+/// Gateway never breaks one that already serves.
+pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
+    let mut claims: BTreeMap<BindKey, (Protocol, Vec<(Option<Hostname>, String)>)> =
+        BTreeMap::new();
+    for gw in gateways.iter_mut() {
+        if gw.accepted.is_err() {
+            continue;
+        }
+        for l in gw.listeners.iter_mut() {
+            if !l.programmable() {
+                continue;
+            }
+            let protocol = l.protocol.expect("programmable listeners have a protocol");
+            let owner = format!("Gateway {} listener {}", gw.key, l.spec.name);
+            let keys: Vec<_> = gw
+                .addresses
+                .iter()
+                .map(|a| BindKey {
+                    address: *a,
+                    port: l.port,
+                })
+                .collect();
+            let conflict = keys.iter().find_map(|k| {
+                let (p, hosts) = claims.get(k)?;
+                if *p != protocol {
+                    return Some((
+                        reasons::PROTOCOL_CONFLICT,
+                        format!("{k} is already served over {p:?} by {}", hosts[0].1),
+                    ));
+                }
+                hosts
+                    .iter()
+                    .find(|(h, _)| *h == l.hostname)
+                    .map(|(_, other)| {
+                        (
+                            reasons::HOSTNAME_CONFLICT,
+                            format!("{k} already serves this hostname for {other}"),
+                        )
+                    })
+            });
+            match conflict {
+                Some(c) => l.conflict = Some(c),
+                None => {
+                    for k in keys {
+                        claims
+                            .entry(k)
+                            .or_insert_with(|| (protocol, Vec::new()))
+                            .1
+                            .push((l.hostname.clone(), owner.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns the models into the snapshot and writes the Gateway statuses.
+pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) -> Snapshot {
+    let mut binds: BTreeMap<BindKey, (Protocol, Vec<Arc<snapshot::Listener>>)> = BTreeMap::new();
+    for gw in gateways.iter_mut() {
+        statuses.gateways.insert(gw.key.clone(), gateway_status(gw));
+        if gw.accepted.is_err() {
+            continue;
+        }
+        for l in gw.listeners.iter_mut() {
+            if !l.programmable() {
+                continue;
+            }
+            let protocol = l.protocol.expect("programmable listeners have a protocol");
+            let mut routes = std::mem::take(&mut l.routes);
+            routes.finish();
+            let listener = Arc::new(snapshot::Listener {
+                gateway: gw.key.clone(),
+                name: l.spec.name.clone(),
+                hostname: l.hostname.clone(),
+                port: l.port,
+                protocol,
+                certificates: l.certificates.clone(),
+                routes,
+            });
+            for address in &gw.addresses {
+                binds
+                    .entry(BindKey {
+                        address: *address,
+                        port: l.port,
+                    })
+                    .or_insert_with(|| (protocol, Vec::new()))
+                    .1
+                    .push(listener.clone());
+            }
+        }
+    }
+    Snapshot::new(
+        binds
+            .into_iter()
+            .map(|(key, (protocol, listeners))| Bind::new(key, protocol, listeners))
+            .collect(),
+    )
+}
+
+fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
+    let generation = gw.generation;
+    let listeners: Vec<ListenerStatus> = gw
+        .listeners
+        .iter()
+        .map(|l| listener_status(l, generation))
+        .collect();
+    let invalid: Vec<&str> = gw
+        .listeners
+        .iter()
+        .filter(|l| l.invalid.is_some() || l.conflict.is_some())
+        .map(|l| l.spec.name.as_str())
+        .collect();
+    let all_invalid = invalid.len() == gw.listeners.len();
+    let (accepted, programmed) = match &gw.accepted {
+        Err((reason, message)) => (
+            condition(types::ACCEPTED, false, reason, message.clone(), generation),
+            condition(
+                types::PROGRAMMED,
+                false,
+                reasons::INVALID,
+                "the Gateway is not accepted",
+                generation,
+            ),
+        ),
+        Ok(()) if all_invalid => (
+            condition(
+                types::ACCEPTED,
+                false,
+                reasons::LISTENERS_NOT_VALID,
+                format!("no listener is valid: {}", invalid.join(", ")),
+                generation,
+            ),
+            condition(
+                types::PROGRAMMED,
+                false,
+                reasons::INVALID,
+                "the Gateway has no valid listener",
+                generation,
+            ),
+        ),
+        Ok(()) => (
+            if invalid.is_empty() {
+                condition(
+                    types::ACCEPTED,
+                    true,
+                    reasons::ACCEPTED,
+                    "the Gateway is accepted",
+                    generation,
+                )
+            } else {
+                condition(
+                    types::ACCEPTED,
+                    true,
+                    reasons::LISTENERS_NOT_VALID,
+                    format!("listeners not valid and not served: {}", invalid.join(", ")),
+                    generation,
+                )
+            },
+            condition(
+                types::PROGRAMMED,
+                true,
+                reasons::PROGRAMMED,
+                "the Gateway is programmed",
+                generation,
+            ),
+        ),
+    };
+    let addresses: Vec<_> = gw
+        .addresses
+        .iter()
+        .flatten()
+        .map(|ip| GatewayStatusAddress {
+            r#type: Some("IPAddress".to_owned()),
+            value: ip.to_string(),
+        })
+        .collect();
+    GatewayStatus {
+        addresses: (!addresses.is_empty()).then_some(addresses),
+        attached_listener_sets: None,
+        conditions: Some(vec![accepted, programmed]),
+        listeners: Some(listeners),
+    }
+}
+
+fn listener_status(l: &ListenerModel<'_>, generation: Option<i64>) -> ListenerStatus {
+    let mut conditions: Vec<Condition> = Vec::with_capacity(4);
+    conditions.push(match (&l.invalid, &l.conflict) {
+        (Some((reason, message)), _) => {
+            condition(types::ACCEPTED, false, reason, message.clone(), generation)
+        }
+        (None, Some((reason, message))) => {
+            condition(types::ACCEPTED, false, reason, message.clone(), generation)
+        }
+        (None, None) => condition(
+            types::ACCEPTED,
+            true,
+            reasons::ACCEPTED,
+            "the listener is accepted",
+            generation,
+        ),
+    });
+    conditions.push(if l.programmable() {
+        condition(
+            types::PROGRAMMED,
+            true,
+            reasons::PROGRAMMED,
+            "the listener is programmed",
+            generation,
+        )
+    } else {
+        let why = match (&l.invalid, &l.conflict, &l.unresolved) {
+            (Some((_, m)), _, _) | (None, Some((_, m)), _) | (None, None, Some((_, m))) => {
+                m.clone()
+            }
+            (None, None, None) => "the listener is not valid".to_owned(),
+        };
+        condition(types::PROGRAMMED, false, reasons::INVALID, why, generation)
+    });
+    conditions.push(match &l.unresolved {
+        Some((reason, message)) => condition(
+            types::RESOLVED_REFS,
+            false,
+            reason,
+            message.clone(),
+            generation,
+        ),
+        None => condition(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "all references are resolved",
+            generation,
+        ),
+    });
+    conditions.push(match &l.conflict {
+        Some((reason, message)) => {
+            condition(types::CONFLICTED, true, reason, message.clone(), generation)
+        }
+        None => condition(
+            types::CONFLICTED,
+            false,
+            reasons::NO_CONFLICTS,
+            "no conflicts",
+            generation,
+        ),
+    });
+    ListenerStatus {
+        attached_routes: l.attached_routes,
+        conditions,
+        name: l.spec.name.clone(),
+        supported_kinds: Some(l.supported_kinds.clone()),
+    }
+}

@@ -1,0 +1,634 @@
+//! HTTPRoutes: rules compiled once per route, then attached to the listeners
+//! their parentRefs select, with route parent statuses.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect};
+use agimo_shared::hostname::Hostname;
+use agimo_shared::matching::{
+    FullRegex, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
+};
+use agimo_shared::snapshot::{
+    Action, BackendTarget, Backends, ObjectRef, Rejection, RouteEntry, Rule, WeightedBackend,
+};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use super::Statuses;
+use super::backends::{BackendError, BackendRefSpec, BackendResolver};
+use super::conditions::{condition, reasons, types};
+use super::gateways::GatewayModel;
+use crate::api::{
+    self, CONTROLLER_NAME, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference,
+    PathMatchType, QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch,
+    RouteParentStatus,
+};
+use crate::world::World;
+
+/// Attaches every HTTPRoute that names one of our Gateways, filling the
+/// listeners' route tables and the routes' statuses.
+pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) {
+    let mut resolver = BackendResolver::new(world);
+    for (key, route) in &world.http_routes {
+        let parents: Vec<(usize, &api::ParentRef, usize)> = route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                let kind = p.kind.as_deref().unwrap_or("Gateway");
+                if group != GATEWAY_GROUP || kind != "Gateway" {
+                    return None;
+                }
+                let gateway = ObjectRef {
+                    namespace: p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                    name: p.name.clone(),
+                };
+                let g = gateways.iter().position(|g| g.key == gateway)?;
+                Some((i, p, g))
+            })
+            .collect();
+        if parents.is_empty() {
+            continue;
+        }
+        let compiled = compile_route(key, route, &mut resolver);
+        let generation = route.metadata.generation;
+        let mut attached: BTreeSet<(usize, usize)> = BTreeSet::new();
+        let mut parent_statuses = Vec::new();
+        for (_, parent, g) in parents {
+            let outcome = attach(world, &gateways[g], key, &compiled, parent);
+            let accepted = match outcome {
+                Ok(listeners) => {
+                    for l in listeners {
+                        attached.insert((g, l));
+                    }
+                    condition(
+                        types::ACCEPTED,
+                        true,
+                        reasons::ACCEPTED,
+                        "the route is attached",
+                        generation,
+                    )
+                }
+                Err((reason, message)) => {
+                    condition(types::ACCEPTED, false, reason, message, generation)
+                }
+            };
+            let mut conditions = vec![accepted];
+            conditions.push(match compiled.backend_errors.first() {
+                None => condition(
+                    types::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED_REFS,
+                    "all references are resolved",
+                    generation,
+                ),
+                Some(first) => condition(
+                    types::RESOLVED_REFS,
+                    false,
+                    first.reason,
+                    compiled
+                        .backend_errors
+                        .iter()
+                        .map(|e| e.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    generation,
+                ),
+            });
+            if compiled.partially_invalid() {
+                conditions.push(condition(
+                    types::PARTIALLY_INVALID,
+                    true,
+                    reasons::UNSUPPORTED_VALUE,
+                    compiled.invalid_rules.join("; "),
+                    generation,
+                ));
+            }
+            let gateway_key = &gateways[g].key;
+            parent_statuses.push(RouteParentStatus {
+                conditions,
+                controller_name: CONTROLLER_NAME.to_owned(),
+                parent_ref: ParentReference {
+                    group: Some(GATEWAY_GROUP.to_owned()),
+                    kind: Some("Gateway".to_owned()),
+                    name: parent.name.clone(),
+                    namespace: Some(gateway_key.namespace.clone()),
+                    port: parent.port,
+                    section_name: parent.section_name.clone(),
+                },
+            });
+        }
+        for (g, l) in attached {
+            let listener = &mut gateways[g].listeners[l];
+            listener.attached_routes += 1;
+            for hostname in effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames) {
+                for (rule, matches) in &compiled.rules {
+                    for (match_index, m) in matches.iter().enumerate() {
+                        listener.routes.insert(
+                            hostname.as_ref(),
+                            RouteEntry {
+                                matcher: m.clone(),
+                                origin: MatchOrigin {
+                                    route_created: compiled.created,
+                                    route_namespace: key.namespace.clone(),
+                                    route_name: key.name.clone(),
+                                    rule_index: rule.index,
+                                    match_index,
+                                },
+                                rule: rule.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        statuses.http_routes.insert(key.clone(), parent_statuses);
+    }
+}
+
+/// The effective hostnames of a route on a listener (`None`: any host).
+fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Hostname>> {
+    if route.is_empty() {
+        return vec![listener.cloned()];
+    }
+    let mut out: Vec<_> = route
+        .iter()
+        .filter_map(|h| Hostname::intersect(listener, h))
+        .map(Some)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Decides which listeners of one Gateway a parentRef attaches the route to,
+/// or why it cannot attach (an Accepted=False reason and message).
+fn attach(
+    world: &World,
+    gw: &GatewayModel<'_>,
+    route: &ObjectRef,
+    compiled: &CompiledRoute,
+    parent: &api::ParentRef,
+) -> Result<Vec<usize>, (&'static str, String)> {
+    if let Err((_, why)) = &gw.accepted {
+        return Err((
+            reasons::NO_MATCHING_PARENT,
+            format!("Gateway {} is not accepted: {why}", gw.key),
+        ));
+    }
+    let selected: Vec<usize> = gw
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            parent
+                .section_name
+                .as_deref()
+                .is_none_or(|s| s == l.spec.name)
+        })
+        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.spec.port))
+        .map(|(i, _)| i)
+        .collect();
+    if selected.is_empty() {
+        let mut what = Vec::new();
+        if let Some(s) = &parent.section_name {
+            what.push(format!("sectionName {s}"));
+        }
+        if let Some(p) = parent.port {
+            what.push(format!("port {p}"));
+        }
+        return Err((
+            reasons::NO_MATCHING_PARENT,
+            format!(
+                "Gateway {} has no listener with {}",
+                gw.key,
+                what.join(" and ")
+            ),
+        ));
+    }
+    let allowed: Vec<usize> = selected
+        .into_iter()
+        .filter(|&i| {
+            let l = &gw.listeners[i];
+            l.allows_http_routes && l.allows_namespace(world, &gw.key.namespace, &route.namespace)
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            reasons::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "no listener of Gateway {} allows HTTPRoutes from namespace {}",
+                gw.key, route.namespace
+            ),
+        ));
+    }
+    let matching: Vec<usize> = allowed
+        .into_iter()
+        .filter(|&i| {
+            let l = &gw.listeners[i];
+            compiled.hostnames.is_empty()
+                || compiled
+                    .hostnames
+                    .iter()
+                    .any(|h| Hostname::intersect(l.hostname.as_ref(), h).is_some())
+        })
+        .collect();
+    if matching.is_empty() {
+        return Err((
+            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+            format!(
+                "no listener of Gateway {} has a hostname that matches the route's hostnames",
+                gw.key
+            ),
+        ));
+    }
+    if let Some(why) = &compiled.invalid {
+        return Err((reasons::UNSUPPORTED_VALUE, why.clone()));
+    }
+    Ok(matching)
+}
+
+/// An HTTPRoute's rules, compiled once for every listener it attaches to.
+struct CompiledRoute {
+    created: Option<i64>,
+    hostnames: Vec<Hostname>,
+    rules: Vec<(Arc<Rule>, Vec<RequestMatch>)>,
+    /// Messages for rules that answer 500 because they are invalid.
+    invalid_rules: Vec<String>,
+    /// Why the whole route is invalid, if it is.
+    invalid: Option<String>,
+    backend_errors: Vec<BackendError>,
+}
+
+impl CompiledRoute {
+    fn partially_invalid(&self) -> bool {
+        self.invalid.is_none() && !self.invalid_rules.is_empty()
+    }
+}
+
+fn compile_route(
+    key: &ObjectRef,
+    route: &HttpRoute,
+    resolver: &mut BackendResolver<'_>,
+) -> CompiledRoute {
+    let mut compiled = CompiledRoute {
+        created: route
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        hostnames: Vec::new(),
+        rules: Vec::new(),
+        invalid_rules: Vec::new(),
+        invalid: None,
+        backend_errors: Vec::new(),
+    };
+    for h in route.spec.hostnames.iter().flatten() {
+        match Hostname::parse(h) {
+            Ok(h) => compiled.hostnames.push(h),
+            Err(e) => compiled.invalid = Some(e.to_string()),
+        }
+    }
+    let default_rule = [api::Rule::default()];
+    let rules = match route.spec.rules.as_deref() {
+        None | Some([]) => &default_rule[..],
+        Some(rules) => rules,
+    };
+    for (index, spec) in rules.iter().enumerate() {
+        let matches = match compile_matches(spec.matches.as_deref()) {
+            Ok(m) => m,
+            Err(why) => {
+                // A rule whose matches cannot be compiled can never match.
+                compiled
+                    .invalid_rules
+                    .push(format!("Dropped Rule {index}: {why}"));
+                continue;
+            }
+        };
+        let RuleAction {
+            request_headers,
+            action,
+        } = match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
+            Ok(action) => action,
+            Err(why) => {
+                compiled.invalid_rules.push(format!(
+                    "Dropped Rule {index} (requests it matches get 500): {why}"
+                ));
+                RuleAction {
+                    request_headers: None,
+                    action: Action::Reject(Rejection {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
+                    }),
+                }
+            }
+        };
+        let rule = Arc::new(Rule {
+            route: key.clone(),
+            index,
+            name: spec.name.clone(),
+            request_headers,
+            action,
+        });
+        compiled.rules.push((rule, matches));
+    }
+    if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {
+        compiled.invalid = Some(format!(
+            "every rule is invalid: {}",
+            compiled.invalid_rules.join("; ")
+        ));
+    }
+    compiled
+}
+
+/// A rule's request filters and what it does.
+struct RuleAction {
+    request_headers: Option<HeaderModifier>,
+    action: Action,
+}
+
+fn compile_action(
+    key: &ObjectRef,
+    spec: &api::Rule,
+    matches: &[RequestMatch],
+    resolver: &mut BackendResolver<'_>,
+    backend_errors: &mut Vec<BackendError>,
+) -> Result<RuleAction, String> {
+    if spec.timeouts.is_some() {
+        return Err("timeouts are not supported".into());
+    }
+    let mut request_headers = None;
+    let mut redirect = None;
+    for filter in spec.filters.iter().flatten() {
+        use api::FilterType as T;
+        match filter.r#type {
+            T::RequestHeaderModifier => {
+                let m = filter
+                    .request_header_modifier
+                    .as_ref()
+                    .ok_or("RequestHeaderModifier filter without requestHeaderModifier")?;
+                if request_headers.is_some() {
+                    return Err("RequestHeaderModifier may appear once per rule".into());
+                }
+                request_headers = Some(header_modifier(m)?);
+            }
+            T::RequestRedirect => {
+                let r = filter
+                    .request_redirect
+                    .as_ref()
+                    .ok_or("RequestRedirect filter without requestRedirect")?;
+                if redirect.is_some() {
+                    return Err("RequestRedirect may appear once per rule".into());
+                }
+                redirect = Some(compile_redirect(r, matches)?);
+            }
+            ref other => return Err(format!("filter type {other:?} is not supported")),
+        }
+    }
+    if let Some(redirect) = redirect {
+        return Ok(RuleAction {
+            request_headers,
+            action: Action::Redirect(redirect),
+        });
+    }
+    let refs = spec.backend_refs.as_deref().unwrap_or_default();
+    let mut backends = Vec::with_capacity(refs.len());
+    for r in refs {
+        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err("filters on backendRefs are not supported".into());
+        }
+        let target = match resolver.resolve(
+            &key.namespace,
+            &BackendRefSpec {
+                group: r.group.as_deref(),
+                kind: r.kind.as_deref(),
+                name: &r.name,
+                namespace: r.namespace.as_deref(),
+                port: r.port,
+            },
+        ) {
+            Ok(backend) => BackendTarget::Service(backend),
+            Err(e) => {
+                let target = BackendTarget::Invalid(e.message.clone());
+                backend_errors.push(e);
+                target
+            }
+        };
+        backends.push(WeightedBackend {
+            weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0),
+            target,
+        });
+    }
+    let action = match Backends::new(backends) {
+        Some(backends) => Action::Forward(backends),
+        None => Action::Reject(Rejection {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: if refs.is_empty() {
+                format!("HTTPRoute {key} rule has no backendRefs")
+            } else {
+                format!("HTTPRoute {key} rule has no backendRef with a weight above 0")
+            },
+        }),
+    };
+    Ok(RuleAction {
+        request_headers,
+        action,
+    })
+}
+
+fn compile_matches(matches: Option<&[RouteMatch]>) -> Result<Vec<RequestMatch>, String> {
+    let Some(matches) = matches.filter(|m| !m.is_empty()) else {
+        return Ok(vec![RequestMatch::any()]);
+    };
+    matches.iter().map(compile_match).collect()
+}
+
+fn compile_match(m: &RouteMatch) -> Result<RequestMatch, String> {
+    let path = match &m.path {
+        None => PathMatch::Prefix(String::new()),
+        Some(p) => {
+            let value = p.value.as_deref().unwrap_or("/");
+            match p.r#type.as_ref().unwrap_or(&PathMatchType::PathPrefix) {
+                PathMatchType::Exact => PathMatch::Exact(absolute_path(value)?.to_owned()),
+                PathMatchType::PathPrefix => PathMatch::prefix(absolute_path(value)?),
+                PathMatchType::RegularExpression => PathMatch::RegularExpression(
+                    FullRegex::new(value)
+                        .map_err(|e| format!("path regular expression {value:?}: {e}"))?,
+                ),
+            }
+        }
+    };
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for h in m.headers.iter().flatten() {
+        let name = HeaderName::try_from(h.name.as_str())
+            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        // "If multiple entries specify equivalent header names, only the
+        // first entry with an equivalent name MUST be considered."
+        if headers.iter().any(|existing| existing.name == name) {
+            continue;
+        }
+        let value = match h.r#type.as_ref().unwrap_or(&HeaderMatchType::Exact) {
+            HeaderMatchType::Exact => ValueMatch::Exact(h.value.clone()),
+            HeaderMatchType::RegularExpression => ValueMatch::RegularExpression(
+                FullRegex::new(&h.value)
+                    .map_err(|e| format!("header regular expression {:?}: {e}", h.value))?,
+            ),
+        };
+        headers.push(HeaderMatch { name, value });
+    }
+    let mut query_params: Vec<QueryParamMatch> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        if query_params.iter().any(|existing| existing.name == q.name) {
+            continue;
+        }
+        let value = match q.r#type.as_ref().unwrap_or(&QueryParamMatchType::Exact) {
+            QueryParamMatchType::Exact => ValueMatch::Exact(q.value.clone()),
+            QueryParamMatchType::RegularExpression => ValueMatch::RegularExpression(
+                FullRegex::new(&q.value)
+                    .map_err(|e| format!("query param regular expression {:?}: {e}", q.value))?,
+            ),
+        };
+        query_params.push(QueryParamMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    Ok(RequestMatch {
+        path,
+        method: m.method.as_ref().map(method),
+        headers,
+        query_params,
+    })
+}
+
+fn absolute_path(value: &str) -> Result<&str, String> {
+    if !value.starts_with('/') || value.contains(['?', '#']) {
+        return Err(format!(
+            "path {value:?} must be an absolute path without query or fragment"
+        ));
+    }
+    Ok(value)
+}
+
+fn method(m: &MatchMethod) -> Method {
+    match m {
+        MatchMethod::Get => Method::GET,
+        MatchMethod::Head => Method::HEAD,
+        MatchMethod::Post => Method::POST,
+        MatchMethod::Put => Method::PUT,
+        MatchMethod::Delete => Method::DELETE,
+        MatchMethod::Connect => Method::CONNECT,
+        MatchMethod::Options => Method::OPTIONS,
+        MatchMethod::Trace => Method::TRACE,
+        MatchMethod::Patch => Method::PATCH,
+    }
+}
+
+fn header_modifier(m: &api::HeaderModifier) -> Result<HeaderModifier, String> {
+    let pair = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue), String> {
+        Ok((
+            HeaderName::try_from(name).map_err(|_| format!("invalid header name {name:?}"))?,
+            HeaderValue::try_from(value).map_err(|_| format!("invalid value for header {name}"))?,
+        ))
+    };
+    Ok(HeaderModifier {
+        set: m
+            .set
+            .iter()
+            .flatten()
+            .map(|h| pair(&h.name, &h.value))
+            .collect::<Result<_, _>>()?,
+        add: m
+            .add
+            .iter()
+            .flatten()
+            .map(|h| pair(&h.name, &h.value))
+            .collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .flatten()
+            .map(|n| {
+                HeaderName::try_from(n.as_str()).map_err(|_| format!("invalid header name {n:?}"))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn compile_redirect(
+    r: &api::RequestRedirect,
+    matches: &[RequestMatch],
+) -> Result<Redirect, String> {
+    let status = match r.status_code.unwrap_or(302) {
+        code @ (301 | 302 | 303 | 307 | 308) => {
+            StatusCode::from_u16(code as u16).expect("valid redirect status")
+        }
+        other => return Err(format!("redirect statusCode {other} is not supported")),
+    };
+    let port = match r.port {
+        None => None,
+        Some(p) => Some(
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or(format!("redirect port {p} is out of range"))?,
+        ),
+    };
+    let hostname = match r.hostname.as_deref() {
+        None => None,
+        Some(h) => match Hostname::parse(h) {
+            Ok(Hostname::Exact(h)) => Some(h),
+            _ => return Err(format!("redirect hostname {h:?} is not a valid hostname")),
+        },
+    };
+    let path = match &r.path {
+        None => None,
+        Some(p) => Some(match p.r#type {
+            RedirectPathType::ReplaceFullPath => PathModifier::ReplaceFullPath(
+                p.replace_full_path
+                    .clone()
+                    .ok_or("redirect path type ReplaceFullPath needs replaceFullPath")?,
+            ),
+            RedirectPathType::ReplacePrefixMatch => {
+                let replacement = p
+                    .replace_prefix_match
+                    .clone()
+                    .ok_or("redirect path type ReplacePrefixMatch needs replacePrefixMatch")?;
+                let prefix = match matches {
+                    [
+                        RequestMatch {
+                            path: PathMatch::Prefix(prefix),
+                            ..
+                        },
+                    ] => prefix.clone(),
+                    _ => {
+                        return Err(
+                            "ReplacePrefixMatch needs exactly one PathPrefix match in the rule"
+                                .into(),
+                        );
+                    }
+                };
+                PathModifier::ReplacePrefixMatch {
+                    prefix,
+                    replacement,
+                }
+            }
+        }),
+    };
+    Ok(Redirect {
+        scheme: r.scheme.as_ref().map(|s| {
+            match s {
+                RedirectScheme::Http => "http",
+                RedirectScheme::Https => "https",
+            }
+            .to_owned()
+        }),
+        hostname,
+        port,
+        path,
+        status,
+    })
+}

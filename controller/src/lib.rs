@@ -1,0 +1,17 @@
+//! Agimo's controller: it fills a [`World`] from a source, compiles it into a
+//! routing snapshot and statuses, and hands the snapshot to the dataplane.
+//!
+//! ```text
+//!   sources::files (YAML) ──► World ──► compiler::compile ──► Snapshot ──► dataplane
+//!                                              │
+//!                                              └──────────► Statuses ──► /status, logs
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod compiler;
+pub mod sources;
+pub mod world;
+
+pub use compiler::{Statuses, compile};
+pub use world::World;

@@ -1,0 +1,153 @@
+//! The world: every resource the compiler reads, keyed by namespace and name.
+//!
+//! Sources (YAML files in standalone mode, watches in Kubernetes mode) fill a
+//! `World`; [`crate::compile`] reads it and nothing else.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use agimo_shared::snapshot::ObjectRef;
+
+use crate::api::{
+    EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta, ReferenceGrant, Secret,
+    Service,
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    pub gateway_classes: BTreeMap<String, GatewayClass>,
+    pub gateways: BTreeMap<ObjectRef, Gateway>,
+    pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub secrets: BTreeMap<ObjectRef, Secret>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Addresses assigned to Gateways that do not request one in
+    /// `spec.addresses` (by an address pool, in Kubernetes mode).
+    pub assigned_addresses: BTreeMap<ObjectRef, IpAddr>,
+}
+
+/// One resource of a kind the world holds.
+#[derive(Clone, Debug)]
+pub enum Resource {
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    ReferenceGrant(ReferenceGrant),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Secret(Secret),
+    Namespace(Namespace),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::GatewayClass(_) => "GatewayClass",
+            Resource::Gateway(_) => "Gateway",
+            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::ReferenceGrant(_) => "ReferenceGrant",
+            Resource::Service(_) => "Service",
+            Resource::EndpointSlice(_) => "EndpointSlice",
+            Resource::Secret(_) => "Secret",
+            Resource::Namespace(_) => "Namespace",
+        }
+    }
+
+    pub fn is_namespaced(&self) -> bool {
+        !matches!(self, Resource::GatewayClass(_) | Resource::Namespace(_))
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::GatewayClass(o) => &o.metadata,
+            Resource::Gateway(o) => &o.metadata,
+            Resource::HttpRoute(o) => &o.metadata,
+            Resource::ReferenceGrant(o) => &o.metadata,
+            Resource::Service(o) => &o.metadata,
+            Resource::EndpointSlice(o) => &o.metadata,
+            Resource::Secret(o) => &o.metadata,
+            Resource::Namespace(o) => &o.metadata,
+        }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::GatewayClass(o) => &mut o.metadata,
+            Resource::Gateway(o) => &mut o.metadata,
+            Resource::HttpRoute(o) => &mut o.metadata,
+            Resource::ReferenceGrant(o) => &mut o.metadata,
+            Resource::Service(o) => &mut o.metadata,
+            Resource::EndpointSlice(o) => &mut o.metadata,
+            Resource::Secret(o) => &mut o.metadata,
+            Resource::Namespace(o) => &mut o.metadata,
+        }
+    }
+}
+
+impl World {
+    /// Adds a resource; returns it back if one of the same kind and name is
+    /// already present.
+    pub fn insert(&mut self, resource: Resource) -> Result<(), Resource> {
+        fn put<K: Ord, V>(
+            map: &mut BTreeMap<K, V>,
+            key: K,
+            value: V,
+            back: impl FnOnce(V) -> Resource,
+        ) -> Result<(), Resource> {
+            match map.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(back(value)),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                    Ok(())
+                }
+            }
+        }
+        let meta = resource.metadata();
+        let name = meta.name.clone().unwrap_or_default();
+        let key = ObjectRef {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+        };
+        match resource {
+            Resource::GatewayClass(o) => {
+                put(&mut self.gateway_classes, name, o, Resource::GatewayClass)
+            }
+            Resource::Namespace(o) => put(&mut self.namespaces, name, o, Resource::Namespace),
+            Resource::Gateway(o) => put(&mut self.gateways, key, o, Resource::Gateway),
+            Resource::HttpRoute(o) => put(&mut self.http_routes, key, o, Resource::HttpRoute),
+            Resource::ReferenceGrant(o) => {
+                put(&mut self.reference_grants, key, o, Resource::ReferenceGrant)
+            }
+            Resource::Service(o) => put(&mut self.services, key, o, Resource::Service),
+            Resource::EndpointSlice(o) => {
+                put(&mut self.endpoint_slices, key, o, Resource::EndpointSlice)
+            }
+            Resource::Secret(o) => put(&mut self.secrets, key, o, Resource::Secret),
+        }
+    }
+
+    /// The labels of a namespace. A namespace without an object still has
+    /// the `kubernetes.io/metadata.name` label the API server always sets.
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.metadata.labels.clone())
+            .unwrap_or_default();
+        labels.insert(
+            crate::api::NAMESPACE_NAME_LABEL.to_owned(),
+            namespace.to_owned(),
+        );
+        labels
+    }
+}
+
+/// The key of a namespaced object.
+pub fn object_ref(meta: &ObjectMeta) -> ObjectRef {
+    ObjectRef {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}

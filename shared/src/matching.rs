@@ -1,0 +1,472 @@
+//! HTTPRoute match conditions, compiled, and the Gateway API's precedence
+//! between them written as an ordering.
+
+use std::cmp::Ordering;
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+use serde::{Serialize, Serializer};
+
+/// The parts of a request that route matching reads.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    parsed_query: OnceLock<Vec<(String, String)>>,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> Self {
+        RequestView {
+            method,
+            path,
+            query,
+            headers,
+            parsed_query: OnceLock::new(),
+        }
+    }
+
+    /// Query parameters, percent-decoded, parsed once and only when a match asks.
+    fn query_params(&self) -> &[(String, String)] {
+        self.parsed_query.get_or_init(|| {
+            self.query
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// A compiled regular expression that must match the whole input.
+#[derive(Clone, Debug)]
+pub struct FullRegex {
+    source: String,
+    regex: Regex,
+}
+
+impl FullRegex {
+    /// Compiles `pattern` anchored at both ends, with a size limit so a hostile
+    /// pattern cannot make the compiler allocate without bound.
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        let regex = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(1 << 20)
+            .build()?;
+        Ok(FullRegex {
+            source: pattern.to_owned(),
+            regex,
+        })
+    }
+
+    pub fn is_match(&self, input: &str) -> bool {
+        self.regex.is_match(input)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl Serialize for FullRegex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// A path match. `Prefix` holds the prefix without a trailing slash, so `/`
+/// is the empty string and matches every path.
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    RegularExpression(FullRegex),
+}
+
+impl PathMatch {
+    /// A `PathPrefix` match, normalised: "When specified, a trailing `/` is
+    /// ignored."
+    pub fn prefix(value: &str) -> Self {
+        PathMatch::Prefix(value.trim_end_matches('/').to_owned())
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(value) => path == value,
+            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
+            PathMatch::RegularExpression(re) => re.is_match(path),
+        }
+    }
+}
+
+impl Serialize for PathMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (kind, value) = match self {
+            PathMatch::Exact(v) => ("Exact", v.as_str()),
+            PathMatch::Prefix(v) if v.is_empty() => ("PathPrefix", "/"),
+            PathMatch::Prefix(v) => ("PathPrefix", v.as_str()),
+            PathMatch::RegularExpression(re) => ("RegularExpression", re.as_str()),
+        };
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("type", kind)?;
+        map.serialize_entry("value", value)?;
+        map.end()
+    }
+}
+
+/// "`/abc`, `/abc/`, and `/abc/def` would all match the prefix `/abc`, but
+/// the path `/abcd` would not."
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum ValueMatch {
+    Exact(String),
+    RegularExpression(FullRegex),
+}
+
+impl ValueMatch {
+    fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            ValueMatch::Exact(expected) => expected.as_bytes() == value,
+            ValueMatch::RegularExpression(re) => {
+                std::str::from_utf8(value).is_ok_and(|v| re.is_match(v))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "crate::ser::display")]
+    pub name: HeaderName,
+    #[serde(flatten)]
+    pub value: ValueMatch,
+}
+
+impl HeaderMatch {
+    /// A header repeated in the request is compared as its values joined with
+    /// `,`, as RFC 9110 section 5.3 allows a recipient to combine them.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        let Some(first) = values.next() else {
+            return false;
+        };
+        match values.next() {
+            None => self.value.matches(first.as_bytes()),
+            Some(second) => {
+                let mut joined = first.as_bytes().to_vec();
+                for v in std::iter::once(second).chain(values) {
+                    joined.push(b',');
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                self.value.matches(&joined)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryParamMatch {
+    pub name: String,
+    #[serde(flatten)]
+    pub value: ValueMatch,
+}
+
+impl QueryParamMatch {
+    /// "If a query param is repeated in an HTTP request, the behavior is
+    /// purposely left undefined": Agimo matches the first occurrence.
+    fn matches(&self, params: &[(String, String)]) -> bool {
+        params
+            .iter()
+            .find(|(name, _)| *name == self.name)
+            .is_some_and(|(_, value)| self.value.matches(value.as_bytes()))
+    }
+}
+
+/// One `HTTPRouteMatch`: every condition must hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestMatch {
+    pub path: PathMatch,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::ser::opt_display"
+    )]
+    pub method: Option<Method>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+impl RequestMatch {
+    /// The match a rule without `matches` gets: every request.
+    pub fn any() -> Self {
+        RequestMatch {
+            path: PathMatch::Prefix(String::new()),
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }
+    }
+
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.path.matches(req.path)
+            && self.method.as_ref().is_none_or(|m| m == req.method)
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && (self.query_params.is_empty() || {
+                let params = req.query_params();
+                self.query_params.iter().all(|q| q.matches(params))
+            })
+    }
+}
+
+/// Where a match comes from, for the tie-breaks that follow the match itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatchOrigin {
+    /// The route's `creationTimestamp` as seconds since the epoch, if known.
+    #[serde(skip)]
+    pub route_created: Option<i64>,
+    pub route_namespace: String,
+    pub route_name: String,
+    pub rule_index: usize,
+    pub match_index: usize,
+}
+
+/// Orders two matches by Gateway API precedence: `Less` means `a` wins.
+///
+/// From `HTTPRouteRule.matches`:
+///
+/// > Across all rules specified on applicable Routes, precedence must be
+/// > given to the match having:
+/// > * "Exact" path match.
+/// > * "Prefix" path match with largest number of characters.
+/// > * Method match.
+/// > * Largest number of header matches.
+/// > * Largest number of query param matches.
+/// >
+/// > Note: The precedence of RegularExpression path matches are
+/// > implementation-specific.
+/// >
+/// > If ties still exist across multiple Routes, matching precedence MUST be
+/// > determined in order of the following criteria, continuing on ties:
+/// > * The oldest Route based on creation timestamp.
+/// > * The Route appearing first in alphabetical order by "{namespace}/{name}".
+/// >
+/// > If ties still exist within an HTTPRoute, matching precedence MUST be
+/// > granted to the FIRST matching rule (in list order) with a match meeting
+/// > the above criteria.
+///
+/// Agimo ranks RegularExpression paths between Exact and Prefix, longer
+/// patterns first. Hostname precedence comes before all of this and is
+/// handled by the route table's host buckets.
+pub fn precedence(a: (&RequestMatch, &MatchOrigin), b: (&RequestMatch, &MatchOrigin)) -> Ordering {
+    let ((ma, oa), (mb, ob)) = (a, b);
+    path_rank(&ma.path)
+        .cmp(&path_rank(&mb.path))
+        .then_with(|| path_len(&mb.path).cmp(&path_len(&ma.path)))
+        .then_with(|| mb.method.is_some().cmp(&ma.method.is_some()))
+        .then_with(|| mb.headers.len().cmp(&ma.headers.len()))
+        .then_with(|| mb.query_params.len().cmp(&ma.query_params.len()))
+        .then_with(|| created(oa).cmp(&created(ob)))
+        .then_with(|| oa.route_namespace.cmp(&ob.route_namespace))
+        .then_with(|| oa.route_name.cmp(&ob.route_name))
+        .then_with(|| oa.rule_index.cmp(&ob.rule_index))
+        .then_with(|| oa.match_index.cmp(&ob.match_index))
+}
+
+/// A route without a known creation time counts as the newest, which keeps the
+/// order total.
+fn created(origin: &MatchOrigin) -> i64 {
+    origin.route_created.unwrap_or(i64::MAX)
+}
+
+fn path_rank(path: &PathMatch) -> u8 {
+    match path {
+        PathMatch::Exact(_) => 0,
+        PathMatch::RegularExpression(_) => 1,
+        PathMatch::Prefix(_) => 2,
+    }
+}
+
+fn path_len(path: &PathMatch) -> usize {
+    match path {
+        PathMatch::Exact(v) | PathMatch::Prefix(v) => v.len(),
+        PathMatch::RegularExpression(re) => re.as_str().len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView::new(method, path, query, headers)
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let p = PathMatch::prefix("/abc/");
+        for ok in ["/abc", "/abc/", "/abc/def"] {
+            assert!(p.matches(ok), "{ok}");
+        }
+        assert!(!p.matches("/abcd"));
+        assert!(!p.matches("/ab"));
+        assert!(PathMatch::prefix("/").matches("/anything/at/all"));
+    }
+
+    #[test]
+    fn exact_and_regex_paths() {
+        assert!(PathMatch::Exact("/one".into()).matches("/one"));
+        assert!(!PathMatch::Exact("/one".into()).matches("/one/"));
+        let re = PathMatch::RegularExpression(FullRegex::new("/v[0-9]+/.*").unwrap());
+        assert!(re.matches("/v2/users"));
+        assert!(
+            !re.matches("/x/v2/users"),
+            "regex must match the whole path"
+        );
+    }
+
+    #[test]
+    fn headers_are_case_insensitive_by_name_and_exact_by_value() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Version", "two".parse().unwrap());
+        let m = HeaderMatch {
+            name: HeaderName::from_static("version"),
+            value: ValueMatch::Exact("two".into()),
+        };
+        assert!(m.matches(&headers));
+        headers.insert("version", "Two".parse().unwrap());
+        assert!(!m.matches(&headers));
+        headers.append("version", "three".parse().unwrap());
+        let joined = HeaderMatch {
+            name: HeaderName::from_static("version"),
+            value: ValueMatch::Exact("Two,three".into()),
+        };
+        assert!(joined.matches(&headers));
+    }
+
+    #[test]
+    fn query_params_are_decoded_and_first_value_wins() {
+        let headers = HeaderMap::new();
+        let m = RequestMatch {
+            query_params: vec![QueryParamMatch {
+                name: "animal".into(),
+                value: ValueMatch::Exact("whale shark".into()),
+            }],
+            ..RequestMatch::any()
+        };
+        assert!(m.matches(&view(
+            &Method::GET,
+            "/",
+            Some("animal=whale%20shark&animal=dolphin"),
+            &headers
+        )));
+        assert!(!m.matches(&view(
+            &Method::GET,
+            "/",
+            Some("animal=dolphin&animal=whale%20shark"),
+            &headers
+        )));
+        assert!(!m.matches(&view(&Method::GET, "/", None, &headers)));
+    }
+
+    #[test]
+    fn method_match() {
+        let headers = HeaderMap::new();
+        let m = RequestMatch {
+            method: Some(Method::POST),
+            ..RequestMatch::any()
+        };
+        assert!(m.matches(&view(&Method::POST, "/", None, &headers)));
+        assert!(!m.matches(&view(&Method::GET, "/", None, &headers)));
+    }
+
+    fn origin(ns: &str, name: &str, created: Option<i64>, rule: usize) -> MatchOrigin {
+        MatchOrigin {
+            route_created: created,
+            route_namespace: ns.into(),
+            route_name: name.into(),
+            rule_index: rule,
+            match_index: 0,
+        }
+    }
+
+    #[test]
+    fn precedence_orders_as_the_spec_lists() {
+        let o = origin("ns", "r", None, 0);
+        let exact = RequestMatch {
+            path: PathMatch::Exact("/a".into()),
+            ..RequestMatch::any()
+        };
+        let long_prefix = RequestMatch {
+            path: PathMatch::prefix("/a/b/c"),
+            ..RequestMatch::any()
+        };
+        let short_prefix_method = RequestMatch {
+            path: PathMatch::prefix("/a"),
+            method: Some(Method::GET),
+            ..RequestMatch::any()
+        };
+        let short_prefix_headers = RequestMatch {
+            path: PathMatch::prefix("/a"),
+            headers: vec![HeaderMatch {
+                name: HeaderName::from_static("x"),
+                value: ValueMatch::Exact("1".into()),
+            }],
+            ..RequestMatch::any()
+        };
+        let short_prefix = RequestMatch {
+            path: PathMatch::prefix("/a"),
+            ..RequestMatch::any()
+        };
+        let mut all = [
+            &short_prefix,
+            &short_prefix_headers,
+            &long_prefix,
+            &short_prefix_method,
+            &exact,
+        ];
+        all.sort_by(|a, b| precedence((a, &o), (b, &o)));
+        let paths: Vec<_> = all
+            .iter()
+            .map(|m| format!("{:?}", (&m.path, m.method.is_some(), m.headers.len())))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                format!("{:?}", (&exact.path, false, 0)),
+                format!("{:?}", (&long_prefix.path, false, 0)),
+                format!("{:?}", (&short_prefix_method.path, true, 0)),
+                format!("{:?}", (&short_prefix_headers.path, false, 1)),
+                format!("{:?}", (&short_prefix.path, false, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn ties_break_on_age_then_name_then_rule_order() {
+        let m = RequestMatch::any();
+        let older = origin("b", "z", Some(10), 0);
+        let newer = origin("a", "a", Some(20), 0);
+        assert_eq!(precedence((&m, &older), (&m, &newer)), Ordering::Less);
+        let a = origin("a", "z", None, 5);
+        let b = origin("b", "a", None, 0);
+        assert_eq!(precedence((&m, &a), (&m, &b)), Ordering::Less);
+        let first = origin("a", "a", None, 0);
+        let second = origin("a", "a", None, 1);
+        assert_eq!(precedence((&m, &first), (&m, &second)), Ordering::Less);
+    }
+}

@@ -1,0 +1,528 @@
+//! The routing snapshot: everything the dataplane needs to serve requests,
+//! compiled once from the whole world and swapped as one value.
+//!
+//! ```text
+//! Snapshot
+//!  └─ Bind (address, port, protocol)        one listening socket
+//!      └─ Listener (Gateway listener)        chosen by hostname / SNI
+//!          ├─ certificates                   HTTPS only
+//!          └─ RouteTable                     host bucket → entries in precedence order
+//!              └─ RouteEntry (match)  ──►  Rule (filters + action)
+//!                                            └─ Action: Forward(backends) | Redirect | Reject
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::StatusCode;
+use rustls::sign::CertifiedKey;
+use serde::{Serialize, Serializer};
+
+use crate::filters::{HeaderModifier, Redirect};
+use crate::hostname::Hostname;
+use crate::matching::{MatchOrigin, RequestMatch, RequestView, precedence};
+
+/// Everything the dataplane serves, compiled from one consistent world.
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// Sorted by key; one entry per listening socket.
+    pub binds: Vec<Bind>,
+}
+
+impl Snapshot {
+    pub fn new(mut binds: Vec<Bind>) -> Self {
+        binds.sort_by_key(|b| b.key);
+        Snapshot { binds }
+    }
+
+    pub fn bind(&self, key: BindKey) -> Option<&Bind> {
+        self.binds
+            .binary_search_by_key(&key, |b| b.key)
+            .ok()
+            .map(|i| &self.binds[i])
+    }
+}
+
+/// Where a socket listens. `address: None` means the dataplane's default bind
+/// address (`--bind-address`), used by Gateways without `spec.addresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindKey {
+    pub address: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl BindKey {
+    pub fn socket_addr(&self, default: IpAddr) -> SocketAddr {
+        SocketAddr::new(self.address.unwrap_or(default), self.port)
+    }
+}
+
+impl fmt::Display for BindKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Some(ip) => write!(f, "{ip}:{}", self.port),
+            None => write!(f, "*:{}", self.port),
+        }
+    }
+}
+
+impl Serialize for BindKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Protocol {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+impl Protocol {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+/// One listening socket and the Gateway listeners that share it.
+#[derive(Debug, Serialize)]
+pub struct Bind {
+    pub key: BindKey,
+    pub protocol: Protocol,
+    /// In hostname precedence: exact, then wildcards (most labels first),
+    /// then the listener without a hostname.
+    pub listeners: Vec<Arc<Listener>>,
+}
+
+impl Bind {
+    pub fn new(key: BindKey, protocol: Protocol, mut listeners: Vec<Arc<Listener>>) -> Self {
+        listeners.sort_by(|a, b| {
+            hostname_rank(a.hostname.as_ref()).cmp(&hostname_rank(b.hostname.as_ref()))
+        });
+        Bind {
+            key,
+            protocol,
+            listeners,
+        }
+    }
+
+    /// "Exact matches MUST be processed before wildcard matches, and wildcard
+    /// matches MUST be processed before fallback (empty Hostname value)
+    /// matches."
+    pub fn listener_for_host(&self, host: &str) -> Option<&Arc<Listener>> {
+        self.listeners
+            .iter()
+            .find(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
+    }
+
+    /// The listener whose certificate answers a TLS handshake. Without SNI
+    /// (clients connecting by IP address send none), the listener without a
+    /// hostname answers if there is one, else the first listener by name.
+    pub fn listener_for_sni(&self, sni: Option<&str>) -> Option<&Arc<Listener>> {
+        match sni {
+            Some(name) => self.listener_for_host(&crate::hostname::normalize_host(name)),
+            None => self
+                .listeners
+                .iter()
+                .find(|l| l.hostname.is_none())
+                .or_else(|| self.listeners.iter().min_by(|a, b| a.id().cmp(&b.id()))),
+        }
+    }
+}
+
+/// Sort key for hostname precedence: exact names first (longest first), then
+/// wildcards with the most characters after the `*`, then no hostname.
+fn hostname_rank(h: Option<&Hostname>) -> (u8, std::cmp::Reverse<usize>, String) {
+    match h {
+        Some(Hostname::Exact(n)) => (0, std::cmp::Reverse(n.len()), n.clone()),
+        Some(Hostname::Wildcard(s)) => (1, std::cmp::Reverse(s.len()), s.clone()),
+        None => (2, std::cmp::Reverse(0), String::new()),
+    }
+}
+
+/// Identifies a Kubernetes object in messages and labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for ObjectRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A Gateway listener, as programmed.
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    pub gateway: ObjectRef,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Hostname>,
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
+    pub routes: RouteTable,
+}
+
+impl Listener {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.gateway, self.name)
+    }
+}
+
+/// A TLS certificate and key from a `kubernetes.io/tls` Secret.
+#[derive(Clone)]
+pub struct Certificate {
+    pub secret: ObjectRef,
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl Serialize for Certificate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("secret {}", self.secret))
+    }
+}
+
+/// The routes attached to one listener, bucketed by effective hostname.
+///
+/// Hostname precedence comes first in the Gateway API ("precedence must be
+/// given to rules from the HTTPRoute with the largest number of: Characters in
+/// a matching non-wildcard hostname. Characters in a matching hostname."), so
+/// a lookup tries the exact bucket, then wildcard buckets from the longest
+/// suffix, then the bucket for routes without hostnames; within a bucket,
+/// entries are already sorted by match precedence and the first match wins.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, HostRoutes>,
+    wildcard: HashMap<String, HostRoutes>,
+    any: Option<HostRoutes>,
+}
+
+/// The entries for one effective hostname, and the `host` label its requests
+/// carry in metrics (the hostname as written, so a wildcard cannot create
+/// unbounded label values).
+#[derive(Debug, Serialize)]
+pub struct HostRoutes {
+    pub label: Arc<str>,
+    pub entries: Vec<RouteEntry>,
+}
+
+/// One `HTTPRouteMatch` of one rule: what a request is tested against.
+#[derive(Debug, Serialize)]
+pub struct RouteEntry {
+    #[serde(rename = "match")]
+    pub matcher: RequestMatch,
+    #[serde(flatten)]
+    pub origin: MatchOrigin,
+    pub rule: Arc<Rule>,
+}
+
+impl RouteTable {
+    /// Adds an entry under an effective hostname (`None`: all hostnames).
+    pub fn insert(&mut self, hostname: Option<&Hostname>, entry: RouteEntry) {
+        let (bucket, label) = match hostname {
+            Some(Hostname::Exact(name)) => (self.exact.entry(name.clone()), name.clone()),
+            Some(h @ Hostname::Wildcard(suffix)) => {
+                (self.wildcard.entry(suffix.clone()), h.to_string())
+            }
+            None => {
+                self.any
+                    .get_or_insert_with(|| HostRoutes {
+                        label: Arc::from("*"),
+                        entries: Vec::new(),
+                    })
+                    .entries
+                    .push(entry);
+                return;
+            }
+        };
+        bucket
+            .or_insert_with(|| HostRoutes {
+                label: Arc::from(label),
+                entries: Vec::new(),
+            })
+            .entries
+            .push(entry);
+    }
+
+    /// Sorts every bucket by match precedence. Call once after inserting.
+    pub fn finish(&mut self) {
+        let buckets = self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain(self.any.as_mut());
+        for bucket in buckets {
+            bucket
+                .entries
+                .sort_by(|a, b| precedence((&a.matcher, &a.origin), (&b.matcher, &b.origin)));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
+    }
+
+    /// Finds the entry that serves a request; `host` is normalised.
+    pub fn find(&self, host: &str, req: &RequestView<'_>) -> Option<(&HostRoutes, &RouteEntry)> {
+        fn first_match<'t>(
+            bucket: &'t HostRoutes,
+            req: &RequestView<'_>,
+        ) -> Option<&'t RouteEntry> {
+            bucket.entries.iter().find(|e| e.matcher.matches(req))
+        }
+        if let Some(bucket) = self.exact.get(host)
+            && let Some(entry) = first_match(bucket, req)
+        {
+            return Some((bucket, entry));
+        }
+        if !self.wildcard.is_empty() {
+            // Suffixes from the longest: for a.b.example.com try .b.example.com,
+            // then .example.com, then .com.
+            for (i, _) in host.match_indices('.') {
+                if i == 0 {
+                    continue;
+                }
+                if let Some(bucket) = self.wildcard.get(&host[i..])
+                    && let Some(entry) = first_match(bucket, req)
+                {
+                    return Some((bucket, entry));
+                }
+            }
+        }
+        let bucket = self.any.as_ref()?;
+        first_match(bucket, req).map(|entry| (bucket, entry))
+    }
+
+    /// The number of entries, for logs.
+    pub fn len(&self) -> usize {
+        self.buckets().map(|b| b.entries.len()).sum()
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = &HostRoutes> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(self.any.as_ref())
+    }
+}
+
+impl Serialize for RouteTable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<(u8, &str), &Vec<RouteEntry>> = self
+            .exact
+            .values()
+            .map(|b| ((0, &*b.label), &b.entries))
+            .chain(self.wildcard.values().map(|b| ((1, &*b.label), &b.entries)))
+            .chain(self.any.iter().map(|b| ((2, &*b.label), &b.entries)))
+            .collect();
+        s.collect_map(
+            sorted
+                .into_iter()
+                .map(|((_, label), entries)| (label, entries)),
+        )
+    }
+}
+
+/// What a matched rule does: request filters, then its action.
+#[derive(Debug, Serialize)]
+pub struct Rule {
+    pub route: ObjectRef,
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderModifier>,
+    pub action: Action,
+}
+
+#[derive(Debug, Serialize)]
+pub enum Action {
+    /// Proxy to one of the backends, chosen by weight.
+    Forward(Backends),
+    /// Answer with a redirect (the RequestRedirect filter).
+    Redirect(Redirect),
+    /// Answer with an error because the rule is invalid; the route's status
+    /// says the same.
+    Reject(Rejection),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rejection {
+    #[serde(serialize_with = "crate::ser::display")]
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+/// The backendRefs of a rule. Invalid ones keep their weight: "requests that
+/// would have been sent to that backend" get a 500, per the spec.
+#[derive(Debug, Serialize)]
+pub struct Backends {
+    #[serde(skip)]
+    total_weight: u64,
+    pub backends: Vec<WeightedBackend>,
+}
+
+impl Backends {
+    /// `None` when no backend has a positive weight.
+    pub fn new(backends: Vec<WeightedBackend>) -> Option<Self> {
+        let backends: Vec<_> = backends.into_iter().filter(|b| b.weight > 0).collect();
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        (total_weight > 0).then_some(Backends {
+            total_weight,
+            backends,
+        })
+    }
+
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Chooses by weight; `roll` is uniform in `0..total_weight()`.
+    pub fn pick(&self, roll: u64) -> &WeightedBackend {
+        let mut acc = 0;
+        for backend in &self.backends {
+            acc += u64::from(backend.weight);
+            if roll < acc {
+                return backend;
+            }
+        }
+        self.backends.last().expect("Backends is never empty")
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct WeightedBackend {
+    pub weight: u32,
+    pub target: BackendTarget,
+}
+
+#[derive(Debug, Serialize)]
+pub enum BackendTarget {
+    Service(Arc<Backend>),
+    /// A backendRef that cannot be resolved: requests that pick it get a 500
+    /// with this reason.
+    Invalid(String),
+}
+
+/// A resolved Service port and its ready endpoints.
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    /// Stable across snapshots: `namespace/service:port`.
+    pub id: String,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::PathMatch;
+    use http::{HeaderMap, Method};
+
+    fn rule(name: &str) -> Arc<Rule> {
+        Arc::new(Rule {
+            route: ObjectRef {
+                namespace: "ns".into(),
+                name: name.into(),
+            },
+            index: 0,
+            name: None,
+            request_headers: None,
+            action: Action::Reject(Rejection {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                reason: name.into(),
+            }),
+        })
+    }
+
+    fn entry(route: &str, path: PathMatch) -> RouteEntry {
+        RouteEntry {
+            matcher: RequestMatch {
+                path,
+                ..RequestMatch::any()
+            },
+            origin: MatchOrigin {
+                route_created: None,
+                route_namespace: "ns".into(),
+                route_name: route.into(),
+                rule_index: 0,
+                match_index: 0,
+            },
+            rule: rule(route),
+        }
+    }
+
+    fn found(table: &RouteTable, host: &str, path: &str) -> Option<(String, String)> {
+        let headers = HeaderMap::new();
+        let req = RequestView::new(&Method::GET, path, None, &headers);
+        table
+            .find(host, &req)
+            .map(|(b, e)| (b.label.to_string(), e.rule.route.name.clone()))
+    }
+
+    #[test]
+    fn host_buckets_are_tried_from_most_specific() {
+        let mut t = RouteTable::default();
+        let exact = Hostname::parse("a.example.com").unwrap();
+        let wild = Hostname::parse("*.example.com").unwrap();
+        t.insert(Some(&exact), entry("exact", PathMatch::prefix("/only")));
+        t.insert(Some(&wild), entry("wild", PathMatch::prefix("/")));
+        t.insert(None, entry("any", PathMatch::prefix("/")));
+        t.finish();
+        assert_eq!(
+            found(&t, "a.example.com", "/only/x"),
+            Some(("a.example.com".into(), "exact".into()))
+        );
+        // The exact bucket has no match for this path: the wildcard serves it.
+        assert_eq!(
+            found(&t, "a.example.com", "/other"),
+            Some(("*.example.com".into(), "wild".into()))
+        );
+        assert_eq!(
+            found(&t, "b.c.example.com", "/"),
+            Some(("*.example.com".into(), "wild".into()))
+        );
+        assert_eq!(
+            found(&t, "example.com", "/"),
+            Some(("*".into(), "any".into()))
+        );
+    }
+
+    #[test]
+    fn weighted_pick_covers_the_range() {
+        let b = |w| WeightedBackend {
+            weight: w,
+            target: BackendTarget::Invalid(w.to_string()),
+        };
+        let backends = Backends::new(vec![b(1), b(0), b(3)]).unwrap();
+        assert_eq!(backends.total_weight(), 4);
+        let picked: Vec<_> = (0..4).map(|r| backends.pick(r).weight).collect();
+        assert_eq!(picked, vec![1, 3, 3, 3]);
+        assert!(Backends::new(vec![b(0)]).is_none());
+    }
+}
