@@ -87,44 +87,28 @@ impl Resource {
 }
 
 impl World {
-    /// Adds a resource; returns it back if one of the same kind and name is
-    /// already present.
-    pub fn insert(&mut self, resource: Resource) -> Result<(), Resource> {
-        fn put<K: Ord, V>(
-            map: &mut BTreeMap<K, V>,
-            key: K,
-            value: V,
-            back: impl FnOnce(V) -> Resource,
-        ) -> Result<(), Resource> {
+    /// Adds a resource; returns false (and keeps the first) if one of the
+    /// same kind and name is already present.
+    pub fn insert(&mut self, resource: Resource) -> bool {
+        fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
             match map.entry(key) {
-                std::collections::btree_map::Entry::Occupied(_) => Err(back(value)),
+                std::collections::btree_map::Entry::Occupied(_) => false,
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     slot.insert(value);
-                    Ok(())
+                    true
                 }
             }
         }
-        let meta = resource.metadata();
-        let name = meta.name.clone().unwrap_or_default();
-        let key = ObjectRef {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: name.clone(),
-        };
+        let key = object_ref(resource.metadata());
         match resource {
-            Resource::GatewayClass(o) => {
-                put(&mut self.gateway_classes, name, o, Resource::GatewayClass)
-            }
-            Resource::Namespace(o) => put(&mut self.namespaces, name, o, Resource::Namespace),
-            Resource::Gateway(o) => put(&mut self.gateways, key, o, Resource::Gateway),
-            Resource::HttpRoute(o) => put(&mut self.http_routes, key, o, Resource::HttpRoute),
-            Resource::ReferenceGrant(o) => {
-                put(&mut self.reference_grants, key, o, Resource::ReferenceGrant)
-            }
-            Resource::Service(o) => put(&mut self.services, key, o, Resource::Service),
-            Resource::EndpointSlice(o) => {
-                put(&mut self.endpoint_slices, key, o, Resource::EndpointSlice)
-            }
-            Resource::Secret(o) => put(&mut self.secrets, key, o, Resource::Secret),
+            Resource::GatewayClass(o) => put(&mut self.gateway_classes, key.name, o),
+            Resource::Namespace(o) => put(&mut self.namespaces, key.name, o),
+            Resource::Gateway(o) => put(&mut self.gateways, key, o),
+            Resource::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Resource::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
+            Resource::Service(o) => put(&mut self.services, key, o),
+            Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Resource::Secret(o) => put(&mut self.secrets, key, o),
         }
     }
 

@@ -415,8 +415,9 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
 /// its protocol or duplicate one of its hostnames is Conflicted, so adding a
 /// Gateway never breaks one that already serves.
 pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
-    let mut claims: BTreeMap<BindKey, (Protocol, Vec<(Option<Hostname>, String)>)> =
-        BTreeMap::new();
+    /// Who serves a bind: its protocol, and each hostname with its owner.
+    type Claims = BTreeMap<BindKey, (Protocol, Vec<(Option<Hostname>, String)>)>;
+    let mut claims = Claims::new();
     for gw in gateways.iter_mut() {
         if gw.accepted.is_err() {
             continue;

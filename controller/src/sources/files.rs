@@ -257,11 +257,11 @@ impl Loader {
             None => name.clone(),
         };
         let kind = resource.kind();
-        if let Err(resource) = self.world.insert(resource) {
+        if !self.world.insert(resource) {
             let first = self.origins[&(kind, display_name.clone())].clone();
             self.errors.push(LoadError::Duplicate {
                 origin,
-                kind: resource.kind(),
+                kind,
                 name: display_name,
                 first,
             });

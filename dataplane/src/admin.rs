@@ -1,0 +1,93 @@
+//! The admin endpoints: `/metrics`, `/status`, `/healthz`, `/readyz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Dataplane;
+use crate::body::Body;
+
+/// What one admin socket serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints {
+    pub metrics: bool,
+    pub status: bool,
+}
+
+/// The text served at `/status`, set by whoever computes statuses.
+pub type StatusText = Arc<ArcSwap<String>>;
+
+/// Serves the admin endpoints on a bound listener until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    dataplane: Dataplane,
+    status: StatusText,
+    endpoints: Endpoints,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let (dataplane, status) = (dataplane.clone(), status.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = respond(&dataplane, &status, endpoints, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Binds an admin address, failing clearly if it is taken.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn respond<B>(dataplane: &Dataplane, status: &StatusText, endpoints: Endpoints, req: &Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".to_owned(), "text/plain");
+    }
+    match req.uri().path() {
+        "/metrics" if endpoints.metrics => text(
+            StatusCode::OK,
+            dataplane.metrics().render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/status" if endpoints.status => text(StatusCode::OK, status.load().to_string(), "application/yaml"),
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" if dataplane.is_ready() => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration loaded yet\n".to_owned(),
+            "text/plain",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain"),
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}

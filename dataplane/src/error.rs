@@ -1,0 +1,86 @@
+//! The dataplane's one error type and the one function that turns it into
+//! the response a client sees.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::Body;
+
+/// The header that carries a short, stable reason code with every error
+/// response Agimo generates itself.
+pub const REASON_HEADER: &str = "x-agimo-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request has no Host header or authority")]
+    MissingHost,
+    #[error("no listener on this port serves host {host}")]
+    NoListener { host: String },
+    #[error("no HTTPRoute rule matches host {host} path {path}")]
+    NoRoute { host: String, path: String },
+    #[error("{reason}")]
+    InvalidRule { reason: String },
+    #[error("{reason}")]
+    InvalidBackend { reason: String },
+    #[error("backend {backend} has no ready endpoints")]
+    NoReadyEndpoints { backend: String },
+    #[error("cannot connect to backend {backend} at {endpoint}: {source}")]
+    UpstreamConnect {
+        backend: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("backend {backend} at {endpoint} failed: {source}")]
+    UpstreamFailed {
+        backend: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::NoReadyEndpoints { .. } | ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The value of [`REASON_HEADER`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing-host",
+            ProxyError::NoListener { .. } => "no-listener",
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::InvalidRule { .. } => "invalid-rule",
+            ProxyError::InvalidBackend { .. } => "invalid-backend",
+            ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",
+            ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
+            ProxyError::UpstreamFailed { .. } => "upstream-failed",
+        }
+    }
+
+    /// The response for this error: status, reason header, and the message as
+    /// a plain-text body.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), reason = self.reason(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), reason = self.reason(), error = %self, "request rejected");
+        }
+        let mut response = Response::new(Body::full(Bytes::from(format!("{self}\n"))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        response
+    }
+}

@@ -1,0 +1,271 @@
+//! Request handling: route a request with the current snapshot, apply its
+//! rule, and forward it to a backend endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agimo_shared::filters::RedirectRequest;
+use agimo_shared::hostname::normalize_host;
+use agimo_shared::matching::RequestView;
+use agimo_shared::snapshot::{Action, BackendTarget, BindKey, Protocol, Rule};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::Shared;
+use crate::body::{Body, RequestGuard};
+use crate::error::ProxyError;
+use crate::metrics::UNMATCHED;
+
+/// What a request knows about the connection it came on.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub bind: BindKey,
+    pub protocol: Protocol,
+}
+
+/// Handles one request end to end; never fails: errors become responses.
+pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>, mut guard: RequestGuard) -> Response<Body> {
+    let start = Instant::now();
+    let routed = route(shared, conn, &req);
+    let (label, response) = match routed {
+        Err(e) => {
+            shared.metrics.request(UNMATCHED);
+            (None, e.into_response())
+        }
+        Ok(Routed { label, rule, listener_port }) => {
+            shared.metrics.request(&label);
+            let response = match apply(shared, conn, req, &rule, &label, listener_port, &mut guard).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::debug!(route = %rule.route, rule = rule.index, "rule failed");
+                    e.into_response()
+                }
+            };
+            (Some(label), response)
+        }
+    };
+    shared
+        .metrics
+        .observe_duration(label.as_deref().unwrap_or(UNMATCHED), start.elapsed());
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_guard(guard))
+}
+
+struct Routed {
+    label: Arc<str>,
+    rule: Arc<Rule>,
+    listener_port: u16,
+}
+
+/// Finds the rule for a request in the current snapshot. The snapshot guard
+/// is released before any await: the request keeps only the rule it needs.
+fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Routed, ProxyError> {
+    let authority = request_authority(req).ok_or(ProxyError::MissingHost)?;
+    let host = normalize_host(authority);
+    let snapshot = shared.snapshot.load();
+    let bind = snapshot.bind(conn.bind).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
+    let listener = bind
+        .listener_for_host(&host)
+        .ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
+    let view = RequestView::new(req.method(), req.uri().path(), req.uri().query(), req.headers());
+    let (bucket, entry) = listener.routes.find(&host, &view).ok_or_else(|| ProxyError::NoRoute {
+        host: host.to_string(),
+        path: req.uri().path().to_owned(),
+    })?;
+    Ok(Routed {
+        label: bucket.label.clone(),
+        rule: entry.rule.clone(),
+        listener_port: listener.port,
+    })
+}
+
+/// The request's authority: the URI's (HTTP/2 `:authority`, HTTP/1.1
+/// absolute-form) or else the `Host` header.
+fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+    .filter(|h| !h.is_empty())
+}
+
+async fn apply(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    rule: &Rule,
+    label: &str,
+    listener_port: u16,
+    guard: &mut RequestGuard,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(modifier) = &rule.request_headers {
+        modifier.apply(req.headers_mut());
+    }
+    let backends = match &rule.action {
+        Action::Reject(r) => {
+            return Err(ProxyError::InvalidRule {
+                reason: r.reason.clone(),
+            });
+        }
+        Action::Redirect(redirect) => {
+            let authority = request_authority(&req).unwrap_or_default();
+            let location = redirect.location(&RedirectRequest {
+                scheme: conn.protocol.scheme(),
+                host: &normalize_host(authority),
+                listener_port,
+                path: req.uri().path(),
+                query: req.uri().query(),
+            });
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = redirect.status;
+            if let Ok(value) = HeaderValue::try_from(location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return Ok(response);
+        }
+        Action::Forward(backends) => backends,
+    };
+    let chosen = backends.pick(fastrand::u64(0..backends.total_weight()));
+    let backend = match &chosen.target {
+        BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
+        BackendTarget::Service(backend) => backend.clone(),
+    };
+    if backend.endpoints.is_empty() {
+        return Err(ProxyError::NoReadyEndpoints {
+            backend: backend.id.clone(),
+        });
+    }
+    let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
+    let upgrade = prepare_upstream_request(&mut req, conn, endpoint);
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    guard.active = Some(shared.metrics.active(label));
+    let mut response = shared.upstream.request(req).await.map_err(|source| {
+        if source.is_connect() {
+            ProxyError::UpstreamConnect {
+                backend: backend.id.clone(),
+                endpoint,
+                source,
+            }
+        } else {
+            ProxyError::UpstreamFailed {
+                backend: backend.id.clone(),
+                endpoint,
+                source,
+            }
+        }
+    })?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(on_client_upgrade) = on_client_upgrade
+    {
+        let on_backend_upgrade = hyper::upgrade::on(&mut response);
+        // The websocket (or other upgraded stream) counts as active until it closes.
+        let active = guard.active.take();
+        let backend_id = backend.id.clone();
+        tokio::spawn(async move {
+            let _active = active;
+            match tokio::try_join!(on_client_upgrade, on_backend_upgrade) {
+                Ok((client, backend)) => {
+                    let mut client = hyper_util::rt::TokioIo::new(client);
+                    let mut backend = hyper_util::rt::TokioIo::new(backend);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                        tracing::debug!(backend = %backend_id, error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                Err(e) => tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    strip_hop_by_hop(response.headers_mut(), false);
+    Ok(response.map(Body::upstream))
+}
+
+/// Rewrites a request for the upstream endpoint: target URI, HTTP/1.1, Host,
+/// hop-by-hop headers and X-Forwarded-*. Returns whether it is an upgrade.
+fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoint: SocketAddr) -> bool {
+    let upgrade = is_upgrade(req.headers());
+    // Keep the client's authority as the Host header, byte for byte.
+    if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned())
+        && let Ok(value) = HeaderValue::try_from(authority)
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .expect("endpoint address and request path form a valid URI");
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    append_forwarded(headers, conn);
+    upgrade
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1), including those the
+/// Connection header names. An upgrade keeps `Connection: upgrade` and
+/// `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let peer = conn.peer.ip().to_string();
+    let mut value = String::new();
+    for existing in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
+        if !existing.trim().is_empty() {
+            value.push_str(existing.trim());
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&peer);
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(xff, value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(conn.protocol.scheme()),
+    );
+}

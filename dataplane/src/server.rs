@@ -1,0 +1,242 @@
+//! Sockets and connections: one accept loop per bind address, each
+//! connection served by hyper (HTTP/1.1, h2c by prior knowledge, ALPN h2 on
+//! TLS) with header-read and idle limits.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agimo_shared::Snapshot;
+use agimo_shared::snapshot::{BindKey, Protocol};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::RequestGuard;
+use crate::proxy::{self, ConnInfo};
+use crate::{Config, Shared};
+
+/// The hyper server settings for every connection.
+pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.max_request_headers)
+        .max_buf_size(config.max_request_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.max_request_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// The accept loops that are running, by socket address.
+#[derive(Default)]
+pub struct Sockets {
+    running: BTreeMap<SocketAddr, CancellationToken>,
+    /// Bind failures of the last reconcile, for `/status` and logs.
+    pub errors: BTreeMap<SocketAddr, String>,
+}
+
+impl Sockets {
+    /// Opens sockets the snapshot needs that are not open yet. Called before
+    /// the snapshot is stored, so a new listener is ready when its routes go
+    /// live.
+    pub fn open(&mut self, shared: &Arc<Shared>, snapshot: &Snapshot, stop: &CancellationToken) {
+        self.errors.clear();
+        for bind in &snapshot.binds {
+            let addr = bind.key.socket_addr(shared.config.bind_address);
+            if self.running.contains_key(&addr) {
+                continue;
+            }
+            match listen(addr) {
+                Ok(listener) => {
+                    tracing::info!(%addr, protocol = ?bind.protocol, "listening");
+                    let token = stop.child_token();
+                    self.running.insert(addr, token.clone());
+                    tokio::spawn(accept_loop(shared.clone(), listener, bind.key, token));
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen; the listeners on this address are not served");
+                    self.errors.insert(addr, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Closes sockets the snapshot no longer has; their connections finish
+    /// the requests in flight and close.
+    pub fn close_unused(&mut self, shared: &Shared, snapshot: &Snapshot) {
+        let wanted: Vec<SocketAddr> = snapshot
+            .binds
+            .iter()
+            .map(|b| b.key.socket_addr(shared.config.bind_address))
+            .collect();
+        self.running.retain(|addr, token| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(%addr, "closing listener");
+                token.cancel();
+            }
+            keep
+        });
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.running.keys().copied().collect()
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: BindKey, stop: CancellationToken) {
+    let tls = crate::tls::server_config(shared.clone(), bind);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%bind, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(shared.clone(), stream, peer, bind, tls.clone(), stop.clone()));
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    bind: BindKey,
+    tls: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(protocol) = shared.snapshot.load().bind(bind).map(|b| b.protocol) else {
+        return;
+    };
+    let conn = Arc::new(ConnInfo { peer, bind, protocol });
+    match protocol {
+        Protocol::Http => serve_http(shared, TokioIo::new(stream), conn, stop).await,
+        Protocol::Https => {
+            let handshake = TlsAcceptor::from(tls).accept(stream);
+            match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
+                Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, stop).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(shared: Arc<Shared>, io: TokioIo<I>, conn: Arc<ConnInfo>, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let (shared, activity) = (shared.clone(), activity.clone());
+        service_fn(move |req| {
+            let (shared, conn) = (shared.clone(), conn.clone());
+            let guard = RequestGuard {
+                active: None,
+                connection: Some(activity.begin()),
+            };
+            async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) }
+        })
+    };
+    let connection = shared.http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let idle = shared.config.idle_timeout;
+    let mut tick = tokio::time::interval(idle / 4);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= idle {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended, for
+/// the idle timeout.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(since)
+    }
+}
+
+/// One request in flight on a connection; ends when dropped.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
