@@ -4,32 +4,27 @@
 //! (or generating our own types from newer CRDs) touches this file only.
 
 pub use gateway_api::gatewayclasses::{
-    GatewayClass, GatewayClassSpec, GatewayClassStatus,
-    GatewayClassStatusSupportedFeatures as SupportedFeature,
+    GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures as SupportedFeature,
 };
 pub use gateway_api::gateways::{
     Gateway, GatewayAddresses as GatewayAddress, GatewayListeners as Listener,
     GatewayListenersAllowedRoutesKinds as RouteGroupKind,
     GatewayListenersAllowedRoutesNamespacesFrom as FromNamespaces,
     GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
-    GatewayListenersTlsCertificateRefs as CertificateRef, GatewayListenersTlsMode as TlsMode,
-    GatewaySpec, GatewayStatus, GatewayStatusAddresses as GatewayStatusAddress,
-    GatewayStatusListeners as ListenerStatus,
+    GatewayListenersTlsCertificateRefs as CertificateRef, GatewayListenersTlsMode as TlsMode, GatewaySpec,
+    GatewayStatus, GatewayStatusAddresses as GatewayStatusAddress, GatewayStatusListeners as ListenerStatus,
     GatewayStatusListenersSupportedKinds as SupportedKind,
 };
 pub use gateway_api::httproutes::{
-    HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule,
-    HttpRouteRulesBackendRefs as BackendRef, HttpRouteRulesFilters as Filter,
-    HttpRouteRulesFiltersRequestHeaderModifier as HeaderModifier,
+    HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,
+    HttpRouteRulesFilters as Filter, HttpRouteRulesFiltersRequestHeaderModifier as HeaderModifier,
     HttpRouteRulesFiltersRequestRedirect as RequestRedirect,
     HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
-    HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme,
-    HttpRouteRulesFiltersType as FilterType, HttpRouteRulesMatches as RouteMatch,
-    HttpRouteRulesMatchesHeadersType as HeaderMatchType,
+    HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesMatches as RouteMatch, HttpRouteRulesMatchesHeadersType as HeaderMatchType,
     HttpRouteRulesMatchesMethod as MatchMethod, HttpRouteRulesMatchesPathType as PathMatchType,
     HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteSpec, HttpRouteStatus,
-    HttpRouteStatusParents as RouteParentStatus,
-    HttpRouteStatusParentsParentRef as ParentReference,
+    HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
 };
 pub use gateway_api::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 

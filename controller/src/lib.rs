@@ -11,6 +11,8 @@
 pub mod api;
 pub mod compiler;
 pub mod sources;
+pub mod standalone;
+pub mod status;
 pub mod world;
 
 pub use compiler::{Statuses, compile};

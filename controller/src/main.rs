@@ -1,1 +1,96 @@
-fn main() {}
+//! The `agimo` binary: wiring only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agimo", version, about = "A Gateway API implementation that scales backends to zero")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Gateway API resources from YAML files (no cluster needed);
+    /// changes to the files apply within a second.
+    Standalone {
+        /// A YAML file or a directory of YAML files.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address for listeners of Gateways without spec.addresses.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Where /metrics is served (Prometheus text format).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_address: SocketAddr,
+    /// Where /status, /healthz, /readyz (and /metrics) are served.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_address: SocketAddr,
+    /// Time a client has to send a complete HTTP/1.1 request head; also
+    /// closes idle HTTP/1.1 keep-alive connections.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Close a connection with no request in flight after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Largest request head accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_request_header_bytes: usize,
+    /// Most request headers accepted.
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = 100)]
+    http2_max_concurrent_streams: u32,
+}
+
+impl ServeArgs {
+    fn dataplane(&self) -> agimo_dataplane::Config {
+        agimo_dataplane::Config {
+            bind_address: self.bind_address,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_request_header_bytes: self.max_request_header_bytes,
+            max_request_headers: self.max_request_headers,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            ..agimo_dataplane::Config::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match cli.command {
+        Command::Standalone { config, serve } => {
+            agimo_controller::standalone::run(agimo_controller::standalone::Options {
+                config,
+                dataplane: serve.dataplane(),
+                metrics_address: serve.metrics_address,
+                admin_address: serve.admin_address,
+            })
+            .await
+        }
+    }
+}

@@ -9,8 +9,7 @@ use std::net::IpAddr;
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta, ReferenceGrant, Secret,
-    Service,
+    EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -115,23 +114,13 @@ impl World {
     /// The labels of a namespace. A namespace without an object still has
     /// the `kubernetes.io/metadata.name` label the API server always sets.
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        let mut labels = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.metadata.labels.clone())
-            .unwrap_or_default();
-        labels.insert(
-            crate::api::NAMESPACE_NAME_LABEL.to_owned(),
-            namespace.to_owned(),
-        );
+        let mut labels = self.namespaces.get(namespace).and_then(|ns| ns.metadata.labels.clone()).unwrap_or_default();
+        labels.insert(crate::api::NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
         labels
     }
 }
 
 /// The key of a namespaced object.
 pub fn object_ref(meta: &ObjectMeta) -> ObjectRef {
-    ObjectRef {
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-    }
+    ObjectRef { namespace: meta.namespace.clone().unwrap_or_default(), name: meta.name.clone().unwrap_or_default() }
 }

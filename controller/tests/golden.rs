@@ -34,24 +34,12 @@ fn golden() {
     for input in cases {
         let world = files::load(&input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
         let (snapshot, statuses) = agimo_controller::compile(&world);
-        let got = serde_yaml_ng::to_string(&Golden {
-            snapshot: &snapshot,
-            statuses: &statuses,
-        })
-        .expect("serialize");
+        let got = serde_yaml_ng::to_string(&Golden { snapshot: &snapshot, statuses: &statuses }).expect("serialize");
         // Compiling twice gives the same output: the compiler is deterministic.
         let (snapshot2, statuses2) = agimo_controller::compile(&world);
-        let again = serde_yaml_ng::to_string(&Golden {
-            snapshot: &snapshot2,
-            statuses: &statuses2,
-        })
-        .expect("serialize");
-        assert_eq!(
-            got,
-            again,
-            "{}: compile is not deterministic",
-            input.display()
-        );
+        let again =
+            serde_yaml_ng::to_string(&Golden { snapshot: &snapshot2, statuses: &statuses2 }).expect("serialize");
+        assert_eq!(got, again, "{}: compile is not deterministic", input.display());
         let output = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
         if update {
             std::fs::write(&output, &got).expect("write golden");
@@ -60,28 +48,17 @@ fn golden() {
         match std::fs::read_to_string(&output) {
             Ok(want) if want == got => {}
             Ok(want) => failures.push(format!("{}:\n{}", output.display(), diff(&want, &got))),
-            Err(_) => failures.push(format!(
-                "{} is missing; run with UPDATE_GOLDEN=1",
-                output.display()
-            )),
+            Err(_) => failures.push(format!("{} is missing; run with UPDATE_GOLDEN=1", output.display())),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "golden mismatches:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
 }
 
 /// A small line diff: enough to see what changed without a dependency.
 fn diff(want: &str, got: &str) -> String {
     let (w, g): (Vec<_>, Vec<_>) = (want.lines().collect(), got.lines().collect());
     let mut out = String::new();
-    let first = w
-        .iter()
-        .zip(&g)
-        .position(|(a, b)| a != b)
-        .unwrap_or(w.len().min(g.len()));
+    let first = w.iter().zip(&g).position(|(a, b)| a != b).unwrap_or(w.len().min(g.len()));
     for line in w.iter().skip(first).take(10) {
         out.push_str(&format!("- {line}\n"));
     }

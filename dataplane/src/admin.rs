@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::service::service_fn;
@@ -22,14 +21,14 @@ pub struct Endpoints {
     pub status: bool,
 }
 
-/// The text served at `/status`, set by whoever computes statuses.
-pub type StatusText = Arc<ArcSwap<String>>;
+/// Renders the document served at `/status`, at request time.
+pub type StatusRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Serves the admin endpoints on a bound listener until `stop` fires.
 pub async fn serve(
     listener: TcpListener,
     dataplane: Dataplane,
-    status: StatusText,
+    status: StatusRender,
     endpoints: Endpoints,
     stop: CancellationToken,
 ) {
@@ -61,24 +60,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn respond<B>(dataplane: &Dataplane, status: &StatusText, endpoints: Endpoints, req: &Request<B>) -> Response<Body> {
+fn respond<B>(dataplane: &Dataplane, status: &StatusRender, endpoints: Endpoints, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".to_owned(), "text/plain");
     }
     match req.uri().path() {
-        "/metrics" if endpoints.metrics => text(
-            StatusCode::OK,
-            dataplane.metrics().render(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
-        "/status" if endpoints.status => text(StatusCode::OK, status.load().to_string(), "application/yaml"),
+        "/metrics" if endpoints.metrics => {
+            text(StatusCode::OK, dataplane.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
+        }
+        "/status" if endpoints.status => text(StatusCode::OK, status(), "application/yaml"),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
         "/readyz" if dataplane.is_ready() => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no configuration loaded yet\n".to_owned(),
-            "text/plain",
-        ),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n".to_owned(), "text/plain"),
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain"),
     }
 }
@@ -86,8 +79,6 @@ fn respond<B>(dataplane: &Dataplane, status: &StatusText, endpoints: Endpoints, 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::full(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
 }

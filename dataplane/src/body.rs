@@ -29,24 +29,15 @@ enum Kind {
 
 impl Body {
     pub fn empty() -> Self {
-        Body {
-            kind: Kind::Empty,
-            guard: None,
-        }
+        Body { kind: Kind::Empty, guard: None }
     }
 
     pub fn full(bytes: Bytes) -> Self {
-        Body {
-            kind: Kind::Full(Some(bytes)),
-            guard: None,
-        }
+        Body { kind: Kind::Full(Some(bytes)), guard: None }
     }
 
     pub fn upstream(body: Incoming) -> Self {
-        Body {
-            kind: Kind::Upstream(body),
-            guard: None,
-        }
+        Body { kind: Kind::Upstream(body), guard: None }
     }
 
     /// Attaches a guard, dropped when the body ends or is dropped.

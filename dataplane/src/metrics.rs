@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The `host` label value of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -30,11 +32,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests received, by matched host."),
-            &["host"],
-        )
-        .expect("valid metric");
+        let requests =
+            IntCounterVec::new(Opts::new("requests_total", "Requests received, by matched host."), &["host"])
+                .expect("valid metric");
         let pending = IntGaugeVec::new(
             Opts::new(
                 "pending_requests_total",
@@ -56,7 +56,9 @@ impl Metrics {
                 "request_duration_seconds",
                 "Time from receiving a request to sending its response headers, by host.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
             &["host"],
         )
         .expect("valid metric");
@@ -68,13 +70,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metrics register once");
         }
-        Metrics {
-            registry,
-            requests,
-            pending,
-            active,
-            duration,
-        }
+        Metrics { registry, requests, pending, active, duration }
     }
 
     pub fn request(&self, host: &str) {
@@ -100,9 +96,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("metrics text is UTF-8")
     }
 }

@@ -26,7 +26,12 @@ pub struct ConnInfo {
 }
 
 /// Handles one request end to end; never fails: errors become responses.
-pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>, mut guard: RequestGuard) -> Response<Body> {
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    mut guard: RequestGuard,
+) -> Response<Body> {
     let start = Instant::now();
     let routed = route(shared, conn, &req);
     let (label, response) = match routed {
@@ -46,9 +51,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>, mu
             (Some(label), response)
         }
     };
-    shared
-        .metrics
-        .observe_duration(label.as_deref().unwrap_or(UNMATCHED), start.elapsed());
+    shared.metrics.observe_duration(label.as_deref().unwrap_or(UNMATCHED), start.elapsed());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
@@ -66,19 +69,13 @@ fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Ro
     let host = normalize_host(authority);
     let snapshot = shared.snapshot.load();
     let bind = snapshot.bind(conn.bind).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
-    let listener = bind
-        .listener_for_host(&host)
-        .ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
+    let listener = bind.listener_for_host(&host).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
     let view = RequestView::new(req.method(), req.uri().path(), req.uri().query(), req.headers());
-    let (bucket, entry) = listener.routes.find(&host, &view).ok_or_else(|| ProxyError::NoRoute {
-        host: host.to_string(),
-        path: req.uri().path().to_owned(),
-    })?;
-    Ok(Routed {
-        label: bucket.label.clone(),
-        rule: entry.rule.clone(),
-        listener_port: listener.port,
-    })
+    let (bucket, entry) = listener
+        .routes
+        .find(&host, &view)
+        .ok_or_else(|| ProxyError::NoRoute { host: host.to_string(), path: req.uri().path().to_owned() })?;
+    Ok(Routed { label: bucket.label.clone(), rule: entry.rule.clone(), listener_port: listener.port })
 }
 
 /// The request's authority: the URI's (HTTP/2 `:authority`, HTTP/1.1
@@ -105,9 +102,7 @@ async fn apply(
     }
     let backends = match &rule.action {
         Action::Reject(r) => {
-            return Err(ProxyError::InvalidRule {
-                reason: r.reason.clone(),
-            });
+            return Err(ProxyError::InvalidRule { reason: r.reason.clone() });
         }
         Action::Redirect(redirect) => {
             let authority = request_authority(&req).unwrap_or_default();
@@ -129,13 +124,13 @@ async fn apply(
     };
     let chosen = backends.pick(fastrand::u64(0..backends.total_weight()));
     let backend = match &chosen.target {
-        BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
+        BackendTarget::Invalid(reason) => {
+            return Err(ProxyError::InvalidBackend { reason: reason.clone() });
+        }
         BackendTarget::Service(backend) => backend.clone(),
     };
     if backend.endpoints.is_empty() {
-        return Err(ProxyError::NoReadyEndpoints {
-            backend: backend.id.clone(),
-        });
+        return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
     }
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
     let upgrade = prepare_upstream_request(&mut req, conn, endpoint);
@@ -143,17 +138,9 @@ async fn apply(
     guard.active = Some(shared.metrics.active(label));
     let mut response = shared.upstream.request(req).await.map_err(|source| {
         if source.is_connect() {
-            ProxyError::UpstreamConnect {
-                backend: backend.id.clone(),
-                endpoint,
-                source,
-            }
+            ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source }
         } else {
-            ProxyError::UpstreamFailed {
-                backend: backend.id.clone(),
-                endpoint,
-                source,
-            }
+            ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source }
         }
     })?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -173,7 +160,9 @@ async fn apply(
                         tracing::debug!(backend = %backend_id, error = %e, "upgraded connection ended with an error");
                     }
                 }
-                Err(e) => tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed"),
+                Err(e) => {
+                    tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed")
+                }
             }
         });
         let (parts, _) = response.into_parts();
@@ -264,8 +253,5 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(xff, value);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(conn.protocol.scheme()),
-    );
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(conn.protocol.scheme()));
 }

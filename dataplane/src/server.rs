@@ -79,11 +79,8 @@ impl Sockets {
     /// Closes sockets the snapshot no longer has; their connections finish
     /// the requests in flight and close.
     pub fn close_unused(&mut self, shared: &Shared, snapshot: &Snapshot) {
-        let wanted: Vec<SocketAddr> = snapshot
-            .binds
-            .iter()
-            .map(|b| b.key.socket_addr(shared.config.bind_address))
-            .collect();
+        let wanted: Vec<SocketAddr> =
+            snapshot.binds.iter().map(|b| b.key.socket_addr(shared.config.bind_address)).collect();
         self.running.retain(|addr, token| {
             let keep = wanted.contains(addr);
             if !keep {
@@ -165,10 +162,7 @@ where
         let (shared, activity) = (shared.clone(), activity.clone());
         service_fn(move |req| {
             let (shared, conn) = (shared.clone(), conn.clone());
-            let guard = RequestGuard {
-                active: None,
-                connection: Some(activity.begin()),
-            };
+            let guard = RequestGuard { active: None, connection: Some(activity.begin()) };
             async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) }
         })
     };
@@ -209,11 +203,7 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-        }
+        Activity { start: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0) }
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {

@@ -30,9 +30,7 @@ impl ResolvesServerCert for SniResolver {
         let bind = snapshot.bind(self.bind)?;
         // An SNI that no listener claims falls back to the default listener,
         // so the client completes the handshake and gets a readable 404.
-        let listener = bind
-            .listener_for_sni(hello.server_name())
-            .or_else(|| bind.listener_for_sni(None))?;
+        let listener = bind.listener_for_sni(hello.server_name()).or_else(|| bind.listener_for_sni(None))?;
         let key = listener.certificates.first().map(|c| c.key.clone());
         if key.is_none() {
             tracing::warn!(bind = %self.bind, sni = ?hello.server_name(), "no certificate for TLS handshake");

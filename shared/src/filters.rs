@@ -6,20 +6,11 @@ use serde::Serialize;
 /// RequestHeaderModifier (and later ResponseHeaderModifier): set, add, remove.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HeaderModifier {
-    #[serde(
-        skip_serializing_if = "Vec::is_empty",
-        serialize_with = "crate::ser::header_pairs"
-    )]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::ser::header_pairs")]
     pub set: Vec<(HeaderName, HeaderValue)>,
-    #[serde(
-        skip_serializing_if = "Vec::is_empty",
-        serialize_with = "crate::ser::header_pairs"
-    )]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::ser::header_pairs")]
     pub add: Vec<(HeaderName, HeaderValue)>,
-    #[serde(
-        skip_serializing_if = "Vec::is_empty",
-        serialize_with = "crate::ser::header_names"
-    )]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::ser::header_names")]
     pub remove: Vec<HeaderName>,
 }
 
@@ -73,10 +64,7 @@ impl PathModifier {
     pub fn apply(&self, path: &str) -> String {
         match self {
             PathModifier::ReplaceFullPath(p) => p.clone(),
-            PathModifier::ReplacePrefixMatch {
-                prefix,
-                replacement,
-            } => replace_prefix(path, prefix, replacement),
+            PathModifier::ReplacePrefixMatch { prefix, replacement } => replace_prefix(path, prefix, replacement),
         }
     }
 }
@@ -182,84 +170,37 @@ mod tests {
             ("/foo", "/foo", "/", "/"),
         ];
         for (path, prefix, replacement, want) in table {
-            assert_eq!(
-                replace_prefix(path, prefix, replacement),
-                want,
-                "{path} {prefix} {replacement}"
-            );
+            assert_eq!(replace_prefix(path, prefix, replacement), want, "{path} {prefix} {replacement}");
         }
     }
 
     fn redirect() -> Redirect {
-        Redirect {
-            scheme: None,
-            hostname: None,
-            port: None,
-            path: None,
-            status: StatusCode::FOUND,
-        }
+        Redirect { scheme: None, hostname: None, port: None, path: None, status: StatusCode::FOUND }
     }
 
     fn req(scheme: &'static str, port: u16) -> RedirectRequest<'static> {
-        RedirectRequest {
-            scheme,
-            host: "example.org",
-            listener_port: port,
-            path: "/a",
-            query: Some("x=1"),
-        }
+        RedirectRequest { scheme, host: "example.org", listener_port: port, path: "/a", query: Some("x=1") }
     }
 
     #[test]
     fn location_ports() {
-        let r = Redirect {
-            hostname: Some("other.org".into()),
-            ..redirect()
-        };
+        let r = Redirect { hostname: Some("other.org".into()), ..redirect() };
         assert_eq!(r.location(&req("http", 80)), "http://other.org/a?x=1");
-        assert_eq!(
-            r.location(&req("http", 8080)),
-            "http://other.org:8080/a?x=1"
-        );
-        let https = Redirect {
-            scheme: Some("https".into()),
-            ..redirect()
-        };
+        assert_eq!(r.location(&req("http", 8080)), "http://other.org:8080/a?x=1");
+        let https = Redirect { scheme: Some("https".into()), ..redirect() };
         // Scheme set, no port: the scheme's well-known port, so none shown.
-        assert_eq!(
-            https.location(&req("http", 8080)),
-            "https://example.org/a?x=1"
-        );
-        let port = Redirect {
-            port: Some(8443),
-            scheme: Some("https".into()),
-            ..redirect()
-        };
-        assert_eq!(
-            port.location(&req("http", 80)),
-            "https://example.org:8443/a?x=1"
-        );
-        let to_80 = Redirect {
-            port: Some(80),
-            ..redirect()
-        };
-        assert_eq!(
-            to_80.location(&req("https", 443)),
-            "https://example.org:80/a?x=1"
-        );
+        assert_eq!(https.location(&req("http", 8080)), "https://example.org/a?x=1");
+        let port = Redirect { port: Some(8443), scheme: Some("https".into()), ..redirect() };
+        assert_eq!(port.location(&req("http", 80)), "https://example.org:8443/a?x=1");
+        let to_80 = Redirect { port: Some(80), ..redirect() };
+        assert_eq!(to_80.location(&req("https", 443)), "https://example.org:80/a?x=1");
     }
 
     #[test]
     fn header_modifier_sets_adds_and_removes() {
         let m = HeaderModifier {
-            set: vec![(
-                HeaderName::from_static("x-set"),
-                HeaderValue::from_static("s"),
-            )],
-            add: vec![(
-                HeaderName::from_static("x-add"),
-                HeaderValue::from_static("b"),
-            )],
+            set: vec![(HeaderName::from_static("x-set"), HeaderValue::from_static("s"))],
+            add: vec![(HeaderName::from_static("x-add"), HeaderValue::from_static("b"))],
             remove: vec![HeaderName::from_static("x-remove")],
         };
         let mut h = HeaderMap::new();

@@ -43,20 +43,14 @@ impl Hostname {
         if name.len() > 253 || !name.split('.').all(valid_label) {
             return Err(HostnameError::Invalid(raw.to_owned()));
         }
-        Ok(if wildcard {
-            Hostname::Wildcard(format!(".{name}"))
-        } else {
-            Hostname::Exact(name.to_owned())
-        })
+        Ok(if wildcard { Hostname::Wildcard(format!(".{name}")) } else { Hostname::Exact(name.to_owned()) })
     }
 
     /// Whether a normalised request host (see [`normalize_host`]) matches.
     pub fn matches(&self, host: &str) -> bool {
         match self {
             Hostname::Exact(name) => name == host,
-            Hostname::Wildcard(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
-            }
+            Hostname::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
         }
     }
 
@@ -73,12 +67,8 @@ impl Hostname {
         };
         match (listener, route) {
             (Hostname::Exact(l), Hostname::Exact(r)) => (l == r).then(|| route.clone()),
-            (Hostname::Exact(l), Hostname::Wildcard(_)) => {
-                route.matches(l).then(|| listener.clone())
-            }
-            (Hostname::Wildcard(_), Hostname::Exact(r)) => {
-                listener.matches(r).then(|| route.clone())
-            }
+            (Hostname::Exact(l), Hostname::Wildcard(_)) => route.matches(l).then(|| listener.clone()),
+            (Hostname::Wildcard(_), Hostname::Exact(r)) => listener.matches(r).then(|| route.clone()),
             (Hostname::Wildcard(l), Hostname::Wildcard(r)) => {
                 if r.ends_with(l.as_str()) {
                     Some(route.clone())
@@ -111,9 +101,7 @@ fn valid_label(label: &str) -> bool {
     let bytes = label.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -152,24 +140,15 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        assert_eq!(
-            h("Foo.Example.com"),
-            Hostname::Exact("foo.example.com".into())
-        );
-        assert_eq!(
-            h("*.example.com"),
-            Hostname::Wildcard(".example.com".into())
-        );
+        assert_eq!(h("Foo.Example.com"), Hostname::Exact("foo.example.com".into()));
+        assert_eq!(h("*.example.com"), Hostname::Wildcard(".example.com".into()));
         assert!(Hostname::parse("").is_err());
         assert!(Hostname::parse("foo..com").is_err());
         assert!(Hostname::parse("-foo.com").is_err());
         assert!(Hostname::parse("foo_bar.com").is_err());
         assert!(Hostname::parse("*").is_err());
         assert!(Hostname::parse("foo.*.com").is_err());
-        assert_eq!(
-            Hostname::parse("10.0.0.1"),
-            Err(HostnameError::IpAddress("10.0.0.1".into()))
-        );
+        assert_eq!(Hostname::parse("10.0.0.1"), Err(HostnameError::IpAddress("10.0.0.1".into())));
     }
 
     #[test]
@@ -184,26 +163,14 @@ mod tests {
     #[test]
     fn intersection_follows_the_spec_examples() {
         let l = h("*.example.com");
-        assert_eq!(
-            Hostname::intersect(Some(&l), &h("foo.example.com")),
-            Some(h("foo.example.com"))
-        );
-        assert_eq!(
-            Hostname::intersect(Some(&l), &h("*.foo.example.com")),
-            Some(h("*.foo.example.com"))
-        );
+        assert_eq!(Hostname::intersect(Some(&l), &h("foo.example.com")), Some(h("foo.example.com")));
+        assert_eq!(Hostname::intersect(Some(&l), &h("*.foo.example.com")), Some(h("*.foo.example.com")));
         assert_eq!(Hostname::intersect(Some(&l), &h("*.com")), Some(l.clone()));
         assert_eq!(Hostname::intersect(Some(&l), &h("example.com")), None);
         assert_eq!(Hostname::intersect(Some(&l), &h("*.example.net")), None);
         let e = h("very.specific.com");
-        assert_eq!(
-            Hostname::intersect(Some(&e), &h("*.specific.com")),
-            Some(e.clone())
-        );
-        assert_eq!(
-            Hostname::intersect(Some(&e), &h("other.specific.com")),
-            None
-        );
+        assert_eq!(Hostname::intersect(Some(&e), &h("*.specific.com")), Some(e.clone()));
+        assert_eq!(Hostname::intersect(Some(&e), &h("other.specific.com")), None);
         assert_eq!(Hostname::intersect(None, &h("a.b")), Some(h("a.b")));
     }
 

@@ -18,27 +18,14 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    pub fn new(
-        method: &'a Method,
-        path: &'a str,
-        query: Option<&'a str>,
-        headers: &'a HeaderMap,
-    ) -> Self {
-        RequestView {
-            method,
-            path,
-            query,
-            headers,
-            parsed_query: OnceLock::new(),
-        }
+    pub fn new(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> Self {
+        RequestView { method, path, query, headers, parsed_query: OnceLock::new() }
     }
 
     /// Query parameters, percent-decoded, parsed once and only when a match asks.
     fn query_params(&self) -> &[(String, String)] {
         self.parsed_query.get_or_init(|| {
-            self.query
-                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default()
+            self.query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
         })
     }
 }
@@ -52,15 +39,14 @@ pub struct FullRegex {
 
 impl FullRegex {
     /// Compiles `pattern` anchored at both ends, with a size limit so a hostile
-    /// pattern cannot make the compiler allocate without bound.
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        let regex = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .size_limit(1 << 20)
-            .build()?;
-        Ok(FullRegex {
-            source: pattern.to_owned(),
-            regex,
-        })
+    /// pattern cannot make the compiler allocate without bound. The error is
+    /// one line about the pattern as written.
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
+        let build = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
+        // Compile as written first, so an error points into the user's pattern.
+        build(pattern).map_err(|e| RegexError::new(pattern, &e))?;
+        let regex = build(&format!("^(?:{pattern})$")).map_err(|e| RegexError::new(pattern, &e))?;
+        Ok(FullRegex { source: pattern.to_owned(), regex })
     }
 
     pub fn is_match(&self, input: &str) -> bool {
@@ -75,6 +61,28 @@ impl FullRegex {
 impl Serialize for FullRegex {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.source)
+    }
+}
+
+/// A regular expression that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid regular expression {pattern:?}: {reason}")]
+pub struct RegexError {
+    pattern: String,
+    reason: String,
+}
+
+impl RegexError {
+    fn new(pattern: &str, e: &regex::Error) -> Self {
+        let reason = match e {
+            // The syntax error's last line says what is wrong; the lines
+            // above it repeat the pattern with a caret.
+            regex::Error::Syntax(text) => {
+                text.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned()
+            }
+            other => other.to_string(),
+        };
+        RegexError { pattern: pattern.to_owned(), reason }
     }
 }
 
@@ -136,9 +144,7 @@ impl ValueMatch {
     fn matches(&self, value: &[u8]) -> bool {
         match self {
             ValueMatch::Exact(expected) => expected.as_bytes() == value,
-            ValueMatch::RegularExpression(re) => {
-                std::str::from_utf8(value).is_ok_and(|v| re.is_match(v))
-            }
+            ValueMatch::RegularExpression(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
         }
     }
 }
@@ -195,10 +201,7 @@ impl QueryParamMatch {
 #[derive(Clone, Debug, Serialize)]
 pub struct RequestMatch {
     pub path: PathMatch,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "crate::ser::opt_display"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_display")]
     pub method: Option<Method>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
@@ -307,12 +310,7 @@ fn path_len(path: &PathMatch) -> usize {
 mod tests {
     use super::*;
 
-    fn view<'a>(
-        method: &'a Method,
-        path: &'a str,
-        query: Option<&'a str>,
-        headers: &'a HeaderMap,
-    ) -> RequestView<'a> {
+    fn view<'a>(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
         RequestView::new(method, path, query, headers)
     }
 
@@ -333,28 +331,20 @@ mod tests {
         assert!(!PathMatch::Exact("/one".into()).matches("/one/"));
         let re = PathMatch::RegularExpression(FullRegex::new("/v[0-9]+/.*").unwrap());
         assert!(re.matches("/v2/users"));
-        assert!(
-            !re.matches("/x/v2/users"),
-            "regex must match the whole path"
-        );
+        assert!(!re.matches("/x/v2/users"), "regex must match the whole path");
     }
 
     #[test]
     fn headers_are_case_insensitive_by_name_and_exact_by_value() {
         let mut headers = HeaderMap::new();
         headers.insert("Version", "two".parse().unwrap());
-        let m = HeaderMatch {
-            name: HeaderName::from_static("version"),
-            value: ValueMatch::Exact("two".into()),
-        };
+        let m = HeaderMatch { name: HeaderName::from_static("version"), value: ValueMatch::Exact("two".into()) };
         assert!(m.matches(&headers));
         headers.insert("version", "Two".parse().unwrap());
         assert!(!m.matches(&headers));
         headers.append("version", "three".parse().unwrap());
-        let joined = HeaderMatch {
-            name: HeaderName::from_static("version"),
-            value: ValueMatch::Exact("Two,three".into()),
-        };
+        let joined =
+            HeaderMatch { name: HeaderName::from_static("version"), value: ValueMatch::Exact("Two,three".into()) };
         assert!(joined.matches(&headers));
     }
 
@@ -368,28 +358,15 @@ mod tests {
             }],
             ..RequestMatch::any()
         };
-        assert!(m.matches(&view(
-            &Method::GET,
-            "/",
-            Some("animal=whale%20shark&animal=dolphin"),
-            &headers
-        )));
-        assert!(!m.matches(&view(
-            &Method::GET,
-            "/",
-            Some("animal=dolphin&animal=whale%20shark"),
-            &headers
-        )));
+        assert!(m.matches(&view(&Method::GET, "/", Some("animal=whale%20shark&animal=dolphin"), &headers)));
+        assert!(!m.matches(&view(&Method::GET, "/", Some("animal=dolphin&animal=whale%20shark"), &headers)));
         assert!(!m.matches(&view(&Method::GET, "/", None, &headers)));
     }
 
     #[test]
     fn method_match() {
         let headers = HeaderMap::new();
-        let m = RequestMatch {
-            method: Some(Method::POST),
-            ..RequestMatch::any()
-        };
+        let m = RequestMatch { method: Some(Method::POST), ..RequestMatch::any() };
         assert!(m.matches(&view(&Method::POST, "/", None, &headers)));
         assert!(!m.matches(&view(&Method::GET, "/", None, &headers)));
     }
@@ -407,43 +384,20 @@ mod tests {
     #[test]
     fn precedence_orders_as_the_spec_lists() {
         let o = origin("ns", "r", None, 0);
-        let exact = RequestMatch {
-            path: PathMatch::Exact("/a".into()),
-            ..RequestMatch::any()
-        };
-        let long_prefix = RequestMatch {
-            path: PathMatch::prefix("/a/b/c"),
-            ..RequestMatch::any()
-        };
-        let short_prefix_method = RequestMatch {
-            path: PathMatch::prefix("/a"),
-            method: Some(Method::GET),
-            ..RequestMatch::any()
-        };
+        let exact = RequestMatch { path: PathMatch::Exact("/a".into()), ..RequestMatch::any() };
+        let long_prefix = RequestMatch { path: PathMatch::prefix("/a/b/c"), ..RequestMatch::any() };
+        let short_prefix_method =
+            RequestMatch { path: PathMatch::prefix("/a"), method: Some(Method::GET), ..RequestMatch::any() };
         let short_prefix_headers = RequestMatch {
             path: PathMatch::prefix("/a"),
-            headers: vec![HeaderMatch {
-                name: HeaderName::from_static("x"),
-                value: ValueMatch::Exact("1".into()),
-            }],
+            headers: vec![HeaderMatch { name: HeaderName::from_static("x"), value: ValueMatch::Exact("1".into()) }],
             ..RequestMatch::any()
         };
-        let short_prefix = RequestMatch {
-            path: PathMatch::prefix("/a"),
-            ..RequestMatch::any()
-        };
-        let mut all = [
-            &short_prefix,
-            &short_prefix_headers,
-            &long_prefix,
-            &short_prefix_method,
-            &exact,
-        ];
+        let short_prefix = RequestMatch { path: PathMatch::prefix("/a"), ..RequestMatch::any() };
+        let mut all = [&short_prefix, &short_prefix_headers, &long_prefix, &short_prefix_method, &exact];
         all.sort_by(|a, b| precedence((a, &o), (b, &o)));
-        let paths: Vec<_> = all
-            .iter()
-            .map(|m| format!("{:?}", (&m.path, m.method.is_some(), m.headers.len())))
-            .collect();
+        let paths: Vec<_> =
+            all.iter().map(|m| format!("{:?}", (&m.path, m.method.is_some(), m.headers.len()))).collect();
         assert_eq!(
             paths,
             vec![

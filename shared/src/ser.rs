@@ -11,20 +11,14 @@ pub(crate) fn display<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::O
     s.collect_str(value)
 }
 
-pub(crate) fn opt_display<T: Display, S: Serializer>(
-    value: &Option<T>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn opt_display<T: Display, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
     }
 }
 
-pub(crate) fn header_pairs<S: Serializer>(
-    pairs: &[(HeaderName, HeaderValue)],
-    s: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn header_pairs<S: Serializer>(pairs: &[(HeaderName, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(pairs.len()))?;
     for (name, value) in pairs {
         map.serialize_entry(name.as_str(), &String::from_utf8_lossy(value.as_bytes()))?;

@@ -38,10 +38,7 @@ impl Snapshot {
     }
 
     pub fn bind(&self, key: BindKey) -> Option<&Bind> {
-        self.binds
-            .binary_search_by_key(&key, |b| b.key)
-            .ok()
-            .map(|i| &self.binds[i])
+        self.binds.binary_search_by_key(&key, |b| b.key).ok().map(|i| &self.binds[i])
     }
 }
 
@@ -83,6 +80,15 @@ pub enum Protocol {
     Https,
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+        })
+    }
+}
+
 impl Protocol {
     pub fn scheme(self) -> &'static str {
         match self {
@@ -104,23 +110,15 @@ pub struct Bind {
 
 impl Bind {
     pub fn new(key: BindKey, protocol: Protocol, mut listeners: Vec<Arc<Listener>>) -> Self {
-        listeners.sort_by(|a, b| {
-            hostname_rank(a.hostname.as_ref()).cmp(&hostname_rank(b.hostname.as_ref()))
-        });
-        Bind {
-            key,
-            protocol,
-            listeners,
-        }
+        listeners.sort_by_key(|l| hostname_rank(l.hostname.as_ref()));
+        Bind { key, protocol, listeners }
     }
 
     /// "Exact matches MUST be processed before wildcard matches, and wildcard
     /// matches MUST be processed before fallback (empty Hostname value)
     /// matches."
     pub fn listener_for_host(&self, host: &str) -> Option<&Arc<Listener>> {
-        self.listeners
-            .iter()
-            .find(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
+        self.listeners.iter().find(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
     }
 
     /// The listener whose certificate answers a TLS handshake. Without SNI
@@ -196,9 +194,7 @@ pub struct Certificate {
 
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificate")
-            .field("secret", &self.secret)
-            .finish()
+        f.debug_struct("Certificate").field("secret", &self.secret).finish()
     }
 }
 
@@ -247,40 +243,23 @@ impl RouteTable {
     pub fn insert(&mut self, hostname: Option<&Hostname>, entry: RouteEntry) {
         let (bucket, label) = match hostname {
             Some(Hostname::Exact(name)) => (self.exact.entry(name.clone()), name.clone()),
-            Some(h @ Hostname::Wildcard(suffix)) => {
-                (self.wildcard.entry(suffix.clone()), h.to_string())
-            }
+            Some(h @ Hostname::Wildcard(suffix)) => (self.wildcard.entry(suffix.clone()), h.to_string()),
             None => {
                 self.any
-                    .get_or_insert_with(|| HostRoutes {
-                        label: Arc::from("*"),
-                        entries: Vec::new(),
-                    })
+                    .get_or_insert_with(|| HostRoutes { label: Arc::from("*"), entries: Vec::new() })
                     .entries
                     .push(entry);
                 return;
             }
         };
-        bucket
-            .or_insert_with(|| HostRoutes {
-                label: Arc::from(label),
-                entries: Vec::new(),
-            })
-            .entries
-            .push(entry);
+        bucket.or_insert_with(|| HostRoutes { label: Arc::from(label), entries: Vec::new() }).entries.push(entry);
     }
 
     /// Sorts every bucket by match precedence. Call once after inserting.
     pub fn finish(&mut self) {
-        let buckets = self
-            .exact
-            .values_mut()
-            .chain(self.wildcard.values_mut())
-            .chain(self.any.as_mut());
+        let buckets = self.exact.values_mut().chain(self.wildcard.values_mut()).chain(self.any.as_mut());
         for bucket in buckets {
-            bucket
-                .entries
-                .sort_by(|a, b| precedence((&a.matcher, &a.origin), (&b.matcher, &b.origin)));
+            bucket.entries.sort_by(|a, b| precedence((&a.matcher, &a.origin), (&b.matcher, &b.origin)));
         }
     }
 
@@ -290,10 +269,7 @@ impl RouteTable {
 
     /// Finds the entry that serves a request; `host` is normalised.
     pub fn find(&self, host: &str, req: &RequestView<'_>) -> Option<(&HostRoutes, &RouteEntry)> {
-        fn first_match<'t>(
-            bucket: &'t HostRoutes,
-            req: &RequestView<'_>,
-        ) -> Option<&'t RouteEntry> {
+        fn first_match<'t>(bucket: &'t HostRoutes, req: &RequestView<'_>) -> Option<&'t RouteEntry> {
             bucket.entries.iter().find(|e| e.matcher.matches(req))
         }
         if let Some(bucket) = self.exact.get(host)
@@ -325,10 +301,7 @@ impl RouteTable {
     }
 
     fn buckets(&self) -> impl Iterator<Item = &HostRoutes> {
-        self.exact
-            .values()
-            .chain(self.wildcard.values())
-            .chain(self.any.as_ref())
+        self.exact.values().chain(self.wildcard.values()).chain(self.any.as_ref())
     }
 }
 
@@ -341,11 +314,7 @@ impl Serialize for RouteTable {
             .chain(self.wildcard.values().map(|b| ((1, &*b.label), &b.entries)))
             .chain(self.any.iter().map(|b| ((2, &*b.label), &b.entries)))
             .collect();
-        s.collect_map(
-            sorted
-                .into_iter()
-                .map(|((_, label), entries)| (label, entries)),
-        )
+        s.collect_map(sorted.into_iter().map(|((_, label), entries)| (label, entries)))
     }
 }
 
@@ -393,10 +362,7 @@ impl Backends {
     pub fn new(backends: Vec<WeightedBackend>) -> Option<Self> {
         let backends: Vec<_> = backends.into_iter().filter(|b| b.weight > 0).collect();
         let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
-        (total_weight > 0).then_some(Backends {
-            total_weight,
-            backends,
-        })
+        (total_weight > 0).then_some(Backends { total_weight, backends })
     }
 
     pub fn total_weight(&self) -> u64 {
@@ -446,26 +412,17 @@ mod tests {
 
     fn rule(name: &str) -> Arc<Rule> {
         Arc::new(Rule {
-            route: ObjectRef {
-                namespace: "ns".into(),
-                name: name.into(),
-            },
+            route: ObjectRef { namespace: "ns".into(), name: name.into() },
             index: 0,
             name: None,
             request_headers: None,
-            action: Action::Reject(Rejection {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                reason: name.into(),
-            }),
+            action: Action::Reject(Rejection { status: StatusCode::INTERNAL_SERVER_ERROR, reason: name.into() }),
         })
     }
 
     fn entry(route: &str, path: PathMatch) -> RouteEntry {
         RouteEntry {
-            matcher: RequestMatch {
-                path,
-                ..RequestMatch::any()
-            },
+            matcher: RequestMatch { path, ..RequestMatch::any() },
             origin: MatchOrigin {
                 route_created: None,
                 route_namespace: "ns".into(),
@@ -480,9 +437,7 @@ mod tests {
     fn found(table: &RouteTable, host: &str, path: &str) -> Option<(String, String)> {
         let headers = HeaderMap::new();
         let req = RequestView::new(&Method::GET, path, None, &headers);
-        table
-            .find(host, &req)
-            .map(|(b, e)| (b.label.to_string(), e.rule.route.name.clone()))
+        table.find(host, &req).map(|(b, e)| (b.label.to_string(), e.rule.route.name.clone()))
     }
 
     #[test]
@@ -494,31 +449,16 @@ mod tests {
         t.insert(Some(&wild), entry("wild", PathMatch::prefix("/")));
         t.insert(None, entry("any", PathMatch::prefix("/")));
         t.finish();
-        assert_eq!(
-            found(&t, "a.example.com", "/only/x"),
-            Some(("a.example.com".into(), "exact".into()))
-        );
+        assert_eq!(found(&t, "a.example.com", "/only/x"), Some(("a.example.com".into(), "exact".into())));
         // The exact bucket has no match for this path: the wildcard serves it.
-        assert_eq!(
-            found(&t, "a.example.com", "/other"),
-            Some(("*.example.com".into(), "wild".into()))
-        );
-        assert_eq!(
-            found(&t, "b.c.example.com", "/"),
-            Some(("*.example.com".into(), "wild".into()))
-        );
-        assert_eq!(
-            found(&t, "example.com", "/"),
-            Some(("*".into(), "any".into()))
-        );
+        assert_eq!(found(&t, "a.example.com", "/other"), Some(("*.example.com".into(), "wild".into())));
+        assert_eq!(found(&t, "b.c.example.com", "/"), Some(("*.example.com".into(), "wild".into())));
+        assert_eq!(found(&t, "example.com", "/"), Some(("*".into(), "any".into())));
     }
 
     #[test]
     fn weighted_pick_covers_the_range() {
-        let b = |w| WeightedBackend {
-            weight: w,
-            target: BackendTarget::Invalid(w.to_string()),
-        };
+        let b = |w| WeightedBackend { weight: w, target: BackendTarget::Invalid(w.to_string()) };
         let backends = Backends::new(vec![b(1), b(0), b(3)]).unwrap();
         assert_eq!(backends.total_weight(), 4);
         let picked: Vec<_> = (0..4).map(|r| backends.pick(r).weight).collect();

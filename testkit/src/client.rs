@@ -51,10 +51,7 @@ pub enum Mode {
 
 /// Builds a GET request with a Host header (HTTP/1.1) or authority (h2).
 pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header(http::header::HOST, host)
-        .body(Full::new(Bytes::new()))
-        .expect("valid request")
+    Request::get(path).header(http::header::HOST, host).body(Full::new(Bytes::new())).expect("valid request")
 }
 
 /// Sends one request on a new connection.
@@ -83,21 +80,15 @@ where
                 *req.uri_mut() = format!("http://{host}{pq}").parse().map_err(other)?;
             }
             *req.version_mut() = Version::HTTP_2;
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(other)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(other)?;
             tokio::spawn(conn);
             sender.send_request(req).await.map_err(other)?
         }
     };
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(other)?.to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    })
+    Ok(Reply { status: parts.status, version: parts.version, headers: parts.headers, body })
 }
 
 /// Connects with TLS, sending `sni` (if any) and offering `alpn`; returns the

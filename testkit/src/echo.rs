@@ -127,9 +127,7 @@ async fn respond(name: &str, mut req: Request<Incoming>) -> Response<EchoBody> {
         body_bytes,
     };
     let mut response = Response::new(full(serde_json::to_vec(&reply).expect("serializable")));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -156,9 +154,7 @@ fn stream(name: &str, query: Option<&str>) -> Response<EchoBody> {
         }
     });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     response
 }
 

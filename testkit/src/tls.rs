@@ -13,9 +13,5 @@ pub fn self_signed(names: &[&str]) -> TestCert {
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(names).expect("rcgen can sign a certificate");
-    TestCert {
-        cert_pem: cert.pem(),
-        key_pem: signing_key.serialize_pem(),
-        der: cert.der().clone(),
-    }
+    TestCert { cert_pem: cert.pem(), key_pem: signing_key.serialize_pem(), der: cert.der().clone() }
 }

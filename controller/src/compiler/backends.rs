@@ -40,65 +40,32 @@ impl<'w> BackendResolver<'w> {
     pub fn new(world: &'w World) -> Self {
         let mut slices: BTreeMap<ObjectRef, Vec<&EndpointSlice>> = BTreeMap::new();
         for (key, slice) in &world.endpoint_slices {
-            let service = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            let service = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(service) = service {
                 slices
-                    .entry(ObjectRef {
-                        namespace: key.namespace.clone(),
-                        name: service.clone(),
-                    })
+                    .entry(ObjectRef { namespace: key.namespace.clone(), name: service.clone() })
                     .or_default()
                     .push(slice);
             }
         }
-        BackendResolver {
-            world,
-            slices,
-            resolved: HashMap::new(),
-        }
+        BackendResolver { world, slices, resolved: HashMap::new() }
     }
 
-    pub fn resolve(
-        &mut self,
-        route_namespace: &str,
-        r: &BackendRefSpec<'_>,
-    ) -> Result<Arc<Backend>, BackendError> {
+    pub fn resolve(&mut self, route_namespace: &str, r: &BackendRefSpec<'_>) -> Result<Arc<Backend>, BackendError> {
         let group = r.group.unwrap_or("");
         let kind = r.kind.unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
-            let shown = if group.is_empty() {
-                kind.to_owned()
-            } else {
-                format!("{kind}.{group}")
-            };
+            let shown = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
             return Err(BackendError {
                 reason: reasons::INVALID_KIND,
-                message: format!(
-                    "backendRef {}: unsupported kind {shown}; only core Services are supported",
-                    r.name
-                ),
+                message: format!("backendRef {}: unsupported kind {shown}; only core Services are supported", r.name),
             });
         }
-        let key = ObjectRef {
-            namespace: r.namespace.unwrap_or(route_namespace).to_owned(),
-            name: r.name.to_owned(),
-        };
+        let key = ObjectRef { namespace: r.namespace.unwrap_or(route_namespace).to_owned(), name: r.name.to_owned() };
         let allowed = grants::allows(
             self.world,
-            grants::From {
-                kind: "HTTPRoute",
-                namespace: route_namespace,
-            },
-            grants::To {
-                group: "",
-                kind: "Service",
-                namespace: &key.namespace,
-                name: &key.name,
-            },
+            grants::From { kind: "HTTPRoute", namespace: route_namespace },
+            grants::To { group: "", kind: "Service", namespace: &key.namespace, name: &key.name },
         );
         if !allowed {
             return Err(BackendError {
@@ -126,14 +93,11 @@ impl<'w> BackendResolver<'w> {
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return Err(BackendError {
                 reason: reasons::BACKEND_NOT_FOUND,
-                message: format!(
-                    "Service {key} is of type ExternalName, which Agimo does not route to"
-                ),
+                message: format!("Service {key} is of type ExternalName, which Agimo does not route to"),
             });
         }
-        let Some(service_port) = spec
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port))
+        let Some(service_port) =
+            spec.and_then(|s| s.ports.as_ref()).and_then(|ports| ports.iter().find(|p| p.port == port))
         else {
             return Err(BackendError {
                 reason: reasons::BACKEND_NOT_FOUND,
@@ -162,11 +126,7 @@ impl<'w> BackendResolver<'w> {
             };
             for endpoint in slice.endpoints.iter().flatten() {
                 // "ready" unset means ready, as the EndpointSlice API defines.
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
+                let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if !ready {
                     continue;
                 }
@@ -179,10 +139,7 @@ impl<'w> BackendResolver<'w> {
         }
         endpoints.sort();
         endpoints.dedup();
-        let backend = Arc::new(Backend {
-            id: format!("{key}:{port}"),
-            endpoints,
-        });
+        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints });
         self.resolved.insert(cache_key, backend.clone());
         Ok(backend)
     }

@@ -30,6 +30,7 @@ pub mod types {
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const CONFLICTED: &str = "Conflicted";
     pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+    pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
 }
 
 pub mod reasons {
@@ -54,4 +55,7 @@ pub mod reasons {
     pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
+    pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
+    /// Agimo's own route reason: the parent Gateway exists but is not accepted.
+    pub const GATEWAY_NOT_ACCEPTED: &str = "GatewayNotAccepted";
 }

@@ -14,9 +14,8 @@ use super::conditions::{condition, reasons, types};
 use super::grants::LabelSelector;
 use super::tls::CertificateCache;
 use crate::api::{
-    CONTROLLER_NAME, Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus,
-    GatewayStatus, GatewayStatusAddress, Listener, ListenerStatus, SupportedFeature, SupportedKind,
-    TlsMode,
+    CONTROLLER_NAME, Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus,
+    GatewayStatusAddress, Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
 };
 use crate::world::World;
 
@@ -35,22 +34,13 @@ pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<Stri
         let accepted_condition = match &class.spec.parameters_ref {
             None => {
                 accepted.insert(name.clone());
-                condition(
-                    types::ACCEPTED,
-                    true,
-                    reasons::ACCEPTED,
-                    "Agimo serves this GatewayClass",
-                    generation,
-                )
+                condition(types::ACCEPTED, true, reasons::ACCEPTED, "Agimo serves this GatewayClass", generation)
             }
             Some(p) => condition(
                 types::ACCEPTED,
                 false,
                 reasons::INVALID_PARAMETERS,
-                format!(
-                    "parametersRef {}/{} {}: Agimo takes no GatewayClass parameters",
-                    p.group, p.kind, p.name
-                ),
+                format!("parametersRef {}/{} {}: Agimo takes no GatewayClass parameters", p.group, p.kind, p.name),
                 generation,
             ),
         };
@@ -59,12 +49,7 @@ pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<Stri
             GatewayClassStatus {
                 conditions: Some(vec![accepted_condition]),
                 supported_features: Some(
-                    SUPPORTED_FEATURES
-                        .iter()
-                        .map(|f| SupportedFeature {
-                            name: (*f).to_owned(),
-                        })
-                        .collect(),
+                    SUPPORTED_FEATURES.iter().map(|f| SupportedFeature { name: (*f).to_owned() }).collect(),
                 ),
             },
         );
@@ -100,6 +85,9 @@ pub struct ListenerModel<'w> {
     pub unresolved: Option<(&'static str, String)>,
     /// Conflicted=True reason and message.
     pub conflict: Option<(&'static str, String)>,
+    /// OverlappingTLSConfig=True message: another HTTPS listener on the port
+    /// has an overlapping hostname.
+    pub overlapping_tls: Option<String>,
     pub attached_routes: i32,
     pub routes: RouteTable,
 }
@@ -118,12 +106,7 @@ impl ListenerModel<'_> {
             && (self.protocol == Some(Protocol::Http) || !self.certificates.is_empty())
     }
 
-    pub fn allows_namespace(
-        &self,
-        world: &World,
-        gateway_namespace: &str,
-        route_namespace: &str,
-    ) -> bool {
+    pub fn allows_namespace(&self, world: &World, gateway_namespace: &str, route_namespace: &str) -> bool {
         match &self.namespaces {
             AllowedNamespaces::Same => gateway_namespace == route_namespace,
             AllowedNamespaces::All => true,
@@ -160,12 +143,7 @@ fn build_gateway<'w>(
     certs: &mut CertificateCache,
 ) -> GatewayModel<'w> {
     let mut accepted = Ok(());
-    if let Some(p) = gw
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref())
-    {
+    if let Some(p) = gw.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) {
         accepted = Err((
             reasons::INVALID_PARAMETERS,
             format!(
@@ -182,10 +160,8 @@ fn build_gateway<'w>(
             ("IPAddress", Some(v)) => match v.parse::<IpAddr>() {
                 Ok(ip) => addresses.push(Some(ip)),
                 Err(_) => {
-                    accepted = accepted.and(Err((
-                        reasons::UNSUPPORTED_ADDRESS,
-                        format!("address {v:?} is not an IP address"),
-                    )))
+                    accepted =
+                        accepted.and(Err((reasons::UNSUPPORTED_ADDRESS, format!("address {v:?} is not an IP address"))))
                 }
             },
             (other, _) => {
@@ -202,21 +178,11 @@ fn build_gateway<'w>(
     addresses.sort();
     addresses.dedup();
 
-    let mut listeners: Vec<_> = gw
-        .spec
-        .listeners
-        .iter()
-        .map(|l| build_listener(world, &key.namespace, l, certs))
-        .collect();
+    let mut listeners: Vec<_> =
+        gw.spec.listeners.iter().map(|l| build_listener(world, &key.namespace, l, certs)).collect();
     mark_conflicts(&mut listeners);
-    GatewayModel {
-        key: key.clone(),
-        gateway: gw,
-        generation: gw.metadata.generation,
-        addresses,
-        accepted,
-        listeners,
-    }
+    mark_overlapping_tls(&mut listeners);
+    GatewayModel { key: key.clone(), gateway: gw, generation: gw.metadata.generation, addresses, accepted, listeners }
 }
 
 fn build_listener<'w>(
@@ -237,6 +203,7 @@ fn build_listener<'w>(
         invalid: None,
         unresolved: None,
         conflict: None,
+        overlapping_tls: None,
         attached_routes: 0,
         routes: RouteTable::default(),
     };
@@ -254,10 +221,7 @@ fn build_listener<'w>(
     match u16::try_from(l.port) {
         Ok(port) if port > 0 => model.port = port,
         _ => {
-            model.invalid = Some((
-                reasons::PORT_UNAVAILABLE,
-                format!("port {} is out of range", l.port),
-            ));
+            model.invalid = Some((reasons::PORT_UNAVAILABLE, format!("port {} is out of range", l.port)));
         }
     }
     if let Some(h) = l.hostname.as_deref().filter(|h| !h.is_empty()) {
@@ -292,9 +256,7 @@ fn build_listener<'w>(
     };
 
     // allowedRoutes.kinds: only HTTPRoute is supported on HTTP and HTTPS.
-    let kinds = allowed
-        .and_then(|a| a.kinds.as_ref())
-        .filter(|k| !k.is_empty());
+    let kinds = allowed.and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty());
     match kinds {
         None => model.allows_http_routes = true,
         Some(kinds) => {
@@ -310,19 +272,15 @@ fn build_listener<'w>(
             if !invalid.is_empty() {
                 model.unresolved = Some((
                     reasons::INVALID_ROUTE_KINDS,
-                    format!(
-                        "route kinds {} are not supported; Agimo supports HTTPRoute",
-                        invalid.join(", ")
-                    ),
+                    format!("route kinds {} are not supported; Agimo supports HTTPRoute", invalid.join(", ")),
                 ));
             }
         }
     }
     if model.allows_http_routes {
-        model.supported_kinds.push(SupportedKind {
-            group: Some(GATEWAY_GROUP.to_owned()),
-            kind: "HTTPRoute".to_owned(),
-        });
+        model
+            .supported_kinds
+            .push(SupportedKind { group: Some(GATEWAY_GROUP.to_owned()), kind: "HTTPRoute".to_owned() });
     }
 
     if model.protocol == Some(Protocol::Https) {
@@ -333,10 +291,7 @@ fn build_listener<'w>(
                 "tls.mode Passthrough is not supported on HTTPS listeners".into(),
             ));
         }
-        let refs = tls
-            .and_then(|t| t.certificate_refs.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
         if refs.is_empty() {
             model.unresolved.get_or_insert((
                 reasons::INVALID_CERTIFICATE_REF,
@@ -348,11 +303,7 @@ fn build_listener<'w>(
                 Ok(cert) => model.certificates.push(cert),
                 Err(e) => {
                     // RefNotPermitted takes precedence: it tells the user what to add.
-                    if model
-                        .unresolved
-                        .as_ref()
-                        .is_none_or(|(reason, _)| *reason != reasons::REF_NOT_PERMITTED)
-                    {
+                    if model.unresolved.as_ref().is_none_or(|(reason, _)| *reason != reasons::REF_NOT_PERMITTED) {
                         model.unresolved = Some(e);
                     }
                 }
@@ -381,10 +332,7 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
             let conflict = if pa != pb {
                 Some((
                     reasons::PROTOCOL_CONFLICT,
-                    format!(
-                        "listener {} uses port {} with protocol {}",
-                        b.spec.name, b.port, b.spec.protocol
-                    ),
+                    format!("listener {} uses port {} with protocol {}", b.spec.name, b.port, b.spec.protocol),
                 ))
             } else if a.hostname == b.hostname {
                 Some((
@@ -393,9 +341,7 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
                         "listener {} uses the same port {} and hostname {}",
                         b.spec.name,
                         b.port,
-                        a.hostname
-                            .as_ref()
-                            .map_or("(none)".to_owned(), |h| h.to_string())
+                        a.hostname.as_ref().map_or("(none)".to_owned(), |h| h.to_string())
                     ),
                 ))
             } else {
@@ -406,6 +352,35 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
             {
                 listeners[i].conflict = Some(c);
             }
+        }
+    }
+}
+
+/// "Controllers MUST detect the presence of overlapping hostnames": HTTPS
+/// listeners on one port whose hostnames can match the same name (a
+/// wildcard and a name under it, or a listener without hostname and any
+/// other). They stay programmed; the more specific hostname wins.
+fn mark_overlapping_tls(listeners: &mut [ListenerModel<'_>]) {
+    let overlaps = |a: &Option<Hostname>, b: &Option<Hostname>| match (a, b) {
+        (None, _) | (_, None) => true,
+        (Some(x), Some(y)) => Hostname::intersect(Some(x), y).is_some(),
+    };
+    let n = listeners.len();
+    for i in 0..n {
+        let a = &listeners[i];
+        if a.protocol != Some(Protocol::Https) || a.conflict.is_some() {
+            continue;
+        }
+        let others: Vec<&str> = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| &listeners[j])
+            .filter(|b| b.protocol == Some(Protocol::Https) && b.port == a.port && b.conflict.is_none())
+            .filter(|b| overlaps(&a.hostname, &b.hostname))
+            .map(|b| b.spec.name.as_str())
+            .collect();
+        if !others.is_empty() {
+            let message = format!("hostname overlaps with listeners {} on port {}", others.join(", "), a.port);
+            listeners[i].overlapping_tls = Some(message);
         }
     }
 }
@@ -428,31 +403,18 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
             }
             let protocol = l.protocol.expect("programmable listeners have a protocol");
             let owner = format!("Gateway {} listener {}", gw.key, l.spec.name);
-            let keys: Vec<_> = gw
-                .addresses
-                .iter()
-                .map(|a| BindKey {
-                    address: *a,
-                    port: l.port,
-                })
-                .collect();
+            let keys: Vec<_> = gw.addresses.iter().map(|a| BindKey { address: *a, port: l.port }).collect();
             let conflict = keys.iter().find_map(|k| {
                 let (p, hosts) = claims.get(k)?;
                 if *p != protocol {
                     return Some((
                         reasons::PROTOCOL_CONFLICT,
-                        format!("{k} is already served over {p:?} by {}", hosts[0].1),
+                        format!("{k} is already served over {p} by {}", hosts[0].1),
                     ));
                 }
-                hosts
-                    .iter()
-                    .find(|(h, _)| *h == l.hostname)
-                    .map(|(_, other)| {
-                        (
-                            reasons::HOSTNAME_CONFLICT,
-                            format!("{k} already serves this hostname for {other}"),
-                        )
-                    })
+                hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
+                    (reasons::HOSTNAME_CONFLICT, format!("{k} already serves this hostname for {other}"))
+                })
             });
             match conflict {
                 Some(c) => l.conflict = Some(c),
@@ -496,31 +458,20 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
             });
             for address in &gw.addresses {
                 binds
-                    .entry(BindKey {
-                        address: *address,
-                        port: l.port,
-                    })
+                    .entry(BindKey { address: *address, port: l.port })
                     .or_insert_with(|| (protocol, Vec::new()))
                     .1
                     .push(listener.clone());
             }
         }
     }
-    Snapshot::new(
-        binds
-            .into_iter()
-            .map(|(key, (protocol, listeners))| Bind::new(key, protocol, listeners))
-            .collect(),
-    )
+    Snapshot::new(binds.into_iter().map(|(key, (protocol, listeners))| Bind::new(key, protocol, listeners)).collect())
 }
 
 fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let generation = gw.generation;
-    let listeners: Vec<ListenerStatus> = gw
-        .listeners
-        .iter()
-        .map(|l| listener_status(l, generation))
-        .collect();
+    let listeners: Vec<ListenerStatus> =
+        gw.listeners.iter().map(|l| listener_status(l, gw.accepted.is_ok(), generation)).collect();
     let invalid: Vec<&str> = gw
         .listeners
         .iter()
@@ -531,13 +482,7 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let (accepted, programmed) = match &gw.accepted {
         Err((reason, message)) => (
             condition(types::ACCEPTED, false, reason, message.clone(), generation),
-            condition(
-                types::PROGRAMMED,
-                false,
-                reasons::INVALID,
-                "the Gateway is not accepted",
-                generation,
-            ),
+            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation),
         ),
         Ok(()) if all_invalid => (
             condition(
@@ -547,23 +492,11 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
                 format!("no listener is valid: {}", invalid.join(", ")),
                 generation,
             ),
-            condition(
-                types::PROGRAMMED,
-                false,
-                reasons::INVALID,
-                "the Gateway has no valid listener",
-                generation,
-            ),
+            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway has no valid listener", generation),
         ),
         Ok(()) => (
             if invalid.is_empty() {
-                condition(
-                    types::ACCEPTED,
-                    true,
-                    reasons::ACCEPTED,
-                    "the Gateway is accepted",
-                    generation,
-                )
+                condition(types::ACCEPTED, true, reasons::ACCEPTED, "the Gateway is accepted", generation)
             } else {
                 condition(
                     types::ACCEPTED,
@@ -573,23 +506,14 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
                     generation,
                 )
             },
-            condition(
-                types::PROGRAMMED,
-                true,
-                reasons::PROGRAMMED,
-                "the Gateway is programmed",
-                generation,
-            ),
+            condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation),
         ),
     };
     let addresses: Vec<_> = gw
         .addresses
         .iter()
         .flatten()
-        .map(|ip| GatewayStatusAddress {
-            r#type: Some("IPAddress".to_owned()),
-            value: ip.to_string(),
-        })
+        .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
         .collect();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
@@ -599,68 +523,44 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     }
 }
 
-fn listener_status(l: &ListenerModel<'_>, generation: Option<i64>) -> ListenerStatus {
+fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
     let mut conditions: Vec<Condition> = Vec::with_capacity(4);
     conditions.push(match (&l.invalid, &l.conflict) {
-        (Some((reason, message)), _) => {
-            condition(types::ACCEPTED, false, reason, message.clone(), generation)
-        }
-        (None, Some((reason, message))) => {
-            condition(types::ACCEPTED, false, reason, message.clone(), generation)
-        }
-        (None, None) => condition(
-            types::ACCEPTED,
-            true,
-            reasons::ACCEPTED,
-            "the listener is accepted",
-            generation,
-        ),
+        (Some((reason, message)), _) => condition(types::ACCEPTED, false, reason, message.clone(), generation),
+        (None, Some((reason, message))) => condition(types::ACCEPTED, false, reason, message.clone(), generation),
+        (None, None) => condition(types::ACCEPTED, true, reasons::ACCEPTED, "the listener is accepted", generation),
     });
-    conditions.push(if l.programmable() {
-        condition(
-            types::PROGRAMMED,
-            true,
-            reasons::PROGRAMMED,
-            "the listener is programmed",
-            generation,
-        )
+    conditions.push(if !gateway_accepted {
+        condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation)
+    } else if l.programmable() {
+        condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the listener is programmed", generation)
     } else {
         let why = match (&l.invalid, &l.conflict, &l.unresolved) {
-            (Some((_, m)), _, _) | (None, Some((_, m)), _) | (None, None, Some((_, m))) => {
-                m.clone()
-            }
+            (Some((_, m)), _, _) | (None, Some((_, m)), _) | (None, None, Some((_, m))) => m.clone(),
             (None, None, None) => "the listener is not valid".to_owned(),
         };
         condition(types::PROGRAMMED, false, reasons::INVALID, why, generation)
     });
     conditions.push(match &l.unresolved {
-        Some((reason, message)) => condition(
-            types::RESOLVED_REFS,
-            false,
-            reason,
-            message.clone(),
-            generation,
-        ),
-        None => condition(
-            types::RESOLVED_REFS,
-            true,
-            reasons::RESOLVED_REFS,
-            "all references are resolved",
-            generation,
-        ),
+        Some((reason, message)) => condition(types::RESOLVED_REFS, false, reason, message.clone(), generation),
+        None => {
+            condition(types::RESOLVED_REFS, true, reasons::RESOLVED_REFS, "all references are resolved", generation)
+        }
     });
     conditions.push(match &l.conflict {
-        Some((reason, message)) => {
-            condition(types::CONFLICTED, true, reason, message.clone(), generation)
-        }
-        None => condition(
-            types::CONFLICTED,
-            false,
-            reasons::NO_CONFLICTS,
-            "no conflicts",
-            generation,
-        ),
+        Some((reason, message)) => condition(types::CONFLICTED, true, reason, message.clone(), generation),
+        None => condition(types::CONFLICTED, false, reasons::NO_CONFLICTS, "no conflicts", generation),
     });
+    // "MUST NOT be set when it is False."
+    if let Some(message) = &l.overlapping_tls {
+        conditions.push(condition(
+            types::OVERLAPPING_TLS_CONFIG,
+            true,
+            reasons::OVERLAPPING_HOSTNAMES,
+            message.clone(),
+            generation,
+        ));
+    }
     ListenerStatus {
         attached_routes: l.attached_routes,
         conditions,

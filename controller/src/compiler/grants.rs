@@ -28,19 +28,14 @@ pub fn allows(world: &World, from: From<'_>, to: To<'_>) -> bool {
     if from.namespace == to.namespace {
         return true;
     }
-    world
-        .reference_grants
-        .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
-        .any(|(_, grant)| {
-            grant.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == from.kind && f.namespace == from.namespace
-            }) && grant.spec.to.iter().any(|t| {
-                t.group == to.group
-                    && t.kind == to.kind
-                    && t.name.as_deref().is_none_or(|n| n == to.name)
-            })
-        })
+    world.reference_grants.iter().filter(|(key, _)| key.namespace == to.namespace).any(|(_, grant)| {
+        grant.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == from.kind && f.namespace == from.namespace)
+            && grant
+                .spec
+                .to
+                .iter()
+                .any(|t| t.group == to.group && t.kind == to.kind && t.name.as_deref().is_none_or(|n| n == to.name))
+    })
 }
 
 /// A compiled Kubernetes label selector (`matchLabels` and `matchExpressions`).
@@ -69,17 +64,11 @@ impl LabelSelector {
                 "Exists" if values.is_empty() => Expression::Exists(e.key.clone()),
                 "DoesNotExist" if values.is_empty() => Expression::DoesNotExist(e.key.clone()),
                 op => {
-                    return Err(format!(
-                        "invalid label selector expression: {} {op} {:?}",
-                        e.key, values
-                    ));
+                    return Err(format!("invalid label selector expression: {} {op} {:?}", e.key, values));
                 }
             });
         }
-        Ok(LabelSelector {
-            labels: selector.match_labels.clone().unwrap_or_default(),
-            expressions,
-        })
+        Ok(LabelSelector { labels: selector.match_labels.clone().unwrap_or_default(), expressions })
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -102,23 +91,13 @@ mod tests {
         let selector = NamespaceSelector {
             match_labels: Some([("team".to_owned(), "a".to_owned())].into()),
             match_expressions: Some(vec![
-                serde_json::from_value(
-                    serde_json::json!({"key": "env", "operator": "In", "values": ["prod", "dev"]}),
-                )
-                .unwrap(),
-                serde_json::from_value(
-                    serde_json::json!({"key": "legacy", "operator": "DoesNotExist"}),
-                )
-                .unwrap(),
+                serde_json::from_value(serde_json::json!({"key": "env", "operator": "In", "values": ["prod", "dev"]}))
+                    .unwrap(),
+                serde_json::from_value(serde_json::json!({"key": "legacy", "operator": "DoesNotExist"})).unwrap(),
             ]),
         };
         let s = LabelSelector::compile(&selector).unwrap();
-        let labels = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert!(s.matches(&labels(&[("team", "a"), ("env", "dev")])));
         assert!(!s.matches(&labels(&[("team", "a"), ("env", "qa")])));
         assert!(!s.matches(&labels(&[("team", "a"), ("env", "dev"), ("legacy", "1")])));
@@ -130,16 +109,9 @@ mod tests {
         let selector = NamespaceSelector {
             match_labels: None,
             match_expressions: Some(vec![
-                serde_json::from_value(
-                    serde_json::json!({"key": "env", "operator": "Like", "values": ["x"]}),
-                )
-                .unwrap(),
+                serde_json::from_value(serde_json::json!({"key": "env", "operator": "Like", "values": ["x"]})).unwrap(),
             ]),
         };
-        assert!(
-            LabelSelector::compile(&selector)
-                .unwrap_err()
-                .contains("Like")
-        );
+        assert!(LabelSelector::compile(&selector).unwrap_err().contains("Like"));
     }
 }

@@ -19,9 +19,8 @@ use super::backends::{BackendError, BackendRefSpec, BackendResolver};
 use super::conditions::{condition, reasons, types};
 use super::gateways::GatewayModel;
 use crate::api::{
-    self, CONTROLLER_NAME, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference,
-    PathMatchType, QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch,
-    RouteParentStatus,
+    self, CONTROLLER_NAME, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
+    QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
 };
 use crate::world::World;
 
@@ -64,17 +63,9 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                     for l in listeners {
                         attached.insert((g, l));
                     }
-                    condition(
-                        types::ACCEPTED,
-                        true,
-                        reasons::ACCEPTED,
-                        "the route is attached",
-                        generation,
-                    )
+                    condition(types::ACCEPTED, true, reasons::ACCEPTED, "the route is attached", generation)
                 }
-                Err((reason, message)) => {
-                    condition(types::ACCEPTED, false, reason, message, generation)
-                }
+                Err((reason, message)) => condition(types::ACCEPTED, false, reason, message, generation),
             };
             let mut conditions = vec![accepted];
             conditions.push(match compiled.backend_errors.first() {
@@ -89,12 +80,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                     types::RESOLVED_REFS,
                     false,
                     first.reason,
-                    compiled
-                        .backend_errors
-                        .iter()
-                        .map(|e| e.message.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    compiled.backend_errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "),
                     generation,
                 ),
             });
@@ -103,7 +89,10 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                     types::PARTIALLY_INVALID,
                     true,
                     reasons::UNSUPPORTED_VALUE,
-                    compiled.invalid_rules.join("; "),
+                    format!(
+                        "Dropped Rule: {}; requests that match a dropped rule get 500",
+                        compiled.invalid_rules.join("; ")
+                    ),
                     generation,
                 ));
             }
@@ -154,11 +143,7 @@ fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<O
     if route.is_empty() {
         return vec![listener.cloned()];
     }
-    let mut out: Vec<_> = route
-        .iter()
-        .filter_map(|h| Hostname::intersect(listener, h))
-        .map(Some)
-        .collect();
+    let mut out: Vec<_> = route.iter().filter_map(|h| Hostname::intersect(listener, h)).map(Some).collect();
     out.sort();
     out.dedup();
     out
@@ -174,21 +159,13 @@ fn attach(
     parent: &api::ParentRef,
 ) -> Result<Vec<usize>, (&'static str, String)> {
     if let Err((_, why)) = &gw.accepted {
-        return Err((
-            reasons::NO_MATCHING_PARENT,
-            format!("Gateway {} is not accepted: {why}", gw.key),
-        ));
+        return Err((reasons::GATEWAY_NOT_ACCEPTED, format!("Gateway {} is not accepted: {why}", gw.key)));
     }
     let selected: Vec<usize> = gw
         .listeners
         .iter()
         .enumerate()
-        .filter(|(_, l)| {
-            parent
-                .section_name
-                .as_deref()
-                .is_none_or(|s| s == l.spec.name)
-        })
+        .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.spec.name))
         .filter(|(_, l)| parent.port.is_none_or(|p| p == l.spec.port))
         .map(|(i, _)| i)
         .collect();
@@ -202,11 +179,7 @@ fn attach(
         }
         return Err((
             reasons::NO_MATCHING_PARENT,
-            format!(
-                "Gateway {} has no listener with {}",
-                gw.key,
-                what.join(" and ")
-            ),
+            format!("Gateway {} has no listener with {}", gw.key, what.join(" and ")),
         ));
     }
     let allowed: Vec<usize> = selected
@@ -219,10 +192,7 @@ fn attach(
     if allowed.is_empty() {
         return Err((
             reasons::NOT_ALLOWED_BY_LISTENERS,
-            format!(
-                "no listener of Gateway {} allows HTTPRoutes from namespace {}",
-                gw.key, route.namespace
-            ),
+            format!("no listener of Gateway {} allows HTTPRoutes from namespace {}", gw.key, route.namespace),
         ));
     }
     let matching: Vec<usize> = allowed
@@ -230,19 +200,13 @@ fn attach(
         .filter(|&i| {
             let l = &gw.listeners[i];
             compiled.hostnames.is_empty()
-                || compiled
-                    .hostnames
-                    .iter()
-                    .any(|h| Hostname::intersect(l.hostname.as_ref(), h).is_some())
+                || compiled.hostnames.iter().any(|h| Hostname::intersect(l.hostname.as_ref(), h).is_some())
         })
         .collect();
     if matching.is_empty() {
         return Err((
             reasons::NO_MATCHING_LISTENER_HOSTNAME,
-            format!(
-                "no listener of Gateway {} has a hostname that matches the route's hostnames",
-                gw.key
-            ),
+            format!("no listener of Gateway {} has a hostname that matches the route's hostnames", gw.key),
         ));
     }
     if let Some(why) = &compiled.invalid {
@@ -269,17 +233,9 @@ impl CompiledRoute {
     }
 }
 
-fn compile_route(
-    key: &ObjectRef,
-    route: &HttpRoute,
-    resolver: &mut BackendResolver<'_>,
-) -> CompiledRoute {
+fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResolver<'_>) -> CompiledRoute {
     let mut compiled = CompiledRoute {
-        created: route
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second()),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         hostnames: Vec::new(),
         rules: Vec::new(),
         invalid_rules: Vec::new(),
@@ -302,44 +258,29 @@ fn compile_route(
             Ok(m) => m,
             Err(why) => {
                 // A rule whose matches cannot be compiled can never match.
-                compiled
-                    .invalid_rules
-                    .push(format!("Dropped Rule {index}: {why}"));
+                compiled.invalid_rules.push(format!("rule {index}: {why}"));
                 continue;
             }
         };
-        let RuleAction {
-            request_headers,
-            action,
-        } = match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
-            Ok(action) => action,
-            Err(why) => {
-                compiled.invalid_rules.push(format!(
-                    "Dropped Rule {index} (requests it matches get 500): {why}"
-                ));
-                RuleAction {
-                    request_headers: None,
-                    action: Action::Reject(Rejection {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
-                    }),
+        let RuleAction { request_headers, action } =
+            match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
+                Ok(action) => action,
+                Err(why) => {
+                    compiled.invalid_rules.push(format!("rule {index}: {why}"));
+                    RuleAction {
+                        request_headers: None,
+                        action: Action::Reject(Rejection {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
+                        }),
+                    }
                 }
-            }
-        };
-        let rule = Arc::new(Rule {
-            route: key.clone(),
-            index,
-            name: spec.name.clone(),
-            request_headers,
-            action,
-        });
+            };
+        let rule = Arc::new(Rule { route: key.clone(), index, name: spec.name.clone(), request_headers, action });
         compiled.rules.push((rule, matches));
     }
     if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {
-        compiled.invalid = Some(format!(
-            "every rule is invalid: {}",
-            compiled.invalid_rules.join("; ")
-        ));
+        compiled.invalid = Some(format!("every rule is invalid: {}", compiled.invalid_rules.join("; ")));
     }
     compiled
 }
@@ -376,23 +317,20 @@ fn compile_action(
                 request_headers = Some(header_modifier(m)?);
             }
             T::RequestRedirect => {
-                let r = filter
-                    .request_redirect
-                    .as_ref()
-                    .ok_or("RequestRedirect filter without requestRedirect")?;
+                let r = filter.request_redirect.as_ref().ok_or("RequestRedirect filter without requestRedirect")?;
                 if redirect.is_some() {
                     return Err("RequestRedirect may appear once per rule".into());
                 }
                 redirect = Some(compile_redirect(r, matches)?);
             }
-            ref other => return Err(format!("filter type {other:?} is not supported")),
+            ref other => {
+                let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
+                return Err(format!("filter type {} is not supported", name.unwrap_or_default()));
+            }
         }
     }
     if let Some(redirect) = redirect {
-        return Ok(RuleAction {
-            request_headers,
-            action: Action::Redirect(redirect),
-        });
+        return Ok(RuleAction { request_headers, action: Action::Redirect(redirect) });
     }
     let refs = spec.backend_refs.as_deref().unwrap_or_default();
     let mut backends = Vec::with_capacity(refs.len());
@@ -417,10 +355,7 @@ fn compile_action(
                 target
             }
         };
-        backends.push(WeightedBackend {
-            weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0),
-            target,
-        });
+        backends.push(WeightedBackend { weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0), target });
     }
     let action = match Backends::new(backends) {
         Some(backends) => Action::Forward(backends),
@@ -433,10 +368,7 @@ fn compile_action(
             },
         }),
     };
-    Ok(RuleAction {
-        request_headers,
-        action,
-    })
+    Ok(RuleAction { request_headers, action })
 }
 
 fn compile_matches(matches: Option<&[RouteMatch]>) -> Result<Vec<RequestMatch>, String> {
@@ -454,17 +386,15 @@ fn compile_match(m: &RouteMatch) -> Result<RequestMatch, String> {
             match p.r#type.as_ref().unwrap_or(&PathMatchType::PathPrefix) {
                 PathMatchType::Exact => PathMatch::Exact(absolute_path(value)?.to_owned()),
                 PathMatchType::PathPrefix => PathMatch::prefix(absolute_path(value)?),
-                PathMatchType::RegularExpression => PathMatch::RegularExpression(
-                    FullRegex::new(value)
-                        .map_err(|e| format!("path regular expression {value:?}: {e}"))?,
-                ),
+                PathMatchType::RegularExpression => {
+                    PathMatch::RegularExpression(FullRegex::new(value).map_err(|e| format!("path match: {e}"))?)
+                }
             }
         }
     };
     let mut headers: Vec<HeaderMatch> = Vec::new();
     for h in m.headers.iter().flatten() {
-        let name = HeaderName::try_from(h.name.as_str())
-            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let name = HeaderName::try_from(h.name.as_str()).map_err(|_| format!("invalid header name {:?}", h.name))?;
         // "If multiple entries specify equivalent header names, only the
         // first entry with an equivalent name MUST be considered."
         if headers.iter().any(|existing| existing.name == name) {
@@ -473,8 +403,7 @@ fn compile_match(m: &RouteMatch) -> Result<RequestMatch, String> {
         let value = match h.r#type.as_ref().unwrap_or(&HeaderMatchType::Exact) {
             HeaderMatchType::Exact => ValueMatch::Exact(h.value.clone()),
             HeaderMatchType::RegularExpression => ValueMatch::RegularExpression(
-                FullRegex::new(&h.value)
-                    .map_err(|e| format!("header regular expression {:?}: {e}", h.value))?,
+                FullRegex::new(&h.value).map_err(|e| format!("header {} match: {e}", h.name))?,
             ),
         };
         headers.push(HeaderMatch { name, value });
@@ -487,28 +416,17 @@ fn compile_match(m: &RouteMatch) -> Result<RequestMatch, String> {
         let value = match q.r#type.as_ref().unwrap_or(&QueryParamMatchType::Exact) {
             QueryParamMatchType::Exact => ValueMatch::Exact(q.value.clone()),
             QueryParamMatchType::RegularExpression => ValueMatch::RegularExpression(
-                FullRegex::new(&q.value)
-                    .map_err(|e| format!("query param regular expression {:?}: {e}", q.value))?,
+                FullRegex::new(&q.value).map_err(|e| format!("query param {} match: {e}", q.name))?,
             ),
         };
-        query_params.push(QueryParamMatch {
-            name: q.name.clone(),
-            value,
-        });
+        query_params.push(QueryParamMatch { name: q.name.clone(), value });
     }
-    Ok(RequestMatch {
-        path,
-        method: m.method.as_ref().map(method),
-        headers,
-        query_params,
-    })
+    Ok(RequestMatch { path, method: m.method.as_ref().map(method), headers, query_params })
 }
 
 fn absolute_path(value: &str) -> Result<&str, String> {
     if !value.starts_with('/') || value.contains(['?', '#']) {
-        return Err(format!(
-            "path {value:?} must be an absolute path without query or fragment"
-        ));
+        return Err(format!("path {value:?} must be an absolute path without query or fragment"));
     }
     Ok(value)
 }
@@ -535,47 +453,25 @@ fn header_modifier(m: &api::HeaderModifier) -> Result<HeaderModifier, String> {
         ))
     };
     Ok(HeaderModifier {
-        set: m
-            .set
-            .iter()
-            .flatten()
-            .map(|h| pair(&h.name, &h.value))
-            .collect::<Result<_, _>>()?,
-        add: m
-            .add
-            .iter()
-            .flatten()
-            .map(|h| pair(&h.name, &h.value))
-            .collect::<Result<_, _>>()?,
+        set: m.set.iter().flatten().map(|h| pair(&h.name, &h.value)).collect::<Result<_, _>>()?,
+        add: m.add.iter().flatten().map(|h| pair(&h.name, &h.value)).collect::<Result<_, _>>()?,
         remove: m
             .remove
             .iter()
             .flatten()
-            .map(|n| {
-                HeaderName::try_from(n.as_str()).map_err(|_| format!("invalid header name {n:?}"))
-            })
+            .map(|n| HeaderName::try_from(n.as_str()).map_err(|_| format!("invalid header name {n:?}")))
             .collect::<Result<_, _>>()?,
     })
 }
 
-fn compile_redirect(
-    r: &api::RequestRedirect,
-    matches: &[RequestMatch],
-) -> Result<Redirect, String> {
+fn compile_redirect(r: &api::RequestRedirect, matches: &[RequestMatch]) -> Result<Redirect, String> {
     let status = match r.status_code.unwrap_or(302) {
-        code @ (301 | 302 | 303 | 307 | 308) => {
-            StatusCode::from_u16(code as u16).expect("valid redirect status")
-        }
+        code @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(code as u16).expect("valid redirect status"),
         other => return Err(format!("redirect statusCode {other} is not supported")),
     };
     let port = match r.port {
         None => None,
-        Some(p) => Some(
-            u16::try_from(p)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or(format!("redirect port {p} is out of range"))?,
-        ),
+        Some(p) => Some(u16::try_from(p).ok().filter(|p| *p > 0).ok_or(format!("redirect port {p} is out of range"))?),
     };
     let hostname = match r.hostname.as_deref() {
         None => None,
@@ -588,9 +484,7 @@ fn compile_redirect(
         None => None,
         Some(p) => Some(match p.r#type {
             RedirectPathType::ReplaceFullPath => PathModifier::ReplaceFullPath(
-                p.replace_full_path
-                    .clone()
-                    .ok_or("redirect path type ReplaceFullPath needs replaceFullPath")?,
+                p.replace_full_path.clone().ok_or("redirect path type ReplaceFullPath needs replaceFullPath")?,
             ),
             RedirectPathType::ReplacePrefixMatch => {
                 let replacement = p
@@ -598,23 +492,12 @@ fn compile_redirect(
                     .clone()
                     .ok_or("redirect path type ReplacePrefixMatch needs replacePrefixMatch")?;
                 let prefix = match matches {
-                    [
-                        RequestMatch {
-                            path: PathMatch::Prefix(prefix),
-                            ..
-                        },
-                    ] => prefix.clone(),
+                    [RequestMatch { path: PathMatch::Prefix(prefix), .. }] => prefix.clone(),
                     _ => {
-                        return Err(
-                            "ReplacePrefixMatch needs exactly one PathPrefix match in the rule"
-                                .into(),
-                        );
+                        return Err("ReplacePrefixMatch needs exactly one PathPrefix match in the rule".into());
                     }
                 };
-                PathModifier::ReplacePrefixMatch {
-                    prefix,
-                    replacement,
-                }
+                PathModifier::ReplacePrefixMatch { prefix, replacement }
             }
         }),
     };

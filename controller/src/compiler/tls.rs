@@ -32,63 +32,37 @@ impl CertificateCache {
     ) -> Result<Certificate, RefError> {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
-        if !group.is_empty() || kind != "Secret" {
-            let shown = if group.is_empty() {
-                kind.to_owned()
-            } else {
-                format!("{kind}.{group}")
-            };
-            return Err((
-                reasons::INVALID_CERTIFICATE_REF,
-                format!(
-                    "certificateRef {}: unsupported kind {shown}; only core Secrets are supported",
-                    r.name
-                ),
-            ));
-        }
         let secret = ObjectRef {
-            namespace: r
-                .namespace
-                .clone()
-                .unwrap_or_else(|| gateway_namespace.to_owned()),
+            namespace: r.namespace.clone().unwrap_or_else(|| gateway_namespace.to_owned()),
             name: r.name.clone(),
         };
+        // A reference that is not allowed is RefNotPermitted whatever it names.
         let allowed = grants::allows(
             world,
-            grants::From {
-                kind: "Gateway",
-                namespace: gateway_namespace,
-            },
-            grants::To {
-                group: "",
-                kind: "Secret",
-                namespace: &secret.namespace,
-                name: &secret.name,
-            },
+            grants::From { kind: "Gateway", namespace: gateway_namespace },
+            grants::To { group, kind, namespace: &secret.namespace, name: &secret.name },
         );
         if !allowed {
             return Err((
                 reasons::REF_NOT_PERMITTED,
                 format!(
-                    "certificateRef to Secret {secret} is not permitted: no ReferenceGrant in namespace {} allows Gateways \
-                     from namespace {gateway_namespace}",
+                    "certificateRef to {kind} {secret} is not permitted: no ReferenceGrant in namespace {} allows \
+                     Gateways from namespace {gateway_namespace}",
                     secret.namespace
                 ),
             ));
         }
-        let parsed = self
-            .parsed
-            .entry(secret.clone())
-            .or_insert_with(|| load_secret(world, &secret));
-        match parsed {
-            Ok(key) => Ok(Certificate {
-                secret,
-                key: key.clone(),
-            }),
-            Err(message) => Err((
+        if !group.is_empty() || kind != "Secret" {
+            let shown = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+            return Err((
                 reasons::INVALID_CERTIFICATE_REF,
-                format!("Secret {secret}: {message}"),
-            )),
+                format!("certificateRef {}: unsupported kind {shown}; only core Secrets are supported", r.name),
+            ));
+        }
+        let parsed = self.parsed.entry(secret.clone()).or_insert_with(|| load_secret(world, &secret));
+        match parsed {
+            Ok(key) => Ok(Certificate { secret, key: key.clone() }),
+            Err(message) => Err((reasons::INVALID_CERTIFICATE_REF, format!("Secret {secret}: {message}"))),
         }
     }
 }
@@ -105,13 +79,7 @@ fn load_secret(world: &World, key: &ObjectRef) -> Result<Arc<CertifiedKey>, Stri
             .as_ref()
             .and_then(|d| d.get(name))
             .map(|b| b.0.clone())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(name))
-                    .map(|s| s.as_bytes().to_vec())
-            })
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(name)).map(|s| s.as_bytes().to_vec()))
             .ok_or_else(|| format!("has no {name}"))
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&field("tls.crt")?)

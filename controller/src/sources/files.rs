@@ -45,11 +45,7 @@ pub enum LoadError {
         "{origin}: unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
          ReferenceGrant (gateway.networking.k8s.io), Service, Secret, Namespace (v1) and EndpointSlice (discovery.k8s.io/v1)"
     )]
-    UnsupportedKind {
-        origin: Origin,
-        api_version: String,
-        kind: String,
-    },
+    UnsupportedKind { origin: Origin, api_version: String, kind: String },
     #[error("{origin}: {kind} {name}: {source}")]
     Invalid {
         origin: Origin,
@@ -59,12 +55,7 @@ pub enum LoadError {
         source: serde_path_to_error::Error<serde_yaml_ng::Error>,
     },
     #[error("{origin}: {kind} {name} is already defined in {first}")]
-    Duplicate {
-        origin: Origin,
-        kind: &'static str,
-        name: String,
-        first: Origin,
-    },
+    Duplicate { origin: Origin, kind: &'static str, name: String, first: Origin },
 }
 
 /// Every error of one load attempt.
@@ -107,10 +98,7 @@ pub fn load_str(name: &str, text: &str) -> Result<World, LoadErrors> {
 
 /// The files a config path names, in a stable order.
 pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| LoadError::Io { path: path.to_owned(), source };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_file() {
         return Ok(vec![path.to_owned()]);
@@ -137,10 +125,7 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 pub fn is_config_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 #[derive(Default)]
@@ -153,10 +138,7 @@ struct Loader {
 impl Loader {
     fn add_text(&mut self, path: &Path, text: &str) {
         for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let origin = Origin {
-                path: path.to_owned(),
-                document: i + 1,
-            };
+            let origin = Origin { path: path.to_owned(), document: i + 1 };
             match Value::deserialize(document) {
                 Ok(Value::Null) => {}
                 Ok(value) => self.add_value(origin, value),
@@ -172,10 +154,8 @@ impl Loader {
     fn add_value(&mut self, origin: Origin, value: Value) {
         let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
         let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
-            self.errors.push(LoadError::Malformed {
-                origin,
-                message: "every document needs `apiVersion` and `kind`".into(),
-            });
+            self.errors
+                .push(LoadError::Malformed { origin, message: "every document needs `apiVersion` and `kind`".into() });
             return;
         };
         if kind == "List" && api_version == "v1" {
@@ -188,67 +168,38 @@ impl Loader {
             }
             return;
         }
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_owned);
         let Some(name) = name.filter(|n| !n.is_empty()) else {
-            self.errors.push(LoadError::Malformed {
-                origin,
-                message: format!("{kind} without `metadata.name`"),
-            });
+            self.errors.push(LoadError::Malformed { origin, message: format!("{kind} without `metadata.name`") });
             return;
         };
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        let version = api_version
-            .rsplit_once('/')
-            .map_or(api_version.as_str(), |(_, v)| v);
+        let version = api_version.rsplit_once('/').map_or(api_version.as_str(), |(_, v)| v);
         let parsed = match (group, version, kind.as_str()) {
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => {
-                parse(value).map(Resource::GatewayClass)
-            }
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => {
-                parse(value).map(Resource::Gateway)
-            }
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => {
-                parse(value).map(Resource::HttpRoute)
-            }
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => parse(value).map(Resource::GatewayClass),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => parse(value).map(Resource::Gateway),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => parse(value).map(Resource::HttpRoute),
             ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
                 parse(value).map(Resource::ReferenceGrant)
             }
             ("", "v1", "Service") => parse(value).map(Resource::Service),
             ("", "v1", "Secret") => parse(value).map(Resource::Secret),
             ("", "v1", "Namespace") => parse(value).map(Resource::Namespace),
-            ("discovery.k8s.io", "v1", "EndpointSlice") => {
-                parse(value).map(Resource::EndpointSlice)
-            }
+            ("discovery.k8s.io", "v1", "EndpointSlice") => parse(value).map(Resource::EndpointSlice),
             _ => {
-                self.errors.push(LoadError::UnsupportedKind {
-                    origin,
-                    api_version,
-                    kind,
-                });
+                self.errors.push(LoadError::UnsupportedKind { origin, api_version, kind });
                 return;
             }
         };
         let mut resource = match parsed {
             Ok(r) => r,
             Err(source) => {
-                self.errors.push(LoadError::Invalid {
-                    origin,
-                    kind,
-                    name,
-                    source,
-                });
+                self.errors.push(LoadError::Invalid { origin, kind, name, source });
                 return;
             }
         };
         if resource.is_namespaced() {
-            resource
-                .metadata_mut()
-                .namespace
-                .get_or_insert_with(|| "default".to_owned());
+            resource.metadata_mut().namespace.get_or_insert_with(|| "default".to_owned());
         } else {
             resource.metadata_mut().namespace = None;
         }
@@ -259,29 +210,18 @@ impl Loader {
         let kind = resource.kind();
         if !self.world.insert(resource) {
             let first = self.origins[&(kind, display_name.clone())].clone();
-            self.errors.push(LoadError::Duplicate {
-                origin,
-                kind,
-                name: display_name,
-                first,
-            });
+            self.errors.push(LoadError::Duplicate { origin, kind, name: display_name, first });
             return;
         }
         self.origins.insert((kind, display_name), origin);
     }
 
     fn finish(self) -> Result<World, LoadErrors> {
-        if self.errors.is_empty() {
-            Ok(self.world)
-        } else {
-            Err(LoadErrors(self.errors))
-        }
+        if self.errors.is_empty() { Ok(self.world) } else { Err(LoadErrors(self.errors)) }
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    value: Value,
-) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
     serde_path_to_error::deserialize(value)
 }
 
@@ -321,10 +261,7 @@ items:
         assert_eq!(world.gateway_classes.len(), 1);
         let gw = world.gateways.keys().next().unwrap();
         assert_eq!(gw.to_string(), "default/gw");
-        assert_eq!(
-            world.services.keys().next().unwrap().to_string(),
-            "apps/svc"
-        );
+        assert_eq!(world.services.keys().next().unwrap().to_string(), "apps/svc");
     }
 
     #[test]
@@ -357,19 +294,10 @@ metadata: {name: s}
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("bad.yaml (document 1): unsupported kind Deployment (apps/v1)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("bad.yaml (document 2): HTTPRoute r: spec.rules[0].matches[0].path.type"),
-            "{text}"
-        );
+        assert!(text.contains("bad.yaml (document 1): unsupported kind Deployment (apps/v1)"), "{text}");
+        assert!(text.contains("bad.yaml (document 2): HTTPRoute r: spec.rules[0].matches[0].path.type"), "{text}");
         assert!(text.contains("unknown variant `Prefix`"), "{text}");
-        assert!(
-            text.contains("bad.yaml (document 3): every document needs `apiVersion` and `kind`"),
-            "{text}"
-        );
+        assert!(text.contains("bad.yaml (document 3): every document needs `apiVersion` and `kind`"), "{text}");
         assert!(
             text.contains("bad.yaml (document 5): Service default/s is already defined in bad.yaml (document 4)"),
             "{text}"
@@ -381,20 +309,13 @@ metadata: {name: s}
     fn reports_yaml_syntax_errors_with_a_line() {
         let err = load_str("broken.yaml", "apiVersion: v1\nkind: [unclosed\n").unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.starts_with("broken.yaml (document 1): invalid YAML:"),
-            "{text}"
-        );
+        assert!(text.starts_with("broken.yaml (document 1): invalid YAML:"), "{text}");
         assert!(text.contains("line"), "{text}");
     }
 
     #[test]
     fn a_missing_path_is_an_error() {
         let err = load(Path::new("/nonexistent/agimo.yaml")).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("/nonexistent/agimo.yaml: cannot read"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/agimo.yaml: cannot read"), "{err}");
     }
 }
