@@ -84,3 +84,26 @@ impl ProxyError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_a_status_reason_and_readable_body() {
+        let e = ProxyError::NoRoute { host: "a.example".into(), path: "/x".into() };
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[REASON_HEADER], "no-route");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        let statuses = [
+            (ProxyError::MissingHost, 400),
+            (ProxyError::InvalidRule { reason: "r".into() }, 500),
+            (ProxyError::InvalidBackend { reason: "r".into() }, 500),
+            (ProxyError::NoReadyEndpoints { backend: "b".into() }, 503),
+        ];
+        for (e, status) in statuses {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+        }
+    }
+}

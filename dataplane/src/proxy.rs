@@ -255,3 +255,70 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     }
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(conn.protocol.scheme()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])), "Upgrade without Connection: upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client() {
+        let conn = ConnInfo {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            bind: BindKey { address: None, port: 80 },
+            protocol: Protocol::Https,
+        };
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        append_forwarded(&mut h, &conn);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn authority_prefers_the_uri() {
+        let req = Request::get("http://absolute.example/x").header("host", "header.example").body(()).unwrap();
+        assert_eq!(request_authority(&req), Some("absolute.example"));
+        let req = Request::get("/x").header("host", "header.example:8080").body(()).unwrap();
+        assert_eq!(request_authority(&req), Some("header.example:8080"));
+        let req = Request::get("/x").header("host", "").body(()).unwrap();
+        assert_eq!(request_authority(&req), None);
+    }
+}

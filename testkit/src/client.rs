@@ -91,14 +91,37 @@ where
     Ok(Reply { status: parts.status, version: parts.version, headers: parts.headers, body })
 }
 
-/// Connects with TLS, sending `sni` (if any) and offering `alpn`; returns the
-/// stream and the protocol the server chose.
+/// A TLS client stream and the ALPN protocol the server chose.
+pub type TlsConnection = (tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>);
+
+/// Connects with TLS, sending `sni` and offering `alpn`; the server's
+/// certificate must chain to `roots` and be valid for `sni`.
 pub async fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
-) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>)> {
+) -> std::io::Result<TlsConnection> {
+    tls_connect_opts(addr, sni, roots, alpn, true).await
+}
+
+/// Like [`tls_connect`], but sends no SNI (as clients connecting to an IP
+/// address do); the certificate must still be valid for `name`.
+pub async fn tls_connect_without_sni(
+    addr: SocketAddr,
+    name: &str,
+    roots: &[CertificateDer<'static>],
+) -> std::io::Result<TlsConnection> {
+    tls_connect_opts(addr, name, roots, &[], false).await
+}
+
+async fn tls_connect_opts(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    send_sni: bool,
+) -> std::io::Result<TlsConnection> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).map_err(other)?;
@@ -110,6 +133,7 @@ pub async fn tls_connect(
         .with_root_certificates(store)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = send_sni;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).map_err(other)?;

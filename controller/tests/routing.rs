@@ -1,0 +1,508 @@
+//! Routing as a client sees it: Gateway API YAML compiled and served by an
+//! in-process dataplane in front of echo backends on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use agimo_testkit::client::{self, Mode};
+use support::{Agimo, base_yaml};
+
+fn route(body: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+{body}"
+    )
+}
+
+#[tokio::test]
+async fn path_matches_follow_gateway_api_precedence() {
+    let yaml = base_yaml(&["exact", "long-prefix", "prefix", "regex"])
+        + &route(
+            "metadata: {name: paths, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /match/}}]
+    backendRefs: [{name: prefix, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /match/prefix}}]
+    backendRefs: [{name: long-prefix, port: 80}]
+  - matches: [{path: {type: Exact, value: /match/exact}}]
+    backendRefs: [{name: exact, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: '/match/[0-9]+'}}]
+    backendRefs: [{name: regex, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["exact", "long-prefix", "prefix", "regex"]).await;
+    let cases = [
+        ("/match/exact", Some("exact")),
+        ("/match/exact/", Some("prefix")),
+        ("/match/prefix", Some("long-prefix")),
+        ("/match/prefix/one", Some("long-prefix")),
+        ("/match/prefixes", Some("prefix")),
+        ("/match/123", Some("regex")),
+        ("/match/123/x", Some("prefix")),
+        ("/match", Some("prefix")),
+        ("/matches", None),
+        ("/", None),
+    ];
+    for (path, want) in cases {
+        let reply = agimo.get(8080, "any.example", path).await;
+        match want {
+            Some(backend) => {
+                assert_eq!(reply.status, 200, "{path}");
+                assert_eq!(reply.echo().backend, backend, "{path}");
+            }
+            None => {
+                assert_eq!(reply.status, 404, "{path}");
+                assert_eq!(reply.header("x-agimo-reason"), Some("no-route"), "{path}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn header_query_and_method_matches() {
+    let yaml = base_yaml(&["v1", "v2", "v3", "v4"])
+        + &route(
+            "metadata: {name: conditions, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - headers: [{name: version, value: two}]
+    backendRefs: [{name: v2, port: 80}]
+  - matches:
+    - headers: [{name: version, value: two}, {name: color, value: orange}]
+    backendRefs: [{name: v3, port: 80}]
+  - matches:
+    - queryParams: [{name: animal, value: whale}]
+    - headers: [{name: x-id, type: RegularExpression, value: '[0-9]+'}]
+    backendRefs: [{name: v4, port: 80}]
+  - matches:
+    - method: POST
+      path: {type: PathPrefix, value: /}
+    backendRefs: [{name: v3, port: 80}]
+  - backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1", "v2", "v3", "v4"]).await;
+    let send = |req: http::Request<_>| client::send(agimo.addr(8080), Mode::Http1, req);
+    let with_headers = |pairs: &[(&'static str, &str)]| {
+        let mut req = client::get("h.example", "/");
+        for (k, v) in pairs {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
+        req
+    };
+    let backend = |reply: agimo_testkit::client::Reply| reply.echo().backend;
+    assert_eq!(backend(send(with_headers(&[("Version", "two")])).await.unwrap()), "v2");
+    // Two header matches beat one.
+    assert_eq!(backend(send(with_headers(&[("version", "two"), ("color", "orange")])).await.unwrap()), "v3");
+    assert_eq!(backend(send(with_headers(&[("version", "Two")])).await.unwrap()), "v1", "values are case-sensitive");
+    assert_eq!(backend(send(with_headers(&[("x-id", "42")])).await.unwrap()), "v4");
+    assert_eq!(backend(send(with_headers(&[("x-id", "42a")])).await.unwrap()), "v1", "regex matches the whole value");
+    assert_eq!(backend(agimo.get(8080, "h.example", "/?animal=whale").await), "v4");
+    assert_eq!(backend(agimo.get(8080, "h.example", "/?animal=dolphin").await), "v1");
+    let mut post = client::get("h.example", "/");
+    *post.method_mut() = http::Method::POST;
+    assert_eq!(backend(send(post).await.unwrap()), "v3");
+}
+
+#[tokio::test]
+async fn hostnames_choose_listener_and_routes() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: agimo}
+spec: {controllerName: agimo.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: agimo
+  addresses: [{value: '{{ip}}'}]
+  listeners:
+  - {name: exact, port: 8080, protocol: HTTP, hostname: foo.bar.com}
+  - {name: wildcard, port: 8080, protocol: HTTP, hostname: '*.bar.com'}
+  - {name: any, port: 8080, protocol: HTTP}
+"
+    .to_owned()
+        + &support::service_yaml("exact")
+        + &support::service_yaml("wildcard")
+        + &support::service_yaml("any")
+        + &support::service_yaml("specific-route")
+        + &route(
+            "metadata: {name: on-exact, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: exact}]
+  rules: [{backendRefs: [{name: exact, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: on-wildcard, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: wildcard}]
+  rules: [{backendRefs: [{name: wildcard, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: specific, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: wildcard}]
+  hostnames: [deep.baz.bar.com]
+  rules: [{backendRefs: [{name: specific-route, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: on-any, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: any}]
+  rules: [{backendRefs: [{name: any, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["exact", "wildcard", "any", "specific-route"]).await;
+    let cases = [
+        ("foo.bar.com", "exact"),
+        ("FOO.bar.com:1234", "exact"),
+        ("x.bar.com", "wildcard"),
+        ("a.b.bar.com", "wildcard"),
+        ("deep.baz.bar.com", "specific-route"),
+        ("bar.com", "any"),
+        ("elsewhere.org", "any"),
+    ];
+    for (host, want) in cases {
+        let reply = agimo.get(8080, host, "/").await;
+        assert_eq!(reply.status, 200, "{host}");
+        let echo = reply.echo();
+        assert_eq!(echo.backend, want, "{host}");
+        // The Host header reaches the backend unchanged, port included.
+        assert_eq!(echo.host, host);
+    }
+}
+
+#[tokio::test]
+async fn older_route_wins_a_tie_then_alphabetical_order() {
+    let yaml = base_yaml(&["old", "new", "alpha"])
+        + &route(
+            "metadata: {name: b-newer, namespace: default, creationTimestamp: '2026-01-02T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /tie}}], backendRefs: [{name: new, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: z-older, namespace: default, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /tie}}], backendRefs: [{name: old, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: a-same-age, namespace: default, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /alpha}}], backendRefs: [{name: alpha, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: b-same-age, namespace: default, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /alpha}}], backendRefs: [{name: old, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["old", "new", "alpha"]).await;
+    assert_eq!(agimo.get(8080, "a", "/tie").await.echo().backend, "old");
+    assert_eq!(agimo.get(8080, "a", "/alpha").await.echo().backend, "alpha");
+}
+
+#[tokio::test]
+async fn weights_split_traffic_and_weight_zero_gets_none() {
+    let yaml = base_yaml(&["v1", "v2", "v3"])
+        + &route(
+            "metadata: {name: weighted, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs:
+    - {name: v1, port: 80, weight: 70}
+    - {name: v2, port: 80, weight: 30}
+    - {name: v3, port: 80, weight: 0}
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1", "v2", "v3"]).await;
+    let n = 1000;
+    let hits = agimo.backends_hit(8080, "w.example", "/", n).await;
+    let share = |b: &str| *hits.get(b).unwrap_or(&0) as f64 / n as f64;
+    // Binomial standard deviation at n=1000, p=0.7 is 1.45%; allow ±5 points
+    // as the conformance suite does.
+    assert!((share("v1") - 0.7).abs() < 0.05, "{hits:?}");
+    assert!((share("v2") - 0.3).abs() < 0.05, "{hits:?}");
+    assert_eq!(hits.get("v3"), None, "{hits:?}");
+}
+
+#[tokio::test]
+async fn redirects_follow_the_spec_port_rules() {
+    let yaml = base_yaml(&[])
+        + &route(
+            "metadata: {name: redirects, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /host}}]
+    filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]
+  - matches: [{path: {type: PathPrefix, value: /moved}}]
+    filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301, scheme: https}}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+",
+        );
+    let agimo = Agimo::start(&yaml, &[]).await;
+    let reply = agimo.get(8080, "site.example:8080", "/host/a?q=1").await;
+    assert_eq!(reply.status, 302);
+    // No scheme given: the listener's port, shown because it is not 80.
+    assert_eq!(reply.header("location"), Some("http://example.org:8080/host/a?q=1"));
+    let reply = agimo.get(8080, "site.example", "/moved").await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(reply.header("location"), Some("https://site.example/moved"));
+    let reply = agimo.get(8080, "site.example", "/old/page").await;
+    assert_eq!(reply.header("location"), Some("http://site.example:8443/new/page"));
+}
+
+#[tokio::test]
+async fn request_headers_are_modified_and_forwarded_byte_exact() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: headers, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: X-Set, value: set-value}]
+        add: [{name: X-Add, value: added}]
+        remove: [X-Remove]
+    backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let mut req = client::get("h.example", "/a%2Fb/./c//d?x=%20&y=1&y=2#");
+    *req.uri_mut() = "/a%2Fb/./c//d?x=%20&y=1&y=2".parse().unwrap();
+    for (k, v) in [
+        ("x-set", "client"),
+        ("x-add", "client"),
+        ("x-remove", "gone"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("connection", "x-hop"),
+        ("x-hop", "hop-by-hop"),
+    ] {
+        req.headers_mut().insert(k, v.parse().unwrap());
+    }
+    let echo = client::send(agimo.addr(8080), Mode::Http1, req).await.unwrap().echo();
+    assert_eq!(echo.path, "/a%2Fb/./c//d?x=%20&y=1&y=2");
+    assert_eq!(echo.headers["x-set"], "set-value");
+    assert_eq!(echo.headers["x-add"], "client,added");
+    assert!(!echo.headers.contains_key("x-remove"));
+    assert!(!echo.headers.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
+    assert_eq!(echo.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(echo.headers["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn errors_say_why() {
+    // A port nothing listens on: connections are refused.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let yaml = base_yaml(&["v1"])
+        + &support::service_at("closed", &closed_port.to_string())
+        + "---
+apiVersion: v1
+kind: Service
+metadata: {name: no-endpoints, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+" + &route(
+        "metadata: {name: errors, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: Exact, value: /missing}}]
+    backendRefs: [{name: does-not-exist, port: 80}]
+  - matches: [{path: {type: Exact, value: /none}}]
+  - matches: [{path: {type: Exact, value: /no-endpoints}}]
+    backendRefs: [{name: no-endpoints, port: 80}]
+  - matches: [{path: {type: Exact, value: /refused}}]
+    backendRefs: [{name: closed, port: 80}]
+  - matches: [{path: {type: Exact, value: /half}}]
+    backendRefs: [{name: v1, port: 80}, {name: does-not-exist, port: 80}]
+",
+    );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let cases = [
+        ("/missing", 500, "invalid-backend", "Service default/does-not-exist not found"),
+        ("/none", 500, "invalid-rule", "has no backendRefs"),
+        ("/no-endpoints", 503, "no-ready-endpoints", "backend default/no-endpoints:80 has no ready endpoints"),
+        ("/refused", 503, "upstream-connect-failed", "cannot connect to backend default/closed:80"),
+        ("/nothing-here", 404, "no-route", "no HTTPRoute rule matches host e.example path /nothing-here"),
+    ];
+    for (path, status, reason, text) in cases {
+        let reply = agimo.get(8080, "e.example", path).await;
+        assert_eq!(reply.status, status, "{path}");
+        assert_eq!(reply.header("x-agimo-reason"), Some(reason), "{path}");
+        let body = String::from_utf8_lossy(&reply.body);
+        assert!(body.contains(text), "{path}: {body}");
+    }
+    // Half the weight points at a missing Service: about half the requests get 500.
+    let mut ok = 0;
+    for _ in 0..200 {
+        if agimo.get(8080, "e.example", "/half").await.status == 200 {
+            ok += 1;
+        }
+    }
+    assert!((60..=140).contains(&ok), "{ok} of 200 succeeded");
+}
+
+#[tokio::test]
+async fn upstream_that_resets_gets_502() {
+    // A backend that accepts and closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let yaml = base_yaml(&[])
+        + &support::service_at("rude", &port.to_string())
+        + &route(
+            "metadata: {name: rude, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: rude, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &[]).await;
+    let reply = agimo.get(8080, "r.example", "/").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("x-agimo-reason"), Some("upstream-failed"));
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: v1, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let reply = client::send(agimo.addr(8080), Mode::H2c, client::get("h2.example", "/h2?x=1")).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    let echo = reply.echo();
+    assert_eq!(echo.path, "/h2?x=1");
+    // The :authority reaches an HTTP/1.1 backend as Host.
+    assert_eq!(echo.host, "h2.example");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let yaml = base_yaml(&["ws"])
+        + &route(
+            "metadata: {name: ws, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: ws, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["ws"]).await;
+    let stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    let url = "ws://ws.example:8080/ws";
+    let (mut ws, response) = tokio_tungstenite::client_async(url, stream).await.expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    let active = || support::metric(&agimo.dataplane.metrics().render(), "active_requests_total", "*");
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(format!("hello {i}")));
+        ws.send(Message::binary(vec![i as u8; 3])).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![i as u8; 3]));
+    }
+    assert_eq!(active(), Some(1.0), "an open websocket is an active request");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut waited = 0;
+    while active() != Some(0.0) && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(active(), Some(0.0), "a closed websocket is no longer active");
+}
+
+#[tokio::test]
+async fn streaming_responses_are_not_buffered() {
+    use http_body_util::BodyExt;
+
+    let yaml = base_yaml(&["sse"])
+        + &route(
+            "metadata: {name: sse, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: sse, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["sse"]).await;
+    let stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = client::get("sse.example", "/stream?n=3&interval_ms=300");
+    let started = std::time::Instant::now();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: sse 0\n\n");
+    assert!(started.elapsed() < Duration::from_millis(250), "the first event arrived before the last was sent");
+    let text = String::from_utf8_lossy(&first).into_owned()
+        + &String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes());
+    assert_eq!(text, "data: sse 0\n\ndata: sse 1\n\ndata: sse 2\n\n");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_per_matched_host() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: m, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [metrics.example, '*.wild.example']
+  rules: [{backendRefs: [{name: v1, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    for _ in 0..3 {
+        assert_eq!(agimo.get(8080, "metrics.example", "/").await.status, 200);
+    }
+    assert_eq!(agimo.get(8080, "a.wild.example", "/").await.status, 200);
+    assert_eq!(agimo.get(8080, "b.wild.example", "/").await.status, 200);
+    assert_eq!(agimo.get(8080, "random-123.example", "/").await.status, 404);
+    let text = agimo.dataplane.metrics().render();
+    assert_eq!(support::metric(&text, "requests_total", "metrics.example"), Some(3.0));
+    // A wildcard route is one label value, however many hosts it matches.
+    assert_eq!(support::metric(&text, "requests_total", "*.wild.example"), Some(2.0));
+    assert_eq!(support::metric(&text, "requests_total", "unmatched"), Some(1.0));
+    assert_eq!(support::metric(&text, "requests_total", "random-123.example"), None);
+    assert_eq!(support::metric(&text, "active_requests_total", "metrics.example"), Some(0.0));
+    assert!(text.contains("request_duration_seconds_count{host=\"metrics.example\"} 3"), "{text}");
+}

@@ -1,0 +1,228 @@
+//! The `agimo standalone` binary, as a user runs it: a config directory,
+//! edits while it serves, bad files that must not break what works.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agimo_testkit::client::{self, Mode, Reply};
+
+struct Running {
+    child: Child,
+    dir: PathBuf,
+    http: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn gateway_yaml(ip: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: agimo}}
+spec: {{controllerName: agimo.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: agimo
+  addresses: [{{value: '{ip}'}}]
+  listeners:
+  - {{name: http, port: 8080, protocol: HTTP}}
+  - {{name: extra, port: 8081, protocol: HTTP}}
+"
+    )
+}
+
+fn route_yaml(name: &str, path: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{name: v1, port: 80}}]
+"
+    )
+}
+
+async fn start(echo_port: u16) -> Running {
+    let ip = support::unique_loopback();
+    let dir = std::env::temp_dir().join(format!("agimo-standalone-{}-{}", std::process::id(), ip));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&ip.to_string())).unwrap();
+    std::fs::write(dir.join("backend.yaml"), support::service_at("v1", &echo_port.to_string())).unwrap();
+    std::fs::write(dir.join("route.yaml"), route_yaml("first", "/first")).unwrap();
+    let http = SocketAddr::new(ip, 8080);
+    let admin = SocketAddr::new(ip, 9901);
+    let log = dir.with_extension("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_agimo"))
+        .args(["standalone", "--config"])
+        .arg(&dir)
+        .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
+        .args(["--admin-address", &admin.to_string()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("agimo starts");
+    let running = Running { child, dir, http, admin, log };
+    eventually("the first route is served", || async {
+        get(running.http, "/first").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    running
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<Reply> {
+    client::send(addr, Mode::Http1, client::get("standalone.example", path)).await.ok()
+}
+
+async fn status(running: &Running) -> String {
+    let reply = get(running.admin, "/status").await.expect("admin answers");
+    assert_eq!(reply.status, 200);
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// Waits up to 5 s for a condition; returns how long it took.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    // Write then rename, as editors and ConfigMap updates do.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+#[tokio::test]
+async fn edits_apply_while_serving_and_bad_files_keep_the_last_good_config() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+
+    // An edit applies without a restart.
+    write(&running.dir, "route.yaml", &route_yaml("first", "/second"));
+    let took = eventually("the edited route is served", || async {
+        get(running.http, "/second").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    eprintln!("edit applied after {took:?}");
+    assert_eq!(get(running.http, "/first").await.unwrap().status, 404);
+
+    // Malformed YAML: reported with file and line; the last good config serves.
+    write(
+        &running.dir,
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: [\n",
+    );
+    eventually("the load error is shown", || async { status(&running).await.contains("invalid YAML") }).await;
+    let shown = status(&running).await;
+    assert!(shown.contains("route.yaml (document 1): invalid YAML"), "{shown}");
+    assert_eq!(get(running.http, "/second").await.unwrap().status, 200);
+
+    // An unknown kind: rejected the same way.
+    write(
+        &running.dir,
+        "route.yaml",
+        &(route_yaml("first", "/third") + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"),
+    );
+    eventually("the unknown kind is reported", || async {
+        status(&running).await.contains("unsupported kind Deployment (apps/v1)")
+    })
+    .await;
+    assert_eq!(get(running.http, "/second").await.unwrap().status, 200);
+    assert_eq!(get(running.http, "/third").await.unwrap().status, 404);
+
+    // Fixing the file clears the error.
+    write(&running.dir, "route.yaml", &route_yaml("first", "/third"));
+    eventually("the fixed file is served", || async {
+        get(running.http, "/third").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(status(&running).await.contains("loadErrors: []"));
+
+    let log = std::fs::read_to_string(&running.log).unwrap();
+    assert!(log.contains("configuration not loaded; the last good configuration keeps serving"), "{log}");
+    assert!(log.contains("unsupported kind Deployment"), "{log}");
+}
+
+#[tokio::test]
+async fn invalid_resources_get_statuses_and_the_rest_keeps_serving() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    let ip = running.http.ip().to_string();
+
+    // A Gateway of another controller is not ours: no status, no listener.
+    // A duplicate listener (same port and hostname) is Conflicted; the
+    // Gateway's other listeners keep serving.
+    let other = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: other}}
+spec: {{controllerName: example.com/someone-else}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: theirs, namespace: default}}
+spec:
+  gatewayClassName: other
+  addresses: [{{value: '{ip}'}}]
+  listeners: [{{name: http, port: 8090, protocol: HTTP}}]
+"
+    );
+    write(&running.dir, "other.yaml", &other);
+    let gateway = gateway_yaml(&ip).replace(
+        "  - {name: extra, port: 8081, protocol: HTTP}\n",
+        "  - {name: extra, port: 8081, protocol: HTTP}\n  - {name: extra-again, port: 8081, protocol: HTTP}\n",
+    );
+    write(&running.dir, "gateway.yaml", &gateway);
+    eventually("the conflict is reported", || async { status(&running).await.contains("HostnameConflict") }).await;
+    let shown = status(&running).await;
+    assert!(!shown.contains("default/theirs"), "{shown}");
+    assert!(shown.contains("reason: ListenersNotValid"), "{shown}");
+    assert!(tokio::net::TcpStream::connect(SocketAddr::new(running.http.ip(), 8090)).await.is_err());
+    assert!(tokio::net::TcpStream::connect(SocketAddr::new(running.http.ip(), 8081)).await.is_err());
+    assert_eq!(get(running.http, "/first").await.unwrap().status, 200);
+
+    let metrics = get(SocketAddr::new(running.http.ip(), 9090), "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("requests_total{host=\"*\"}"), "{text}");
+}
+
+#[test]
+fn a_missing_config_is_a_clear_error_at_startup() {
+    let output = Command::new(env!("CARGO_BIN_EXE_agimo"))
+        .args(["standalone", "--config", "/nonexistent/agimo-config"])
+        .args(["--metrics-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot load /nonexistent/agimo-config"), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
