@@ -10,15 +10,7 @@ use support::{Agimo, base_yaml};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn yaml() -> String {
-    base_yaml(&["v1"])
-        + "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: v1, port: 80}]}]
-"
+    base_yaml(&["v1"]) + &support::route_to("r", "v1")
 }
 
 /// Sends raw bytes and reads until the server closes or 5 s pass.

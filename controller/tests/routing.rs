@@ -113,24 +113,12 @@ spec:
 
 #[tokio::test]
 async fn hostnames_choose_listener_and_routes() {
-    let yaml = "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: agimo}
-spec: {controllerName: agimo.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: agimo
-  addresses: [{value: '{{ip}}'}]
-  listeners:
-  - {name: exact, port: 8080, protocol: HTTP, hostname: foo.bar.com}
+    let yaml = support::gateway_yaml(
+        "  - {name: exact, port: 8080, protocol: HTTP, hostname: foo.bar.com}
   - {name: wildcard, port: 8080, protocol: HTTP, hostname: '*.bar.com'}
   - {name: any, port: 8080, protocol: HTTP}
-"
-    .to_owned()
-        + &support::service_yaml("exact")
+",
+    ) + &support::service_yaml("exact")
         + &support::service_yaml("wildcard")
         + &support::service_yaml("any")
         + &support::service_yaml("specific-route")
@@ -379,15 +367,7 @@ async fn upstream_that_resets_gets_502() {
             drop(stream);
         }
     });
-    let yaml = base_yaml(&[])
-        + &support::service_at("rude", &port.to_string())
-        + &route(
-            "metadata: {name: rude, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: rude, port: 80}]}]
-",
-        );
+    let yaml = base_yaml(&[]) + &support::service_at("rude", &port.to_string()) + &support::route_to("rude", "rude");
     let agimo = Agimo::start(&yaml, &[]).await;
     let reply = agimo.get(8080, "r.example", "/").await;
     assert_eq!(reply.status, 502);
@@ -396,14 +376,7 @@ spec:
 
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
-    let yaml = base_yaml(&["v1"])
-        + &route(
-            "metadata: {name: r, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: v1, port: 80}]}]
-",
-        );
+    let yaml = base_yaml(&["v1"]) + &support::route_to("r", "v1");
     let agimo = Agimo::start(&yaml, &["v1"]).await;
     let reply = client::send(agimo.addr(8080), Mode::H2c, client::get("h2.example", "/h2?x=1")).await.unwrap();
     assert_eq!(reply.status, 200);
@@ -419,14 +392,7 @@ async fn websocket_upgrade_passes_through() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let yaml = base_yaml(&["ws"])
-        + &route(
-            "metadata: {name: ws, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: ws, port: 80}]}]
-",
-        );
+    let yaml = base_yaml(&["ws"]) + &support::route_to("ws", "ws");
     let agimo = Agimo::start(&yaml, &["ws"]).await;
     let stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
     let url = "ws://ws.example:8080/ws";
@@ -454,14 +420,7 @@ spec:
 async fn streaming_responses_are_not_buffered() {
     use http_body_util::BodyExt;
 
-    let yaml = base_yaml(&["sse"])
-        + &route(
-            "metadata: {name: sse, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: sse, port: 80}]}]
-",
-        );
+    let yaml = base_yaml(&["sse"]) + &support::route_to("sse", "sse");
     let agimo = Agimo::start(&yaml, &["sse"]).await;
     let stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
@@ -505,4 +464,34 @@ spec:
     assert_eq!(support::metric(&text, "requests_total", "random-123.example"), None);
     assert_eq!(support::metric(&text, "active_requests_total", "metrics.example"), Some(0.0));
     assert!(text.contains("request_duration_seconds_count{host=\"metrics.example\"} 3"), "{text}");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_backend_over_h1_and_h2() {
+    let yaml = base_yaml(&["v1"]) + &support::route_to("r", "v1");
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    for mode in [Mode::Http1, Mode::H2c] {
+        let mut req = client::get("body.example", "/upload");
+        *req.method_mut() = http::Method::POST;
+        *req.body_mut() = http_body_util::Full::new(body.clone());
+        let reply = client::send(agimo.addr(8080), mode, req).await.unwrap();
+        assert_eq!(reply.status, 200, "{mode:?}");
+        let echo = reply.echo();
+        assert_eq!(echo.method, "POST");
+        assert_eq!(echo.body_bytes, 1 << 20, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_host_is_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agimo = Agimo::start(&base_yaml(&[]), &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 400"), "{text}");
+    assert!(text.contains("x-agimo-reason: missing-host"), "{text}");
 }

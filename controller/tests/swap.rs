@@ -137,18 +137,10 @@ async fn swaps_under_load_drop_nothing() {
 
 #[tokio::test]
 async fn sockets_open_and_close_with_listeners() {
-    let route = "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: v1, port: 80}]}]
-";
-    let one = base_yaml(&["v1"]) + route;
+    let one = base_yaml(&["v1"]) + &support::route_to("r", "v1");
     let two = one.replace(
-        "  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n",
-        "  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n  - {name: extra, port: 8081, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n",
+        support::HTTP_LISTENER,
+        &format!("{}  - {{name: extra, port: 8081, protocol: HTTP}}\n", support::HTTP_LISTENER),
     );
     let agimo = Agimo::start(&one, &["v1"]).await;
     assert!(tokio::net::TcpStream::connect(agimo.addr(8081)).await.is_err(), "8081 is not a listener yet");

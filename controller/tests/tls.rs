@@ -31,19 +31,8 @@ struct Certs {
 }
 
 fn yaml(certs: &Certs) -> String {
-    "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: agimo}
-spec: {controllerName: agimo.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: agimo
-  addresses: [{value: '{{ip}}'}]
-  listeners:
-  - name: wildcard
+    support::gateway_yaml(
+        "  - name: wildcard
     port: 8443
     protocol: HTTPS
     hostname: '*.example.com'
@@ -57,15 +46,8 @@ spec:
     port: 8443
     protocol: HTTPS
     tls: {certificateRefs: [{name: fallback}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: all, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: v1, port: 80}]}]
-"
-    .to_owned()
+",
+    ) + &support::route_to("all", "v1")
         + &support::service_yaml("v1")
         + &secret("wildcard", &certs.wildcard)
         + &secret("exact", &certs.exact)

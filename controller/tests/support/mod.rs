@@ -25,30 +25,53 @@ pub fn unique_loopback() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, (20 + pid % 200) as u8, (n / 250) as u8, (n % 250 + 1) as u8))
 }
 
-/// A GatewayClass, a Gateway `default/gw` at `{{ip}}` with an HTTP listener on
-/// 8080 (all namespaces), and for each backend name a Service `<name>` (port
-/// 80) whose EndpointSlice points at the echo server of that name.
-pub fn base_yaml(backends: &[&str]) -> String {
-    let mut yaml = String::from(
+/// A GatewayClass `agimo` and a Gateway `default/gw` at `{{ip}}` with these
+/// listeners (YAML list items).
+pub fn gateway_yaml(listeners: &str) -> String {
+    format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
-metadata: {name: agimo}
-spec: {controllerName: agimo.dev/gateway-controller}
+metadata: {{name: agimo}}
+spec: {{controllerName: agimo.dev/gateway-controller}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: gw, namespace: default}
+metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: agimo
-  addresses: [{type: IPAddress, value: '{{ip}}'}]
+  addresses: [{{type: IPAddress, value: '{{{{ip}}}}'}}]
   listeners:
-  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
-",
-    );
+{listeners}"
+    )
+}
+
+/// The HTTP listener on 8080 that admits routes from all namespaces.
+pub const HTTP_LISTENER: &str =
+    "  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n";
+
+/// [`gateway_yaml`] with [`HTTP_LISTENER`], and for each backend name a
+/// Service `<name>` (port 80) whose EndpointSlice points at the echo server
+/// of that name.
+pub fn base_yaml(backends: &[&str]) -> String {
+    let mut yaml = gateway_yaml(HTTP_LISTENER);
     for name in backends {
         yaml.push_str(&service_yaml(name));
     }
     yaml
+}
+
+/// An HTTPRoute on `gw` sending everything to Service `backend`, port 80.
+pub fn route_to(name: &str, backend: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
+"
+    )
 }
 
 /// A Service `<name>` with one ready endpoint: the echo server `<name>`.
