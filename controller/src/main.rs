@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Most request headers accepted.
     #[arg(long, default_value_t = 100)]
     max_request_headers: usize,
+    /// On SIGTERM or Ctrl-C, how long open connections get to finish.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    shutdown_grace_period: Duration,
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 100)]
     http2_max_concurrent_streams: u32,
@@ -91,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
                 dataplane: serve.dataplane(),
                 metrics_address: serve.metrics_address,
                 admin_address: serve.admin_address,
+                shutdown_grace_period: serve.shutdown_grace_period,
             })
             .await
         }

@@ -33,6 +33,8 @@ pub struct Options {
     pub dataplane: agimo_dataplane::Config,
     pub metrics_address: SocketAddr,
     pub admin_address: SocketAddr,
+    /// How long a shutdown waits for open connections to finish.
+    pub shutdown_grace_period: Duration,
 }
 
 /// What `/status` shows in standalone mode.
@@ -58,7 +60,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let published =
         Arc::new(Mutex::new(Published { config: options.config.display().to_string(), ..Published::default() }));
-    start_admin(&options, &dataplane, &published, &stop).await?;
+    // The admin endpoints outlive the listeners, so /readyz can say
+    // "not ready" while connections drain.
+    let admin_stop = CancellationToken::new();
+    start_admin(&options, &dataplane, &published, &admin_stop).await?;
 
     let (snapshots, receiver) = watch::channel(Arc::new(Snapshot::default()));
     let runner = dataplane.clone();
@@ -84,9 +89,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             },
         }
     }
-    tracing::info!("shutting down");
+    // Readiness turns false first; then listeners close and connections
+    // finish what they are doing, up to the grace period.
+    tracing::info!(connections = dataplane.open_connections(), "shutting down");
+    dataplane.begin_shutdown();
     stop.cancel();
     let _ = dataplane_task.await;
+    let left = dataplane.drain(options.shutdown_grace_period).await;
+    if left > 0 {
+        tracing::warn!(connections = left, "grace period over; closing the connections still open");
+    }
+    admin_stop.cancel();
     Ok(())
 }
 

@@ -26,24 +26,10 @@ impl Drop for Running {
     }
 }
 
-fn gateway_yaml(ip: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: agimo}}
-spec: {{controllerName: agimo.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: agimo
-  addresses: [{{value: '{ip}'}}]
-  listeners:
-  - {{name: http, port: 8080, protocol: HTTP}}
-  - {{name: extra, port: 8081, protocol: HTTP}}
-"
-    )
+const LISTENERS: &str = "  - {name: http, port: 8080, protocol: HTTP}\n  - {name: extra, port: 8081, protocol: HTTP}\n";
+
+fn gateway_yaml(ip: &str, listeners: &str) -> String {
+    support::gateway_yaml(listeners).replace("{{ip}}", ip)
 }
 
 fn route_yaml(name: &str, path: &str) -> String {
@@ -64,7 +50,7 @@ async fn start(echo_port: u16) -> Running {
     let ip = support::unique_loopback();
     let dir = std::env::temp_dir().join(format!("agimo-standalone-{}-{}", std::process::id(), ip));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&ip.to_string())).unwrap();
+    std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&ip.to_string(), LISTENERS)).unwrap();
     std::fs::write(dir.join("backend.yaml"), support::service_at("v1", &echo_port.to_string())).unwrap();
     std::fs::write(dir.join("route.yaml"), route_yaml("first", "/first")).unwrap();
     let http = SocketAddr::new(ip, 8080);
@@ -196,10 +182,7 @@ spec:
 "
     );
     write(&running.dir, "other.yaml", &other);
-    let gateway = gateway_yaml(&ip).replace(
-        "  - {name: extra, port: 8081, protocol: HTTP}\n",
-        "  - {name: extra, port: 8081, protocol: HTTP}\n  - {name: extra-again, port: 8081, protocol: HTTP}\n",
-    );
+    let gateway = gateway_yaml(&ip, &format!("{LISTENERS}  - {{name: extra-again, port: 8081, protocol: HTTP}}\n"));
     write(&running.dir, "gateway.yaml", &gateway);
     eventually("the conflict is reported", || async { status(&running).await.contains("HostnameConflict") }).await;
     let shown = status(&running).await;
@@ -225,4 +208,33 @@ fn a_missing_config_is_a_clear_error_at_startup() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot load /nonexistent/agimo-config"), "{stderr}");
     assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish() {
+    use http_body_util::BodyExt;
+
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    write(&running.dir, "route.yaml", &route_yaml("first", "/"));
+    eventually("the catch-all route is served", || async {
+        get(running.http, "/stream?n=1").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(running.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(client::get("s.example", "/stream?n=4&interval_ms=250")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    eventually("readiness turns false", || async {
+        get(running.admin, "/readyz").await.is_some_and(|r| r.status == 503)
+    })
+    .await;
+    eventually("new connections are refused", || async { tokio::net::TcpStream::connect(running.http).await.is_err() })
+        .await;
+    let body = response.into_body().collect().await.expect("the stream in flight completes").to_bytes();
+    assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 8, "{body:?}");
 }

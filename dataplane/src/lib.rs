@@ -26,7 +26,7 @@ mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) upstream: Client<HttpConnector, Incoming>,
     pub(crate) http: auto::Builder<TokioExecutor>,
     ready: AtomicBool,
+    draining: AtomicBool,
+    /// Open client connections, upgraded ones (websockets) included.
+    pub(crate) connections: Arc<AtomicUsize>,
     sockets: Mutex<server::Sockets>,
 }
 
@@ -116,6 +119,8 @@ impl Dataplane {
                 upstream,
                 http,
                 ready: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                connections: Arc::new(AtomicUsize::new(0)),
                 sockets: Mutex::new(server::Sockets::default()),
             }),
         }
@@ -130,9 +135,31 @@ impl Dataplane {
         self.shared.snapshot.load_full()
     }
 
-    /// True once the first snapshot is applied.
+    /// True once the first snapshot is applied, until shutdown begins.
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
+        self.shared.ready.load(Ordering::Acquire) && !self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Open client connections, upgraded ones (websockets) included.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Starts a graceful shutdown: readiness turns false at once. Cancel the
+    /// `stop` token given to [`Dataplane::run`] to close the listeners and ask
+    /// connections to finish, then [`Dataplane::drain`].
+    pub fn begin_shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Waits until every connection has closed or `grace` has passed;
+    /// returns the number still open.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_connections()
     }
 
     /// The socket addresses being listened on.

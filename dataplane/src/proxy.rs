@@ -149,9 +149,10 @@ async fn apply(
         let on_backend_upgrade = hyper::upgrade::on(&mut response);
         // The websocket (or other upgraded stream) counts as active until it closes.
         let active = guard.active.take();
+        let open = crate::server::OpenConnection::new(&shared.connections);
         let backend_id = backend.id.clone();
         tokio::spawn(async move {
-            let _active = active;
+            let _guards = (active, open);
             match tokio::try_join!(on_client_upgrade, on_backend_upgrade) {
                 Ok((client, backend)) => {
                     let mut client = hyper_util::rt::TokioIo::new(client);

@@ -136,6 +136,7 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let _open = OpenConnection::new(&shared.connections);
     let Some(protocol) = shared.snapshot.load().bind(bind).map(|b| b.protocol) else {
         return;
     };
@@ -228,5 +229,21 @@ impl Drop for InFlight {
         let now = self.0.start.elapsed().as_millis() as u64;
         self.0.idle_since_ms.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts an open client connection until dropped.
+pub struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnection {
+    pub fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(count.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
