@@ -64,7 +64,6 @@ struct ServeArgs {
 impl ServeArgs {
     fn dataplane(&self) -> agimo_dataplane::Config {
         agimo_dataplane::Config {
-            bind_address: self.bind_address,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             max_request_header_bytes: self.max_request_header_bytes,
@@ -91,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Standalone { config, serve } => {
             agimo_controller::standalone::run(agimo_controller::standalone::Options {
                 config,
+                bind_address: serve.bind_address,
                 dataplane: serve.dataplane(),
                 metrics_address: serve.metrics_address,
                 admin_address: serve.admin_address,

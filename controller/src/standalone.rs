@@ -9,7 +9,8 @@
 //! A load that fails keeps the last good snapshot serving; the error is logged
 //! and shown at `/status` until the files are fixed.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use agimo_dataplane::admin::{self, Endpoints};
 use agimo_dataplane::{Dataplane, Metrics};
 use agimo_shared::Snapshot;
+use agimo_shared::snapshot::ObjectRef;
 use anyhow::Context;
 use notify::RecursiveMode;
 use serde::Serialize;
@@ -27,9 +29,12 @@ use crate::api::{Time, Timestamp};
 use crate::compiler::{Statuses, compile};
 use crate::sources::files;
 use crate::status;
+use crate::world::World;
 
 pub struct Options {
     pub config: PathBuf,
+    /// Where Gateways without `spec.addresses` listen.
+    pub bind_address: IpAddr,
     pub dataplane: agimo_dataplane::Config,
     pub metrics_address: SocketAddr,
     pub admin_address: SocketAddr,
@@ -47,30 +52,32 @@ struct Published {
     /// When the snapshot being served was compiled.
     serving_since: Option<Time>,
     listening: Vec<String>,
-    bind_errors: std::collections::BTreeMap<String, String>,
+    bind_errors: BTreeMap<String, String>,
     statuses: Statuses,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    // The first load must succeed: there is no last good config to keep.
-    let world =
-        files::load(&options.config).map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
-
-    let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
-    let stop = CancellationToken::new();
     let published =
         Arc::new(Mutex::new(Published { config: options.config.display().to_string(), ..Published::default() }));
+    let mut state = State { world: World::default(), first_seen: BTreeMap::new(), published: published.clone() };
+    // The first load must succeed: there is no last good config to keep.
+    state
+        .load(&options.config, options.bind_address)
+        .map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
+
+    let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
     // The admin endpoints outlive the listeners, so /readyz can say
     // "not ready" while connections drain.
     let admin_stop = CancellationToken::new();
     start_admin(&options, &dataplane, &published, &admin_stop).await?;
 
-    let (snapshots, receiver) = watch::channel(Arc::new(Snapshot::default()));
+    let (snapshots, receiver) = watch::channel(state.compile());
+    let mut sockets = dataplane.watch_sockets();
+    let stop = CancellationToken::new();
     let runner = dataplane.clone();
     let run_stop = stop.clone();
     let dataplane_task = tokio::spawn(async move { runner.run(receiver, run_stop).await });
 
-    publish(&snapshots, &published, world);
     let (changes, mut changed) = mpsc::channel(1);
     let _watcher = watch_files(&options.config, changes)?;
     tracing::info!(config = %options.config.display(), "watching configuration");
@@ -78,8 +85,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
-            Some(()) = changed.recv() => match files::load(&options.config) {
-                Ok(world) => publish(&snapshots, &published, world),
+            Some(()) = changed.recv() => match state.load(&options.config, options.bind_address) {
+                Ok(()) => {
+                    snapshots.send_replace(state.compile());
+                }
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(error = %e, "configuration not loaded; the last good configuration keeps serving");
@@ -87,6 +96,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     lock(&published).load_errors = errors.0.iter().map(ToString::to_string).collect();
                 }
             },
+            Ok(()) = sockets.changed() => {
+                // Sockets that cannot be bound show in the listeners' statuses.
+                let errors = sockets.borrow_and_update().errors.clone();
+                if errors != state.world.bind_errors {
+                    state.world.bind_errors = errors;
+                    snapshots.send_replace(state.compile());
+                }
+            }
         }
     }
     // Readiness turns false first; then listeners close and connections
@@ -103,21 +120,60 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compiles a world, hands the snapshot to the dataplane, and publishes the
-/// statuses.
-fn publish(snapshots: &watch::Sender<Arc<Snapshot>>, published: &Mutex<Published>, world: crate::World) {
-    let started = std::time::Instant::now();
-    let (snapshot, mut statuses) = compile(&world);
-    let elapsed = started.elapsed();
-    let now = Time(Timestamp::now());
-    let mut published = lock(published);
-    status::stamp(&mut statuses, &published.statuses, &now);
-    status::log_changes(&statuses, &published.statuses);
-    tracing::info!(binds = snapshot.binds.len(), compile_ms = elapsed.as_secs_f64() * 1000.0, "configuration loaded");
-    snapshots.send_replace(Arc::new(snapshot));
-    published.statuses = statuses;
-    published.load_errors.clear();
-    published.serving_since = Some(now);
+/// The last good world and what was published from it.
+struct State {
+    world: World,
+    /// When each Gateway and HTTPRoute was first loaded. Files rarely carry a
+    /// `creationTimestamp`, but the Gateway API breaks ties by age (which
+    /// Gateway keeps a shared port, which route wins a tie), so standalone
+    /// mode stamps objects with the time it first saw them.
+    first_seen: BTreeMap<(&'static str, ObjectRef), Time>,
+    published: Arc<Mutex<Published>>,
+}
+
+impl State {
+    /// Loads the files; on success they become the world to compile.
+    fn load(&mut self, config: &Path, bind_address: IpAddr) -> Result<(), files::LoadErrors> {
+        let mut world = files::load(config)?;
+        let now = Time(Timestamp::now());
+        let mut seen = BTreeMap::new();
+        let mut stamp = |kind: &'static str, key: &ObjectRef, meta: &mut crate::api::ObjectMeta| {
+            let first = self.first_seen.get(&(kind, key.clone())).cloned().unwrap_or_else(|| now.clone());
+            meta.creation_timestamp.get_or_insert_with(|| first.clone());
+            seen.insert((kind, key.clone()), first);
+        };
+        for (key, gateway) in &mut world.gateways {
+            stamp("Gateway", key, &mut gateway.metadata);
+        }
+        for (key, route) in &mut world.http_routes {
+            stamp("HTTPRoute", key, &mut route.metadata);
+        }
+        self.first_seen = seen;
+        world.default_address = Some(bind_address);
+        world.bind_errors = std::mem::take(&mut self.world.bind_errors);
+        self.world = world;
+        Ok(())
+    }
+
+    /// Compiles the world and publishes its statuses.
+    fn compile(&mut self) -> Arc<Snapshot> {
+        let started = std::time::Instant::now();
+        let (snapshot, mut statuses) = compile(&self.world);
+        let elapsed = started.elapsed();
+        let now = Time(Timestamp::now());
+        let mut published = lock(&self.published);
+        status::stamp(&mut statuses, &published.statuses, &now);
+        status::log_changes(&statuses, &published.statuses);
+        tracing::info!(
+            binds = snapshot.binds.len(),
+            compile_ms = elapsed.as_secs_f64() * 1000.0,
+            "configuration compiled"
+        );
+        published.statuses = statuses;
+        published.load_errors.clear();
+        published.serving_since = Some(now);
+        Arc::new(snapshot)
+    }
 }
 
 async fn start_admin(
@@ -130,8 +186,9 @@ async fn start_admin(
         let (published, dataplane) = (published.clone(), dataplane.clone());
         Arc::new(move || {
             let mut doc = lock(&published);
-            doc.listening = dataplane.listening().iter().map(ToString::to_string).collect();
-            doc.bind_errors = dataplane.bind_errors().into_iter().map(|(addr, e)| (addr.to_string(), e)).collect();
+            let sockets = dataplane.sockets();
+            doc.listening = sockets.listening.iter().map(ToString::to_string).collect();
+            doc.bind_errors = sockets.errors.into_iter().map(|(addr, e)| (addr.to_string(), e)).collect();
             serde_yaml_ng::to_string(&*doc).unwrap_or_else(|e| format!("error: {e}\n"))
         })
     };
@@ -156,21 +213,12 @@ fn watch_files(
     changes: mpsc::Sender<()>,
 ) -> anyhow::Result<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>
 {
-    let is_file = config.is_file();
-    let file = config.canonicalize().ok();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(150),
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
             let relevant = match &result {
-                Ok(events) => events.iter().filter(|e| changes_content(&e.kind)).any(|e| {
-                    !is_file
-                        || e.paths.iter().any(|p| {
-                            file.as_deref().is_some_and(|f| {
-                                p.canonicalize().ok().as_deref() == Some(f) || p.file_name() == f.file_name()
-                            })
-                        })
-                }),
+                Ok(events) => events.iter().any(|e| changes_content(&e.kind)),
                 Err(errors) => {
                     for e in errors {
                         tracing::warn!(error = %e, "file watch error");
@@ -184,7 +232,10 @@ fn watch_files(
             }
         },
     )?;
-    let (target, mode) = if is_file {
+    // A single file is watched through its directory, and any change there
+    // reloads: editors replace files, and Kubernetes ConfigMap volumes swap a
+    // `..data` symlink, neither of which is an event on the file itself.
+    let (target, mode) = if config.is_file() {
         (config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")), RecursiveMode::NonRecursive)
     } else {
         (config, RecursiveMode::Recursive)

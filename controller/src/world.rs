@@ -4,7 +4,7 @@
 //! `World`; [`crate::compile`] reads it and nothing else.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use agimo_shared::snapshot::ObjectRef;
 
@@ -25,6 +25,12 @@ pub struct World {
     /// Addresses assigned to Gateways that do not request one in
     /// `spec.addresses` (by an address pool, in Kubernetes mode).
     pub assigned_addresses: BTreeMap<ObjectRef, IpAddr>,
+    /// Where Gateways with neither `spec.addresses` nor an assigned address
+    /// listen (`--bind-address`); `None` means `0.0.0.0`.
+    pub default_address: Option<IpAddr>,
+    /// Sockets the dataplane could not bind, with the error, so statuses can
+    /// say so.
+    pub bind_errors: BTreeMap<SocketAddr, String>,
 }
 
 /// One resource of a kind the world holds.
@@ -109,6 +115,10 @@ impl World {
             Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             Resource::Secret(o) => put(&mut self.secrets, key, o),
         }
+    }
+
+    pub fn default_address(&self) -> IpAddr {
+        self.default_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// The labels of a namespace. A namespace without an object still has

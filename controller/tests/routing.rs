@@ -495,3 +495,76 @@ async fn a_request_without_host_is_a_bad_request() {
     assert!(text.starts_with("HTTP/1.0 400"), "{text}");
     assert!(text.contains("x-agimo-reason: missing-host"), "{text}");
 }
+
+#[tokio::test]
+async fn filters_win_over_client_hop_by_hop_headers_and_set_host_on_any_protocol() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-tenant, value: fixed}, {name: host, value: rewritten.internal}]
+    backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    for mode in [Mode::Http1, Mode::H2c] {
+        let mut req = client::get("app.example", "/");
+        if mode == Mode::Http1 {
+            // A client cannot remove what the route sets by naming it in Connection.
+            req.headers_mut().insert("connection", "x-tenant, host".parse().unwrap());
+        }
+        let echo = client::send(agimo.addr(8080), mode, req).await.unwrap().echo();
+        assert_eq!(echo.headers.get("x-tenant").map(String::as_str), Some("fixed"), "{mode:?}");
+        assert_eq!(echo.host, "rewritten.internal", "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn http2_cookies_reach_an_http1_backend_as_one_header() {
+    let agimo = Agimo::start(&(base_yaml(&["v1"]) + &support::route_to("r", "v1")), &["v1"]).await;
+    let mut req = client::get("c.example", "/");
+    req.headers_mut().append("cookie", "a=1".parse().unwrap());
+    req.headers_mut().append("cookie", "b=2".parse().unwrap());
+    let echo = client::send(agimo.addr(8080), Mode::H2c, req).await.unwrap().echo();
+    assert_eq!(echo.headers["cookie"], "a=1; b=2");
+}
+
+#[tokio::test]
+async fn ambiguous_or_tunnelling_requests_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agimo = Agimo::start(&(base_yaml(&["v1"]) + &support::route_to("r", "v1")), &["v1"]).await;
+    let raw = |request: &'static [u8]| {
+        let addr = agimo.addr(8080);
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request).await.unwrap();
+            let mut out = vec![0; 4096];
+            let n = stream.read(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out[..n]).into_owned()
+        }
+    };
+    let two_hosts = raw(b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n").await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    assert!(two_hosts.contains("x-agimo-reason: duplicate-host"), "{two_hosts}");
+    let connect = raw(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n").await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+
+    // An h2c upgrade request is forwarded as a plain request, without the
+    // upgrade, so no HTTP/2 tunnel can bypass routing.
+    let mut req = client::get("u.example", "/");
+    for (k, v) in
+        [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA")]
+    {
+        req.headers_mut().insert(k, v.parse().unwrap());
+    }
+    let reply = client::send(agimo.addr(8080), Mode::Http1, req).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let echo = reply.echo();
+    assert!(!echo.headers.contains_key("upgrade"), "{:?}", echo.headers);
+    assert!(!echo.headers.contains_key("http2-settings"), "{:?}", echo.headers);
+}

@@ -23,6 +23,7 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -46,6 +47,8 @@ spec:
     )
 }
 
+/// A config directory with the Gateway (`{ip}:8080` and `:8081`), the
+/// backend and a route to `/first`, served by a running `agimo`.
 async fn start(echo_port: u16) -> Running {
     let ip = support::unique_loopback();
     let dir = std::env::temp_dir().join(format!("agimo-standalone-{}-{}", std::process::id(), ip));
@@ -53,24 +56,28 @@ async fn start(echo_port: u16) -> Running {
     std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&ip.to_string(), LISTENERS)).unwrap();
     std::fs::write(dir.join("backend.yaml"), support::service_at("v1", &echo_port.to_string())).unwrap();
     std::fs::write(dir.join("route.yaml"), route_yaml("first", "/first")).unwrap();
-    let http = SocketAddr::new(ip, 8080);
+    let running = spawn(ip, dir.clone(), &dir);
+    eventually("the first route is served", || async {
+        get(running.http, "/first").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    running
+}
+
+/// Runs `agimo standalone --config <config>` with its admin endpoints on `ip`.
+fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path) -> Running {
+    let log = PathBuf::from(format!("{}.log", dir.display()));
     let admin = SocketAddr::new(ip, 9901);
-    let log = dir.with_extension("log");
     let child = Command::new(env!("CARGO_BIN_EXE_agimo"))
         .args(["standalone", "--config"])
-        .arg(&dir)
+        .arg(config)
         .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
         .args(["--admin-address", &admin.to_string()])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("agimo starts");
-    let running = Running { child, dir, http, admin, log };
-    eventually("the first route is served", || async {
-        get(running.http, "/first").await.is_some_and(|r| r.status == 200)
-    })
-    .await;
-    running
+    Running { child, dir, http: SocketAddr::new(ip, 8080), admin, log }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Option<Reply> {
@@ -237,4 +244,79 @@ async fn sigterm_lets_requests_in_flight_finish() {
         .await;
     let body = response.into_body().collect().await.expect("the stream in flight completes").to_bytes();
     assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 8, "{body:?}");
+}
+
+#[tokio::test]
+async fn a_busy_port_is_reported_and_retried() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    let busy = SocketAddr::new(running.http.ip(), 8082);
+    // Another program holds the port a new listener wants.
+    let squatter = std::net::TcpListener::bind(busy).unwrap();
+    let listeners = format!("{LISTENERS}  - {{name: busy, port: 8082, protocol: HTTP}}\n");
+    write(&running.dir, "gateway.yaml", &gateway_yaml(&running.http.ip().to_string(), &listeners));
+    eventually("the busy port is reported in the listener's status", || async {
+        let shown = status(&running).await;
+        shown.contains("reason: PortUnavailable") && shown.contains(&format!("cannot listen on {busy}"))
+    })
+    .await;
+    assert_eq!(get(running.http, "/first").await.unwrap().status, 200, "the other listeners keep serving");
+    drop(squatter);
+    eventually("the freed port is listened on", || async {
+        get(busy, "/first").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    eventually("the status clears", || async { !status(&running).await.contains("PortUnavailable") }).await;
+}
+
+#[tokio::test]
+async fn a_new_gateway_cannot_take_a_port_from_a_serving_one() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    // `a-newcomer` sorts before `gw`, but `gw` was there first.
+    let newcomer = gateway_yaml(&running.http.ip().to_string(), "  - {name: http, port: 8080, protocol: HTTP}\n")
+        .replace("metadata: {name: gw, namespace: default}", "metadata: {name: a-newcomer, namespace: default}")
+        .replace("kind: GatewayClass\nmetadata: {name: agimo}", "kind: GatewayClass\nmetadata: {name: agimo-again}")
+        .replace("gatewayClassName: agimo", "gatewayClassName: agimo-again");
+    write(&running.dir, "newcomer.yaml", &newcomer);
+    eventually("the newcomer's listener is Conflicted", || async {
+        status(&running).await.contains("already serves this hostname for Gateway default/gw listener http")
+    })
+    .await;
+    assert_eq!(get(running.http, "/first").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_configmap_style_file_reloads_when_its_symlinks_swap() {
+    use std::os::unix::fs::symlink;
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let ip = support::unique_loopback();
+    let dir = std::env::temp_dir().join(format!("agimo-configmap-{}-{}", std::process::id(), ip));
+    // The layout kubelet gives a ConfigMap volume: agimo.yaml -> ..data/agimo.yaml,
+    // ..data -> ..<timestamp>/, swapped by renaming a new ..data link.
+    let version = |n: u32, path: &str| {
+        let v = dir.join(format!("..v{n}"));
+        std::fs::create_dir_all(&v).unwrap();
+        let yaml = gateway_yaml(&ip.to_string(), LISTENERS)
+            + "---\n"
+            + &support::service_at("v1", &echo.addr.port().to_string())
+            + "---\n"
+            + &route_yaml("r", path);
+        std::fs::write(v.join("agimo.yaml"), yaml).unwrap();
+    };
+    version(1, "/one");
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/agimo.yaml", dir.join("agimo.yaml")).unwrap();
+    let running = spawn(ip, dir.clone(), &dir.join("agimo.yaml"));
+    eventually("the first version is served", || async {
+        get(running.http, "/one").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    version(2, "/two");
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    eventually("the swapped version is served", || async {
+        get(running.http, "/two").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
 }

@@ -163,5 +163,5 @@ async fn sockets_open_and_close_with_listeners() {
     assert!(refused, "8081 closes when its listener is removed");
     let response = sender.send_request(client::get("x", "/")).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(agimo.dataplane.listening(), vec![agimo.addr(8080)]);
+    assert_eq!(agimo.dataplane.sockets().listening, vec![agimo.addr(8080)]);
 }

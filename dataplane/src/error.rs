@@ -16,6 +16,10 @@ pub const REASON_HEADER: &str = "x-agimo-reason";
 pub enum ProxyError {
     #[error("the request has no Host header or authority")]
     MissingHost,
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    #[error("method {method} is not supported")]
+    MethodNotAllowed { method: http::Method },
     #[error("no listener on this port serves host {host}")]
     NoListener { host: String },
     #[error("no HTTPRoute rule matches host {host} path {path}")]
@@ -45,7 +49,8 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoReadyEndpoints { .. } | ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,6 +62,8 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "missing-host",
+            ProxyError::DuplicateHost => "duplicate-host",
+            ProxyError::MethodNotAllowed { .. } => "method-not-allowed",
             ProxyError::NoListener { .. } => "no-listener",
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::InvalidRule { .. } => "invalid-rule",
@@ -68,14 +75,9 @@ impl ProxyError {
     }
 
     /// The response for this error: status, reason header, and the message as
-    /// a plain-text body.
+    /// a plain-text body. (The caller logs it, with the route.)
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), reason = self.reason(), error = %self, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), reason = self.reason(), error = %self, "request rejected");
-        }
         let mut response = Response::new(Body::full(Bytes::from(format!("{self}\n"))));
         *response.status_mut() = status;
         let headers = response.headers_mut();

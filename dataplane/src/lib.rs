@@ -24,10 +24,8 @@ mod proxy;
 mod server;
 mod tls;
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agimo_shared::Snapshot;
@@ -42,18 +40,17 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{ProxyError, REASON_HEADER};
 pub use metrics::Metrics;
+pub use server::SocketState;
 
 /// Dataplane settings; the defaults are safe for an edge proxy.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where listeners of Gateways without `spec.addresses` bind.
-    pub bind_address: IpAddr,
     /// Time allowed to send a complete HTTP/1.1 request head, counted from
     /// the connection's start or the end of the previous response (so it
-    /// also closes idle keep-alive connections).
+    /// also closes idle keep-alive connections). Zero turns it off.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed
-    /// (HTTP/2 gets a GOAWAY).
+    /// (HTTP/2 gets a GOAWAY). Zero turns it off.
     pub idle_timeout: Duration,
     /// The largest request head (request line and headers) accepted.
     pub max_request_header_bytes: usize,
@@ -67,7 +64,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 * 1024,
@@ -90,7 +86,9 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Open client connections, upgraded ones (websockets) included.
     pub(crate) connections: Arc<AtomicUsize>,
-    sockets: Mutex<server::Sockets>,
+    sockets: watch::Sender<SocketState>,
+    /// The last snapshot whose sockets have been reconciled.
+    applied: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
 /// A handle to the dataplane; cheap to clone.
@@ -121,7 +119,8 @@ impl Dataplane {
                 ready: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 connections: Arc::new(AtomicUsize::new(0)),
-                sockets: Mutex::new(server::Sockets::default()),
+                sockets: watch::Sender::new(SocketState::default()),
+                applied: watch::Sender::new(None),
             }),
         }
     }
@@ -162,53 +161,58 @@ impl Dataplane {
         self.open_connections()
     }
 
-    /// The socket addresses being listened on.
-    pub fn listening(&self) -> Vec<SocketAddr> {
-        self.lock_sockets().addresses()
+    /// The sockets listened on and the binds that failed.
+    pub fn sockets(&self) -> SocketState {
+        self.shared.sockets.borrow().clone()
     }
 
-    /// Addresses that could not be bound in the last swap, with the error.
-    pub fn bind_errors(&self) -> BTreeMap<SocketAddr, String> {
-        self.lock_sockets().errors.clone()
+    /// Follows [`Dataplane::sockets`] as it changes.
+    pub fn watch_sockets(&self) -> watch::Receiver<SocketState> {
+        self.shared.sockets.subscribe()
     }
 
-    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, server::Sockets> {
-        self.shared.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Applies every snapshot the controller sends until `stop` fires: opens
-    /// the sockets a snapshot needs, swaps it in, then closes sockets it no
-    /// longer needs. This task is the only writer of the snapshot.
+    /// Applies every snapshot the controller sends until `stop` fires: swaps
+    /// it in, then opens and closes sockets to match. This task is the only
+    /// writer of the snapshot. Binds that fail are retried every second.
     pub async fn run(&self, mut snapshots: watch::Receiver<Arc<Snapshot>>, stop: CancellationToken) {
+        let mut sockets = server::Sockets::default();
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot = snapshots.borrow_and_update().clone();
+        self.shared.snapshot.store(snapshot.clone());
         loop {
-            let snapshot = snapshots.borrow_and_update().clone();
-            self.apply(snapshot, &stop);
+            sockets.reconcile(&self.shared, &snapshot, &stop).await;
+            self.shared.sockets.send_if_modified(|state| {
+                let new = sockets.state();
+                let changed = *state != new;
+                *state = new;
+                changed
+            });
+            self.shared.ready.store(true, Ordering::Release);
+            self.shared.applied.send_replace(Some(snapshot.clone()));
+            tracing::debug!(binds = snapshot.binds.len(), "snapshot applied");
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = retry.tick(), if sockets.has_errors() => {}
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         // The controller is gone: keep serving the last snapshot.
                         stop.cancelled().await;
                         return;
                     }
+                    snapshot = snapshots.borrow_and_update().clone();
+                    // Requests from now on see the new snapshot; requests in
+                    // flight finish on the one they started with.
+                    self.shared.snapshot.store(snapshot.clone());
                 }
             }
         }
     }
 
-    fn apply(&self, snapshot: Arc<Snapshot>, stop: &CancellationToken) {
-        let mut sockets = self.lock_sockets();
-        sockets.open(&self.shared, &snapshot, stop);
-        self.shared.snapshot.store(snapshot.clone());
-        sockets.close_unused(&self.shared, &snapshot);
-        self.shared.ready.store(true, Ordering::Release);
-        tracing::debug!(binds = snapshot.binds.len(), "snapshot applied");
-    }
-
-    /// Waits until `snapshot` is the one being served (for tests and tools).
+    /// Waits until `snapshot` is served and its sockets are open (for tests
+    /// and tools).
     pub async fn wait_for(&self, snapshot: &Arc<Snapshot>) {
-        while !Arc::ptr_eq(&self.shared.snapshot.load_full(), snapshot) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let mut applied = self.shared.applied.subscribe();
+        let _ = applied.wait_for(|a| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, snapshot))).await;
     }
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 use agimo_shared::filters::RedirectRequest;
 use agimo_shared::hostname::normalize_host;
 use agimo_shared::matching::RequestView;
-use agimo_shared::snapshot::{Action, BackendTarget, BindKey, Protocol, Rule};
+use agimo_shared::snapshot::{Action, BackendTarget, Protocol, Rule};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::Shared;
@@ -21,7 +21,8 @@ use crate::metrics::UNMATCHED;
 /// What a request knows about the connection it came on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub bind: BindKey,
+    /// The address of the socket that accepted the connection.
+    pub bind: SocketAddr,
     pub protocol: Protocol,
 }
 
@@ -37,6 +38,7 @@ pub async fn handle(
     let (label, response) = match routed {
         Err(e) => {
             shared.metrics.request(UNMATCHED);
+            tracing::debug!(peer = %conn.peer, status = e.status().as_u16(), reason = e.reason(), error = %e, "request not routed");
             (None, e.into_response())
         }
         Ok(Routed { label, rule, listener_port }) => {
@@ -44,7 +46,15 @@ pub async fn handle(
             let response = match apply(shared, conn, req, &rule, &label, listener_port, &mut guard).await {
                 Ok(response) => response,
                 Err(e) => {
-                    tracing::debug!(route = %rule.route, rule = rule.index, "rule failed");
+                    tracing::warn!(
+                        route = %rule.route,
+                        rule = rule.index,
+                        host = %label,
+                        status = e.status().as_u16(),
+                        reason = e.reason(),
+                        error = %e,
+                        "request failed"
+                    );
                     e.into_response()
                 }
             };
@@ -65,10 +75,21 @@ struct Routed {
 /// Finds the rule for a request in the current snapshot. The snapshot guard
 /// is released before any await: the request keeps only the rule it needs.
 fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Routed, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed { method: req.method().clone() });
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
     let authority = request_authority(req).ok_or(ProxyError::MissingHost)?;
     let host = normalize_host(authority);
     let snapshot = shared.snapshot.load();
-    let bind = snapshot.bind(conn.bind).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
+    // A socket whose listeners changed protocol keeps its old connections
+    // until they close; they no longer match any listener.
+    let bind = snapshot
+        .bind(conn.bind)
+        .filter(|b| b.protocol == conn.protocol)
+        .ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
     let listener = bind.listener_for_host(&host).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
     let view = RequestView::new(req.method(), req.uri().path(), req.uri().query(), req.headers());
     let (bucket, entry) = listener
@@ -97,9 +118,6 @@ async fn apply(
     listener_port: u16,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(modifier) = &rule.request_headers {
-        modifier.apply(req.headers_mut());
-    }
     let backends = match &rule.action {
         Action::Reject(r) => {
             return Err(ProxyError::InvalidRule { reason: r.reason.clone() });
@@ -133,7 +151,7 @@ async fn apply(
         return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
     }
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
-    let upgrade = prepare_upstream_request(&mut req, conn, endpoint);
+    let upgrade = prepare_upstream_request(&mut req, conn, endpoint, rule);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     guard.active = Some(shared.metrics.active(label));
     let mut response = shared.upstream.request(req).await.map_err(|source| {
@@ -173,10 +191,14 @@ async fn apply(
     Ok(response.map(Body::upstream))
 }
 
-/// Rewrites a request for the upstream endpoint: target URI, HTTP/1.1, Host,
-/// hop-by-hop headers and X-Forwarded-*. Returns whether it is an upgrade.
-fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoint: SocketAddr) -> bool {
+/// Rewrites a request for the upstream endpoint, in this order: the target
+/// URI and HTTP/1.1 with the client's authority as `Host`; the client's
+/// hop-by-hop headers removed; the rule's header filters (which may set any
+/// header, `Host` included, and which a client's `Connection` header cannot
+/// undo); then `X-Forwarded-*`. Returns whether it is a websocket upgrade.
+fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoint: SocketAddr, rule: &Rule) -> bool {
     let upgrade = is_upgrade(req.headers());
+    let from_http2 = req.version() == Version::HTTP_2;
     // Keep the client's authority as the Host header, byte for byte.
     if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned())
         && let Ok(value) = HeaderValue::try_from(authority)
@@ -194,12 +216,37 @@ fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoi
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
+    if from_http2 {
+        join_cookies(headers);
+    }
+    if let Some(modifier) = &rule.request_headers {
+        modifier.apply(headers);
+    }
     append_forwarded(headers, conn);
     upgrade
 }
 
+/// HTTP/2 clients may split `cookie` into several fields; HTTP/1.1 needs one,
+/// joined with "; " (RFC 9113 section 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (values.next(), values.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for v in headers.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+/// A websocket upgrade (RFC 6455): the only protocol upgrade Agimo passes
+/// through. Others (notably `h2c`, which would open an HTTP/2 tunnel past
+/// route matching) are dropped with the other hop-by-hop headers.
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers.get_all(header::UPGRADE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -300,7 +347,7 @@ mod tests {
     fn forwarded_headers_append_the_client() {
         let conn = ConnInfo {
             peer: "192.0.2.7:5555".parse().unwrap(),
-            bind: BindKey { address: None, port: 80 },
+            bind: "0.0.0.0:80".parse().unwrap(),
             protocol: Protocol::Https,
         };
         let mut h = headers(&[

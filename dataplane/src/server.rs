@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agimo_shared::Snapshot;
-use agimo_shared::snapshot::{BindKey, Protocol};
+use agimo_shared::snapshot::Protocol;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,7 +29,7 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(Some(config.header_read_timeout).filter(|t| !t.is_zero()))
         .max_headers(config.max_request_headers)
         .max_buf_size(config.max_request_header_bytes.max(8192));
     builder
@@ -42,57 +42,64 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// The accept loops that are running, by socket address.
-#[derive(Default)]
-pub struct Sockets {
-    running: BTreeMap<SocketAddr, CancellationToken>,
-    /// Bind failures of the last reconcile, for `/status` and logs.
+/// What the dataplane listens on, and what it could not bind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub listening: Vec<SocketAddr>,
+    /// Addresses that could not be bound, with the error; retried every
+    /// second.
     pub errors: BTreeMap<SocketAddr, String>,
 }
 
+/// The accept loops that are running, by socket address. Owned by the run
+/// task, which alone opens and closes sockets.
+#[derive(Default)]
+pub struct Sockets {
+    running: BTreeMap<SocketAddr, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    errors: BTreeMap<SocketAddr, String>,
+}
+
 impl Sockets {
-    /// Opens sockets the snapshot needs that are not open yet. Called before
-    /// the snapshot is stored, so a new listener is ready when its routes go
-    /// live.
-    pub fn open(&mut self, shared: &Arc<Shared>, snapshot: &Snapshot, stop: &CancellationToken) {
+    /// Makes the open sockets those of `snapshot`: closes sockets it no
+    /// longer has (their connections finish the requests in flight, then
+    /// close), waits until they are closed so their ports are free, then opens
+    /// the missing ones. Failed binds are kept in [`SocketState::errors`].
+    pub async fn reconcile(&mut self, shared: &Arc<Shared>, snapshot: &Snapshot, stop: &CancellationToken) {
+        let wanted: BTreeMap<SocketAddr, Protocol> = snapshot.binds.iter().map(|b| (b.address, b.protocol)).collect();
+        let unused: Vec<SocketAddr> = self.running.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
+        for addr in unused {
+            if let Some((token, task)) = self.running.remove(&addr) {
+                tracing::info!(%addr, "closing listener");
+                token.cancel();
+                let _ = task.await;
+            }
+        }
         self.errors.clear();
-        for bind in &snapshot.binds {
-            let addr = bind.key.socket_addr(shared.config.bind_address);
+        for (&addr, protocol) in &wanted {
             if self.running.contains_key(&addr) {
                 continue;
             }
             match listen(addr) {
                 Ok(listener) => {
-                    tracing::info!(%addr, protocol = ?bind.protocol, "listening");
+                    tracing::info!(%addr, ?protocol, "listening");
                     let token = stop.child_token();
-                    self.running.insert(addr, token.clone());
-                    tokio::spawn(accept_loop(shared.clone(), listener, bind.key, token));
+                    let task = tokio::spawn(accept_loop(shared.clone(), listener, addr, token.clone()));
+                    self.running.insert(addr, (token, task));
                 }
                 Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen; the listeners on this address are not served");
+                    tracing::error!(%addr, error = %e, "cannot listen; retrying every second");
                     self.errors.insert(addr, e.to_string());
                 }
             }
         }
     }
 
-    /// Closes sockets the snapshot no longer has; their connections finish
-    /// the requests in flight and close.
-    pub fn close_unused(&mut self, shared: &Shared, snapshot: &Snapshot) {
-        let wanted: Vec<SocketAddr> =
-            snapshot.binds.iter().map(|b| b.key.socket_addr(shared.config.bind_address)).collect();
-        self.running.retain(|addr, token| {
-            let keep = wanted.contains(addr);
-            if !keep {
-                tracing::info!(%addr, "closing listener");
-                token.cancel();
-            }
-            keep
-        });
+    pub fn state(&self) -> SocketState {
+        SocketState { listening: self.running.keys().copied().collect(), errors: self.errors.clone() }
     }
 
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.running.keys().copied().collect()
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
     }
 }
 
@@ -108,7 +115,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: BindKey, stop: CancellationToken) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: SocketAddr, stop: CancellationToken) {
     let tls = crate::tls::server_config(shared.clone(), bind);
     loop {
         let (stream, peer) = tokio::select! {
@@ -131,7 +138,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    bind: BindKey,
+    bind: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
 ) {
@@ -169,8 +176,9 @@ where
     };
     let connection = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
+    // A zero idle timeout turns the idle check off.
     let idle = shared.config.idle_timeout;
-    let mut tick = tokio::time::interval(idle / 4);
+    let mut tick = tokio::time::interval(if idle.is_zero() { Duration::from_secs(3600) } else { idle / 4 });
     let mut closing = false;
     loop {
         tokio::select! {
@@ -184,7 +192,7 @@ where
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
+            _ = tick.tick(), if !closing && !idle.is_zero() => {
                 if activity.idle_for() >= idle {
                     closing = true;
                     connection.as_mut().graceful_shutdown();

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use agimo_shared::snapshot::BindKey;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use std::net::SocketAddr;
 
 use crate::Shared;
 
@@ -15,7 +15,7 @@ use crate::Shared;
 /// change applies to the next connection without a restart.
 pub struct SniResolver {
     shared: Arc<Shared>,
-    bind: BindKey,
+    bind: SocketAddr,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -31,7 +31,15 @@ impl ResolvesServerCert for SniResolver {
         // An SNI that no listener claims falls back to the default listener,
         // so the client completes the handshake and gets a readable 404.
         let listener = bind.listener_for_sni(hello.server_name()).or_else(|| bind.listener_for_sni(None))?;
-        let key = listener.certificates.first().map(|c| c.key.clone());
+        // With several certificates (RSA and ECDSA, say), the first one whose
+        // key can sign with a scheme the client offers.
+        let schemes = hello.signature_schemes();
+        let key = listener
+            .certificates
+            .iter()
+            .find(|c| c.key.key.choose_scheme(schemes).is_some())
+            .or_else(|| listener.certificates.first())
+            .map(|c| c.key.clone());
         if key.is_none() {
             tracing::warn!(bind = %self.bind, sni = ?hello.server_name(), "no certificate for TLS handshake");
         }
@@ -40,7 +48,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The rustls configuration of one HTTPS socket: ALPN h2 and http/1.1.
-pub fn server_config(shared: Arc<Shared>, bind: BindKey) -> Arc<ServerConfig> {
+pub fn server_config(shared: Arc<Shared>, bind: SocketAddr) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

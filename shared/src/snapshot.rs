@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -33,42 +33,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(mut binds: Vec<Bind>) -> Self {
-        binds.sort_by_key(|b| b.key);
+        binds.sort_by_key(|b| b.address);
         Snapshot { binds }
     }
 
-    pub fn bind(&self, key: BindKey) -> Option<&Bind> {
-        self.binds.binary_search_by_key(&key, |b| b.key).ok().map(|i| &self.binds[i])
-    }
-}
-
-/// Where a socket listens. `address: None` means the dataplane's default bind
-/// address (`--bind-address`), used by Gateways without `spec.addresses`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BindKey {
-    pub address: Option<IpAddr>,
-    pub port: u16,
-}
-
-impl BindKey {
-    pub fn socket_addr(&self, default: IpAddr) -> SocketAddr {
-        SocketAddr::new(self.address.unwrap_or(default), self.port)
-    }
-}
-
-impl fmt::Display for BindKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.address {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
-            Some(ip) => write!(f, "{ip}:{}", self.port),
-            None => write!(f, "*:{}", self.port),
-        }
-    }
-}
-
-impl Serialize for BindKey {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+    /// The bind of the socket listening at `address`.
+    pub fn bind(&self, address: SocketAddr) -> Option<&Bind> {
+        self.binds.binary_search_by_key(&address, |b| b.address).ok().map(|i| &self.binds[i])
     }
 }
 
@@ -101,7 +72,8 @@ impl Protocol {
 /// One listening socket and the Gateway listeners that share it.
 #[derive(Debug, Serialize)]
 pub struct Bind {
-    pub key: BindKey,
+    #[serde(serialize_with = "crate::ser::display")]
+    pub address: SocketAddr,
     pub protocol: Protocol,
     /// In hostname precedence: exact, then wildcards (most labels first),
     /// then the listener without a hostname.
@@ -109,9 +81,9 @@ pub struct Bind {
 }
 
 impl Bind {
-    pub fn new(key: BindKey, protocol: Protocol, mut listeners: Vec<Arc<Listener>>) -> Self {
+    pub fn new(address: SocketAddr, protocol: Protocol, mut listeners: Vec<Arc<Listener>>) -> Self {
         listeners.sort_by_key(|l| hostname_rank(l.hostname.as_ref()));
-        Bind { key, protocol, listeners }
+        Bind { address, protocol, listeners }
     }
 
     /// "Exact matches MUST be processed before wildcard matches, and wildcard

@@ -38,6 +38,7 @@ pub mod reasons {
     pub const PROGRAMMED: &str = "Programmed";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const INVALID: &str = "Invalid";
+    pub const PENDING: &str = "Pending";
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";

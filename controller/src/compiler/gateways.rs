@@ -2,12 +2,12 @@
 //! binds, and their statuses.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use agimo_shared::Snapshot;
 use agimo_shared::hostname::Hostname;
-use agimo_shared::snapshot::{self, Bind, BindKey, Certificate, ObjectRef, Protocol, RouteTable};
+use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
 
 use super::Statuses;
 use super::conditions::{condition, reasons, types};
@@ -62,8 +62,13 @@ pub struct GatewayModel<'w> {
     pub key: ObjectRef,
     pub gateway: &'w Gateway,
     pub generation: Option<i64>,
-    /// Addresses to bind; `None` is the dataplane's default bind address.
-    pub addresses: Vec<Option<IpAddr>>,
+    /// Addresses to bind: `spec.addresses` in order, else the assigned or
+    /// default address.
+    pub addresses: Vec<IpAddr>,
+    /// Whether `addresses` go into `status.addresses`: not when the Gateway
+    /// listens on an unspecified default (0.0.0.0), which is no address a
+    /// client can use.
+    pub publish_addresses: bool,
     /// `Err` holds the Accepted=False reason and message.
     pub accepted: Result<(), (&'static str, String)>,
     pub listeners: Vec<ListenerModel<'w>>,
@@ -85,6 +90,8 @@ pub struct ListenerModel<'w> {
     pub unresolved: Option<(&'static str, String)>,
     /// Conflicted=True reason and message.
     pub conflict: Option<(&'static str, String)>,
+    /// The dataplane could not listen on this listener's socket.
+    pub bind_error: Option<String>,
     /// OverlappingTLSConfig=True message: another HTTPS listener on the port
     /// has an overlapping hostname.
     pub overlapping_tls: Option<String>,
@@ -158,7 +165,8 @@ fn build_gateway<'w>(
         match (type_, a.value.as_deref().filter(|v| !v.is_empty())) {
             ("IPAddress", None) => {}
             ("IPAddress", Some(v)) => match v.parse::<IpAddr>() {
-                Ok(ip) => addresses.push(Some(ip)),
+                Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+                Ok(_) => {}
                 Err(_) => {
                     accepted =
                         accepted.and(Err((reasons::UNSUPPORTED_ADDRESS, format!("address {v:?} is not an IP address"))))
@@ -172,17 +180,37 @@ fn build_gateway<'w>(
             }
         }
     }
+    let mut publish_addresses = true;
     if addresses.is_empty() {
-        addresses.push(world.assigned_addresses.get(key).copied());
+        let address = world.assigned_addresses.get(key).copied().unwrap_or_else(|| world.default_address());
+        publish_addresses = !address.is_unspecified();
+        addresses.push(address);
     }
-    addresses.sort();
-    addresses.dedup();
 
     let mut listeners: Vec<_> =
         gw.spec.listeners.iter().map(|l| build_listener(world, &key.namespace, l, certs)).collect();
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
-    GatewayModel { key: key.clone(), gateway: gw, generation: gw.metadata.generation, addresses, accepted, listeners }
+    for l in &mut listeners {
+        let failed: Vec<String> = addresses
+            .iter()
+            .filter_map(|ip| {
+                world.bind_errors.get(&SocketAddr::new(*ip, l.port)).map(|e| format!("{ip}:{}: {e}", l.port))
+            })
+            .collect();
+        if !failed.is_empty() {
+            l.bind_error = Some(format!("cannot listen on {}; retrying", failed.join(", ")));
+        }
+    }
+    GatewayModel {
+        key: key.clone(),
+        gateway: gw,
+        generation: gw.metadata.generation,
+        addresses,
+        publish_addresses,
+        accepted,
+        listeners,
+    }
 }
 
 fn build_listener<'w>(
@@ -204,6 +232,7 @@ fn build_listener<'w>(
         unresolved: None,
         conflict: None,
         overlapping_tls: None,
+        bind_error: None,
         attached_routes: 0,
         routes: RouteTable::default(),
     };
@@ -323,6 +352,11 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
                 continue;
             }
             let (a, b) = (&listeners[i], &listeners[j]);
+            // A listener that is invalid on its own is not served, so it
+            // conflicts with nothing.
+            if a.invalid.is_some() || b.invalid.is_some() {
+                continue;
+            }
             let (Some(pa), Some(pb)) = (a.protocol, b.protocol) else {
                 continue;
             };
@@ -387,12 +421,17 @@ fn mark_overlapping_tls(listeners: &mut [ListenerModel<'_>]) {
 
 /// Gateways that share a bind address and port are served by one socket. The
 /// older Gateway keeps a port; a newer Gateway's listener that would change
-/// its protocol or duplicate one of its hostnames is Conflicted, so adding a
-/// Gateway never breaks one that already serves.
+/// its protocol, duplicate one of its hostnames, or listen on a specific
+/// address where the other listens on all of them (or the reverse, which the
+/// operating system refuses) is Conflicted, so adding a Gateway never breaks
+/// one that already serves.
 pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
-    /// Who serves a bind: its protocol, and each hostname with its owner.
-    type Claims = BTreeMap<BindKey, (Protocol, Vec<(Option<Hostname>, String)>)>;
-    let mut claims = Claims::new();
+    /// Who serves a socket: its protocol, and each hostname with its owner.
+    struct Claim {
+        protocol: Protocol,
+        hosts: Vec<(Option<Hostname>, String)>,
+    }
+    let mut claims: BTreeMap<SocketAddr, Claim> = BTreeMap::new();
     for gw in gateways.iter_mut() {
         if gw.accepted.is_err() {
             continue;
@@ -403,27 +442,41 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
             }
             let protocol = l.protocol.expect("programmable listeners have a protocol");
             let owner = format!("Gateway {} listener {}", gw.key, l.spec.name);
-            let keys: Vec<_> = gw.addresses.iter().map(|a| BindKey { address: *a, port: l.port }).collect();
-            let conflict = keys.iter().find_map(|k| {
-                let (p, hosts) = claims.get(k)?;
-                if *p != protocol {
+            let sockets: Vec<SocketAddr> = gw.addresses.iter().map(|ip| SocketAddr::new(*ip, l.port)).collect();
+            let conflict = sockets.iter().find_map(|addr| {
+                let overlapping = claims.iter().find(|(other, _)| {
+                    other.port() == addr.port()
+                        && *other != addr
+                        && (other.ip().is_unspecified() || addr.ip().is_unspecified())
+                });
+                if let Some((other, claim)) = overlapping {
                     return Some((
-                        reasons::PROTOCOL_CONFLICT,
-                        format!("{k} is already served over {p} by {}", hosts[0].1),
+                        reasons::PORT_UNAVAILABLE,
+                        format!("cannot listen on {addr} while {other} is used by {}", claim.hosts[0].1),
                     ));
                 }
-                hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
-                    (reasons::HOSTNAME_CONFLICT, format!("{k} already serves this hostname for {other}"))
+                let claim = claims.get(addr)?;
+                if claim.protocol != protocol {
+                    return Some((
+                        reasons::PROTOCOL_CONFLICT,
+                        format!("{addr} is already served over {} by {}", claim.protocol, claim.hosts[0].1),
+                    ));
+                }
+                claim.hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
+                    (reasons::HOSTNAME_CONFLICT, format!("{addr} already serves this hostname for {other}"))
                 })
             });
             match conflict {
+                // The operating system refuses the socket: not a conflict
+                // between listeners in the Gateway API's sense.
+                Some(c) if c.0 == reasons::PORT_UNAVAILABLE => l.invalid = Some(c),
                 Some(c) => l.conflict = Some(c),
                 None => {
-                    for k in keys {
+                    for addr in sockets {
                         claims
-                            .entry(k)
-                            .or_insert_with(|| (protocol, Vec::new()))
-                            .1
+                            .entry(addr)
+                            .or_insert_with(|| Claim { protocol, hosts: Vec::new() })
+                            .hosts
                             .push((l.hostname.clone(), owner.clone()));
                     }
                 }
@@ -434,7 +487,7 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
 
 /// Turns the models into the snapshot and writes the Gateway statuses.
 pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) -> Snapshot {
-    let mut binds: BTreeMap<BindKey, (Protocol, Vec<Arc<snapshot::Listener>>)> = BTreeMap::new();
+    let mut binds: BTreeMap<SocketAddr, (Protocol, Vec<Arc<snapshot::Listener>>)> = BTreeMap::new();
     for gw in gateways.iter_mut() {
         statuses.gateways.insert(gw.key.clone(), gateway_status(gw));
         if gw.accepted.is_err() {
@@ -456,9 +509,9 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
                 certificates: l.certificates.clone(),
                 routes,
             });
-            for address in &gw.addresses {
+            for ip in &gw.addresses {
                 binds
-                    .entry(BindKey { address: *address, port: l.port })
+                    .entry(SocketAddr::new(*ip, l.port))
                     .or_insert_with(|| (protocol, Vec::new()))
                     .1
                     .push(listener.clone());
@@ -475,7 +528,7 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let invalid: Vec<&str> = gw
         .listeners
         .iter()
-        .filter(|l| l.invalid.is_some() || l.conflict.is_some())
+        .filter(|l| l.invalid.is_some() || l.conflict.is_some() || l.bind_error.is_some())
         .map(|l| l.spec.name.as_str())
         .collect();
     let all_invalid = invalid.len() == gw.listeners.len();
@@ -512,7 +565,7 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let addresses: Vec<_> = gw
         .addresses
         .iter()
-        .flatten()
+        .filter(|_| gw.publish_addresses)
         .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
         .collect();
     GatewayStatus {
@@ -525,13 +578,21 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
 
 fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
     let mut conditions: Vec<Condition> = Vec::with_capacity(4);
-    conditions.push(match (&l.invalid, &l.conflict) {
-        (Some((reason, message)), _) => condition(types::ACCEPTED, false, reason, message.clone(), generation),
-        (None, Some((reason, message))) => condition(types::ACCEPTED, false, reason, message.clone(), generation),
-        (None, None) => condition(types::ACCEPTED, true, reasons::ACCEPTED, "the listener is accepted", generation),
+    conditions.push(match (&l.invalid, &l.conflict, &l.bind_error) {
+        (Some((reason, message)), _, _) | (None, Some((reason, message)), _) => {
+            condition(types::ACCEPTED, false, reason, message.clone(), generation)
+        }
+        (None, None, Some(message)) => {
+            condition(types::ACCEPTED, false, reasons::PORT_UNAVAILABLE, message.clone(), generation)
+        }
+        (None, None, None) => {
+            condition(types::ACCEPTED, true, reasons::ACCEPTED, "the listener is accepted", generation)
+        }
     });
     conditions.push(if !gateway_accepted {
         condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation)
+    } else if let Some(message) = l.bind_error.as_ref().filter(|_| l.programmable()) {
+        condition(types::PROGRAMMED, false, reasons::PENDING, message.clone(), generation)
     } else if l.programmable() {
         condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the listener is programmed", generation)
     } else {

@@ -89,10 +89,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                     types::PARTIALLY_INVALID,
                     true,
                     reasons::UNSUPPORTED_VALUE,
-                    format!(
-                        "Dropped Rule: {}; requests that match a dropped rule get 500",
-                        compiled.invalid_rules.join("; ")
-                    ),
+                    format!("Dropped Rule: {}", compiled.invalid_rules.join("; ")),
                     generation,
                 ));
             }
@@ -258,7 +255,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
             Ok(m) => m,
             Err(why) => {
                 // A rule whose matches cannot be compiled can never match.
-                compiled.invalid_rules.push(format!("rule {index}: {why}"));
+                compiled.invalid_rules.push(format!("rule {index} (never matches): {why}"));
                 continue;
             }
         };
@@ -266,7 +263,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
             match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
-                    compiled.invalid_rules.push(format!("rule {index}: {why}"));
+                    compiled.invalid_rules.push(format!("rule {index} (answers 500): {why}"));
                     RuleAction {
                         request_headers: None,
                         action: Action::Reject(Rejection {

@@ -73,13 +73,14 @@ fn load_secret(world: &World, key: &ObjectRef) -> Result<Arc<CertifiedKey>, Stri
     if type_ != "kubernetes.io/tls" {
         return Err(format!("type is {type_}, expected kubernetes.io/tls"));
     }
+    // As the API server merges them: `stringData` wins over `data`.
     let field = |name: &str| -> Result<Vec<u8>, String> {
         secret
-            .data
+            .string_data
             .as_ref()
             .and_then(|d| d.get(name))
-            .map(|b| b.0.clone())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(name)).map(|s| s.as_bytes().to_vec()))
+            .map(|s| s.as_bytes().to_vec())
+            .or_else(|| secret.data.as_ref().and_then(|d| d.get(name)).map(|b| b.0.clone()))
             .ok_or_else(|| format!("has no {name}"))
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&field("tls.crt")?)

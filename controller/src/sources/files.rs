@@ -46,6 +46,10 @@ pub enum LoadError {
          ReferenceGrant (gateway.networking.k8s.io), Service, Secret, Namespace (v1) and EndpointSlice (discovery.k8s.io/v1)"
     )]
     UnsupportedKind { origin: Origin, api_version: String, kind: String },
+    #[error("{origin}: {kind} {name}: unknown field {}; check the spelling", fields.join(", "))]
+    UnknownFields { origin: Origin, kind: String, name: String, fields: Vec<String> },
+    #[error("{origin}: {kind} {name}: {message}")]
+    Rejected { origin: Origin, kind: &'static str, name: String, message: String },
     #[error("{origin}: {kind} {name}: {source}")]
     Invalid {
         origin: Origin,
@@ -175,17 +179,24 @@ impl Loader {
         };
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let version = api_version.rsplit_once('/').map_or(api_version.as_str(), |(_, v)| v);
+        let mut unknown = Vec::new();
         let parsed = match (group, version, kind.as_str()) {
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => parse(value).map(Resource::GatewayClass),
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => parse(value).map(Resource::Gateway),
-            ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => parse(value).map(Resource::HttpRoute),
-            ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
-                parse(value).map(Resource::ReferenceGrant)
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "GatewayClass") => {
+                parse(value, &mut unknown).map(Resource::GatewayClass)
             }
-            ("", "v1", "Service") => parse(value).map(Resource::Service),
-            ("", "v1", "Secret") => parse(value).map(Resource::Secret),
-            ("", "v1", "Namespace") => parse(value).map(Resource::Namespace),
-            ("discovery.k8s.io", "v1", "EndpointSlice") => parse(value).map(Resource::EndpointSlice),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => {
+                parse(value, &mut unknown).map(Resource::Gateway)
+            }
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => {
+                parse(value, &mut unknown).map(Resource::HttpRoute)
+            }
+            ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
+                parse(value, &mut unknown).map(Resource::ReferenceGrant)
+            }
+            ("", "v1", "Service") => parse(value, &mut unknown).map(Resource::Service),
+            ("", "v1", "Secret") => parse(value, &mut unknown).map(Resource::Secret),
+            ("", "v1", "Namespace") => parse(value, &mut unknown).map(Resource::Namespace),
+            ("discovery.k8s.io", "v1", "EndpointSlice") => parse(value, &mut unknown).map(Resource::EndpointSlice),
             _ => {
                 self.errors.push(LoadError::UnsupportedKind { origin, api_version, kind });
                 return;
@@ -198,6 +209,16 @@ impl Loader {
                 return;
             }
         };
+        // As `kubectl apply` with strict validation: a misspelt field is an
+        // error, not something silently ignored.
+        if !unknown.is_empty() {
+            self.errors.push(LoadError::UnknownFields { origin, kind, name, fields: unknown });
+            return;
+        }
+        if let Err(message) = validate(&resource) {
+            self.errors.push(LoadError::Rejected { origin, kind: resource.kind(), name, message });
+            return;
+        }
         if resource.is_namespaced() {
             resource.metadata_mut().namespace.get_or_insert_with(|| "default".to_owned());
         } else {
@@ -221,8 +242,36 @@ impl Loader {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
-    serde_path_to_error::deserialize(value)
+/// Deserializes one resource, with the path of a bad field in the error and
+/// every field the type does not know collected in `unknown`.
+fn parse<T: serde::de::DeserializeOwned>(
+    value: Value,
+    unknown: &mut Vec<String>,
+) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+    let mut record = |path: serde_ignored::Path<'_>| {
+        // `?` marks an Option in the path; apiVersion and kind are read
+        // before the type is chosen.
+        let path = path.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join(".");
+        if path != "apiVersion" && path != "kind" {
+            unknown.push(path);
+        }
+    };
+    let ignored = serde_ignored::Deserializer::new(value, &mut record);
+    serde_path_to_error::deserialize(ignored)
+}
+
+/// Checks the API server would make (CRD validation rules) that the types
+/// cannot express, where a violation makes the compiler's output ambiguous.
+fn validate(resource: &Resource) -> Result<(), String> {
+    if let Resource::Gateway(gw) = resource {
+        let mut names = std::collections::BTreeSet::new();
+        for l in &gw.spec.listeners {
+            if !names.insert(l.name.as_str()) {
+                return Err(format!("listener name {} is used more than once; listener names must be unique", l.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,6 +352,39 @@ metadata: {name: s}
             "{text}"
         );
         assert_eq!(err.0.len(), 4);
+    }
+
+    #[test]
+    fn misspelt_fields_and_duplicate_listener_names_are_rejected() {
+        let err = load_str(
+            "typo.yaml",
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRef: [{name: gw}]
+  rules: [{backendRefs: [{name: s, port: 80, wieght: 1}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: agimo
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: http, port: 8080, protocol: HTTP}
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "HTTPRoute r: unknown field spec.parentRef, spec.rules.0.backendRefs.0.wieght; check the spelling"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Gateway gw: listener name http is used more than once"), "{text}");
     }
 
     #[test]

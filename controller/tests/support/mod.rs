@@ -125,7 +125,7 @@ impl Agimo {
             let echo = echo::spawn(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), name).await.expect("echo");
             echoes.insert((*name).to_owned(), echo);
         }
-        let dataplane = Dataplane::new(Config { bind_address: ip, ..config }, Metrics::new());
+        let dataplane = Dataplane::new(config, Metrics::new());
         let (snapshots, receiver) = watch::channel(Arc::new(Snapshot::default()));
         let stop = CancellationToken::new();
         let runner = dataplane.clone();
@@ -147,7 +147,8 @@ impl Agimo {
 
     /// Compiles `yaml` and waits until the dataplane serves it.
     pub async fn apply(&self, yaml: &str) -> Statuses {
-        let world = files::load_str("test.yaml", &self.render(yaml)).unwrap_or_else(|e| panic!("{e}"));
+        let mut world = files::load_str("test.yaml", &self.render(yaml)).unwrap_or_else(|e| panic!("{e}"));
+        world.default_address = Some(self.ip);
         let (snapshot, statuses) = compile(&world);
         let snapshot = Arc::new(snapshot);
         self.snapshots.send_replace(snapshot.clone());
