@@ -8,8 +8,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod api;
 pub mod compiler;
+pub mod kubernetes;
+pub mod leader;
+pub mod runtime;
 pub mod sources;
 pub mod standalone;
 pub mod status;

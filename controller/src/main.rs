@@ -27,6 +27,30 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Serve the Gateways of a Kubernetes cluster (kubeconfig from
+    /// KUBECONFIG or ~/.kube/config, or the in-cluster service account), and
+    /// write their statuses.
+    Run {
+        /// The controllerName of the GatewayClasses to serve.
+        #[arg(long, default_value = agimo_controller::api::CONTROLLER_NAME)]
+        controller_name: String,
+        /// Addresses for Gateways without spec.addresses, published in their
+        /// status.addresses (e.g. 10.245.0.0/24). Without a pool such Gateways
+        /// listen on --bind-address.
+        #[arg(long)]
+        gateway_address_pool: Option<ipnet::IpNet>,
+        /// Elect one replica to write statuses with a Lease.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// The namespace of the Lease (default: $POD_NAMESPACE, else default).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_election_namespace: String,
+        /// The name of the Lease.
+        #[arg(long, default_value = "agimo-controller")]
+        leader_election_id: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 #[derive(Args)]
@@ -62,6 +86,16 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    fn options(&self) -> agimo_controller::runtime::ServeOptions {
+        agimo_controller::runtime::ServeOptions {
+            dataplane: self.dataplane(),
+            bind_address: self.bind_address,
+            metrics_address: self.metrics_address,
+            admin_address: self.admin_address,
+            shutdown_grace_period: self.shutdown_grace_period,
+        }
+    }
+
     fn dataplane(&self) -> agimo_dataplane::Config {
         agimo_dataplane::Config {
             header_read_timeout: self.header_read_timeout,
@@ -88,15 +122,39 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Standalone { config, serve } => {
-            agimo_controller::standalone::run(agimo_controller::standalone::Options {
-                config,
-                bind_address: serve.bind_address,
-                dataplane: serve.dataplane(),
-                metrics_address: serve.metrics_address,
-                admin_address: serve.admin_address,
-                shutdown_grace_period: serve.shutdown_grace_period,
+            agimo_controller::standalone::run(agimo_controller::standalone::Options { config, serve: serve.options() })
+                .await
+        }
+        Command::Run {
+            controller_name,
+            gateway_address_pool,
+            leader_election,
+            leader_election_namespace,
+            leader_election_id,
+            serve,
+        } => {
+            let lease = leader_election.then(|| agimo_controller::leader::LeaseConfig {
+                namespace: leader_election_namespace,
+                name: leader_election_id,
+                identity: identity(),
+                duration: Duration::from_secs(15),
+                retry: Duration::from_secs(2),
+            });
+            agimo_controller::kubernetes::run(agimo_controller::kubernetes::Options {
+                serve: serve.options(),
+                controller_name,
+                gateway_address_pool,
+                lease,
             })
             .await
         }
     }
+}
+
+/// This replica's name in the Lease: the pod name when running in a pod.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }

@@ -10,73 +10,34 @@
 //! and shown at `/status` until the files are fixed.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use agimo_dataplane::admin::{self, Endpoints};
-use agimo_dataplane::{Dataplane, Metrics};
-use agimo_shared::Snapshot;
 use agimo_shared::snapshot::ObjectRef;
 use anyhow::Context;
 use notify::RecursiveMode;
-use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::api::{Time, Timestamp};
-use crate::compiler::{Statuses, compile};
+use crate::runtime::{Runtime, ServeOptions, lock, shutdown_signal};
 use crate::sources::files;
-use crate::status;
 use crate::world::World;
 
 pub struct Options {
     pub config: PathBuf,
-    /// Where Gateways without `spec.addresses` listen.
-    pub bind_address: IpAddr,
-    pub dataplane: agimo_dataplane::Config,
-    pub metrics_address: SocketAddr,
-    pub admin_address: SocketAddr,
-    /// How long a shutdown waits for open connections to finish.
-    pub shutdown_grace_period: Duration,
-}
-
-/// What `/status` shows in standalone mode.
-#[derive(Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Published {
-    config: String,
-    /// Errors of the last load attempt; empty when the files are good.
-    load_errors: Vec<String>,
-    /// When the snapshot being served was compiled.
-    serving_since: Option<Time>,
-    listening: Vec<String>,
-    bind_errors: BTreeMap<String, String>,
-    statuses: Statuses,
+    pub serve: ServeOptions,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let published =
-        Arc::new(Mutex::new(Published { config: options.config.display().to_string(), ..Published::default() }));
-    let mut state = State { world: World::default(), first_seen: BTreeMap::new(), published: published.clone() };
+    let mut state = State { world: World::default(), first_seen: BTreeMap::new() };
     // The first load must succeed: there is no last good config to keep.
     state
-        .load(&options.config, options.bind_address)
+        .load(&options.config, options.serve.bind_address)
         .map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
-
-    let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
-    // The admin endpoints outlive the listeners, so /readyz can say
-    // "not ready" while connections drain.
-    let admin_stop = CancellationToken::new();
-    start_admin(&options, &dataplane, &published, &admin_stop).await?;
-
-    let (snapshots, receiver) = watch::channel(state.compile());
-    let mut sockets = dataplane.watch_sockets();
-    let stop = CancellationToken::new();
-    let runner = dataplane.clone();
-    let run_stop = stop.clone();
-    let dataplane_task = tokio::spawn(async move { runner.run(receiver, run_stop).await });
+    let runtime = Runtime::start(&options.serve, options.config.display().to_string(), &state.world).await?;
+    let mut sockets = runtime.sockets();
 
     let (changes, mut changed) = mpsc::channel(1);
     let _watcher = watch_files(&options.config, changes)?;
@@ -85,15 +46,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
-            Some(()) = changed.recv() => match state.load(&options.config, options.bind_address) {
-                Ok(()) => {
-                    snapshots.send_replace(state.compile());
-                }
+            Some(()) = changed.recv() => match state.load(&options.config, options.serve.bind_address) {
+                Ok(()) => runtime.compile(&state.world),
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(error = %e, "configuration not loaded; the last good configuration keeps serving");
                     }
-                    lock(&published).load_errors = errors.0.iter().map(ToString::to_string).collect();
+                    lock(&runtime.published).load_errors = errors.0.iter().map(ToString::to_string).collect();
                 }
             },
             Ok(()) = sockets.changed() => {
@@ -101,26 +60,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 let errors = sockets.borrow_and_update().errors.clone();
                 if errors != state.world.bind_errors {
                     state.world.bind_errors = errors;
-                    snapshots.send_replace(state.compile());
+                    runtime.compile(&state.world);
                 }
             }
         }
     }
-    // Readiness turns false first; then listeners close and connections
-    // finish what they are doing, up to the grace period.
-    tracing::info!(connections = dataplane.open_connections(), "shutting down");
-    dataplane.begin_shutdown();
-    stop.cancel();
-    let _ = dataplane_task.await;
-    let left = dataplane.drain(options.shutdown_grace_period).await;
-    if left > 0 {
-        tracing::warn!(connections = left, "grace period over; closing the connections still open");
-    }
-    admin_stop.cancel();
+    runtime.shutdown(options.serve.shutdown_grace_period).await;
     Ok(())
 }
 
-/// The last good world and what was published from it.
+/// The last good world.
 struct State {
     world: World,
     /// When each Gateway and HTTPRoute was first loaded. Files rarely carry a
@@ -128,7 +77,6 @@ struct State {
     /// Gateway keeps a shared port, which route wins a tie), so standalone
     /// mode stamps objects with the time it first saw them.
     first_seen: BTreeMap<(&'static str, ObjectRef), Time>,
-    published: Arc<Mutex<Published>>,
 }
 
 impl State {
@@ -143,10 +91,10 @@ impl State {
             seen.insert((kind, key.clone()), first);
         };
         for (key, gateway) in &mut world.gateways {
-            stamp("Gateway", key, &mut gateway.metadata);
+            stamp("Gateway", key, &mut Arc::make_mut(gateway).metadata);
         }
         for (key, route) in &mut world.http_routes {
-            stamp("HTTPRoute", key, &mut route.metadata);
+            stamp("HTTPRoute", key, &mut Arc::make_mut(route).metadata);
         }
         self.first_seen = seen;
         world.default_address = Some(bind_address);
@@ -154,56 +102,6 @@ impl State {
         self.world = world;
         Ok(())
     }
-
-    /// Compiles the world and publishes its statuses.
-    fn compile(&mut self) -> Arc<Snapshot> {
-        let started = std::time::Instant::now();
-        let (snapshot, mut statuses) = compile(&self.world);
-        let elapsed = started.elapsed();
-        let now = Time(Timestamp::now());
-        let mut published = lock(&self.published);
-        status::stamp(&mut statuses, &published.statuses, &now);
-        status::log_changes(&statuses, &published.statuses);
-        tracing::info!(
-            binds = snapshot.binds.len(),
-            compile_ms = elapsed.as_secs_f64() * 1000.0,
-            "configuration compiled"
-        );
-        published.statuses = statuses;
-        published.load_errors.clear();
-        published.serving_since = Some(now);
-        Arc::new(snapshot)
-    }
-}
-
-async fn start_admin(
-    options: &Options,
-    dataplane: &Dataplane,
-    published: &Arc<Mutex<Published>>,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    let render: admin::StatusRender = {
-        let (published, dataplane) = (published.clone(), dataplane.clone());
-        Arc::new(move || {
-            let mut doc = lock(&published);
-            let sockets = dataplane.sockets();
-            doc.listening = sockets.listening.iter().map(ToString::to_string).collect();
-            doc.bind_errors = sockets.errors.into_iter().map(|(addr, e)| (addr.to_string(), e)).collect();
-            serde_yaml_ng::to_string(&*doc).unwrap_or_else(|e| format!("error: {e}\n"))
-        })
-    };
-    let mut sockets = vec![(options.metrics_address, Endpoints { metrics: true, status: false })];
-    if options.admin_address == options.metrics_address {
-        sockets[0].1.status = true;
-    } else {
-        sockets.push((options.admin_address, Endpoints { metrics: true, status: true }));
-    }
-    for (addr, endpoints) in sockets {
-        let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
-        tracing::info!(%addr, ?endpoints, "admin endpoints");
-        tokio::spawn(admin::serve(listener, dataplane.clone(), render.clone(), endpoints, stop.clone()));
-    }
-    Ok(())
 }
 
 /// Watches the config file (through its directory, so editors that replace
@@ -255,23 +153,4 @@ fn changes_content(kind: &notify::EventKind) -> bool {
         EventKind::Modify(_) => true,
         EventKind::Access(_) | EventKind::Other => false,
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

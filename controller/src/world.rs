@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use agimo_shared::snapshot::ObjectRef;
 
@@ -12,16 +13,20 @@ use crate::api::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
 };
 
-#[derive(Clone, Debug, Default)]
+/// Objects are shared (`Arc`), so a source can hand the compiler a world
+/// without copying them.
+#[derive(Clone, Debug)]
 pub struct World {
-    pub gateway_classes: BTreeMap<String, GatewayClass>,
-    pub gateways: BTreeMap<ObjectRef, Gateway>,
-    pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
-    pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
-    pub secrets: BTreeMap<ObjectRef, Secret>,
-    pub namespaces: BTreeMap<String, Namespace>,
+    /// The `controllerName` of the GatewayClasses to serve.
+    pub controller_name: String,
+    pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
+    pub gateways: BTreeMap<ObjectRef, Arc<Gateway>>,
+    pub http_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
+    pub reference_grants: BTreeMap<ObjectRef, Arc<ReferenceGrant>>,
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectRef, Arc<Secret>>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Addresses assigned to Gateways that do not request one in
     /// `spec.addresses` (by an address pool, in Kubernetes mode).
     pub assigned_addresses: BTreeMap<ObjectRef, IpAddr>,
@@ -91,15 +96,34 @@ impl Resource {
     }
 }
 
+impl Default for World {
+    fn default() -> Self {
+        World {
+            controller_name: crate::api::CONTROLLER_NAME.to_owned(),
+            gateway_classes: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            http_routes: BTreeMap::new(),
+            reference_grants: BTreeMap::new(),
+            services: BTreeMap::new(),
+            endpoint_slices: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            assigned_addresses: BTreeMap::new(),
+            default_address: None,
+            bind_errors: BTreeMap::new(),
+        }
+    }
+}
+
 impl World {
     /// Adds a resource; returns false (and keeps the first) if one of the
     /// same kind and name is already present.
     pub fn insert(&mut self, resource: Resource) -> bool {
-        fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+        fn put<K: Ord, V>(map: &mut BTreeMap<K, Arc<V>>, key: K, value: V) -> bool {
             match map.entry(key) {
                 std::collections::btree_map::Entry::Occupied(_) => false,
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(value);
+                    slot.insert(Arc::new(value));
                     true
                 }
             }

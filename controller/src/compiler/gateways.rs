@@ -14,8 +14,8 @@ use super::conditions::{condition, reasons, types};
 use super::grants::LabelSelector;
 use super::tls::CertificateCache;
 use crate::api::{
-    CONTROLLER_NAME, Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus,
-    GatewayStatusAddress, Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
+    Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus, GatewayStatusAddress,
+    Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
 };
 use crate::world::World;
 
@@ -27,7 +27,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGran
 pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<String> {
     let mut accepted = BTreeSet::new();
     for (name, class) in &world.gateway_classes {
-        if class.spec.controller_name != CONTROLLER_NAME {
+        if class.spec.controller_name != world.controller_name {
             continue;
         }
         let generation = class.metadata.generation;

@@ -19,8 +19,8 @@ use super::backends::{BackendError, BackendRefSpec, BackendResolver};
 use super::conditions::{condition, reasons, types};
 use super::gateways::GatewayModel;
 use crate::api::{
-    self, CONTROLLER_NAME, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
-    QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
+    self, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType, QueryParamMatchType,
+    RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
 };
 use crate::world::World;
 
@@ -96,7 +96,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
             let gateway_key = &gateways[g].key;
             parent_statuses.push(RouteParentStatus {
                 conditions,
-                controller_name: CONTROLLER_NAME.to_owned(),
+                controller_name: world.controller_name.clone(),
                 parent_ref: ParentReference {
                     group: Some(GATEWAY_GROUP.to_owned()),
                     kind: Some("Gateway".to_owned()),

@@ -1,4 +1,5 @@
-//! Where the world comes from: YAML files (standalone mode) or, later,
-//! Kubernetes watches.
+//! Where the world comes from: YAML files (standalone mode) or Kubernetes
+//! watches.
 
 pub mod files;
+pub mod kube;

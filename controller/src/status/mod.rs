@@ -4,6 +4,8 @@
 //! are shown or written, [`stamp`] gives each condition the time it last
 //! changed: the previous time if its status is unchanged, else now.
 
+pub mod writer;
+
 use crate::api::{Condition, Time};
 use crate::compiler::Statuses;
 

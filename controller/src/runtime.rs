@@ -1,0 +1,196 @@
+//! What both modes share once they have a world: compiling and publishing,
+//! the dataplane task, the admin endpoints, and graceful shutdown.
+//!
+//! ```text
+//!  World ──Runtime::compile──► Snapshot ──watch channel──► Dataplane::run
+//!                                 └────► Statuses ──► logs, /status (and the status writer)
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agimo_dataplane::admin::{self, Endpoints};
+use agimo_dataplane::{Dataplane, Metrics, SocketState};
+use agimo_shared::Snapshot;
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Time, Timestamp};
+use crate::compiler::{Statuses, compile};
+use crate::status;
+use crate::world::World;
+
+/// How Agimo serves, in either mode.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub dataplane: agimo_dataplane::Config,
+    /// Where Gateways without `spec.addresses` (or an assigned address) listen.
+    pub bind_address: IpAddr,
+    pub metrics_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    /// How long a shutdown waits for open connections to finish.
+    pub shutdown_grace_period: Duration,
+}
+
+/// The document served at `/status`.
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Published {
+    /// Where the configuration comes from: a path, or `kubernetes`.
+    pub source: String,
+    /// Errors of the last load attempt (standalone); empty when all is good.
+    pub load_errors: Vec<String>,
+    /// Whether this replica writes statuses (Kubernetes mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    /// When the snapshot being served was compiled.
+    pub serving_since: Option<Time>,
+    pub listening: Vec<String>,
+    pub bind_errors: BTreeMap<String, String>,
+    pub statuses: Statuses,
+}
+
+pub struct Runtime {
+    pub dataplane: Dataplane,
+    pub published: Arc<Mutex<Published>>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    statuses: watch::Sender<Arc<Statuses>>,
+    stop: CancellationToken,
+    admin_stop: CancellationToken,
+    dataplane_task: tokio::task::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Binds the admin endpoints and starts the dataplane on the first world.
+    pub async fn start(options: &ServeOptions, source: String, world: &World) -> anyhow::Result<Runtime> {
+        let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
+        let published = Arc::new(Mutex::new(Published { source, ..Published::default() }));
+        // The admin endpoints outlive the listeners, so /readyz can say
+        // "not ready" while connections drain.
+        let admin_stop = CancellationToken::new();
+        start_admin(options, &dataplane, &published, &admin_stop).await?;
+        let (first, statuses) = compile_and_stamp(world, &published);
+        let (snapshots, receiver) = watch::channel(first);
+        let stop = CancellationToken::new();
+        let (runner, run_stop) = (dataplane.clone(), stop.clone());
+        let dataplane_task = tokio::spawn(async move { runner.run(receiver, run_stop).await });
+        Ok(Runtime {
+            dataplane,
+            published,
+            snapshots,
+            statuses: watch::Sender::new(Arc::new(statuses)),
+            stop,
+            admin_stop,
+            dataplane_task,
+        })
+    }
+
+    /// Compiles `world`, hands the snapshot to the dataplane and publishes the
+    /// statuses.
+    pub fn compile(&self, world: &World) {
+        let (snapshot, statuses) = compile_and_stamp(world, &self.published);
+        self.snapshots.send_replace(snapshot);
+        self.statuses.send_replace(Arc::new(statuses));
+    }
+
+    /// The published statuses as they change (for the status writer).
+    pub fn statuses(&self) -> watch::Receiver<Arc<Statuses>> {
+        self.statuses.subscribe()
+    }
+
+    pub fn sockets(&self) -> watch::Receiver<SocketState> {
+        self.dataplane.watch_sockets()
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Readiness turns false first; then listeners close and connections
+    /// finish what they are doing, up to the grace period.
+    pub async fn shutdown(self, grace: Duration) {
+        tracing::info!(connections = self.dataplane.open_connections(), "shutting down");
+        self.dataplane.begin_shutdown();
+        self.stop.cancel();
+        let _ = self.dataplane_task.await;
+        let left = self.dataplane.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "grace period over; closing the connections still open");
+        }
+        self.admin_stop.cancel();
+    }
+}
+
+fn compile_and_stamp(world: &World, published: &Mutex<Published>) -> (Arc<Snapshot>, Statuses) {
+    let started = std::time::Instant::now();
+    let (snapshot, mut statuses) = compile(world);
+    let elapsed = started.elapsed();
+    let now = Time(Timestamp::now());
+    let mut published = lock(published);
+    status::stamp(&mut statuses, &published.statuses, &now);
+    status::log_changes(&statuses, &published.statuses);
+    tracing::info!(
+        binds = snapshot.binds.len(),
+        routes = world.http_routes.len(),
+        compile_ms = elapsed.as_secs_f64() * 1000.0,
+        "configuration compiled"
+    );
+    published.statuses = statuses.clone();
+    published.load_errors.clear();
+    published.serving_since = Some(now);
+    (Arc::new(snapshot), statuses)
+}
+
+async fn start_admin(
+    options: &ServeOptions,
+    dataplane: &Dataplane,
+    published: &Arc<Mutex<Published>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let render: admin::StatusRender = {
+        let (published, dataplane) = (published.clone(), dataplane.clone());
+        Arc::new(move || {
+            let mut doc = lock(&published);
+            let sockets = dataplane.sockets();
+            doc.listening = sockets.listening.iter().map(ToString::to_string).collect();
+            doc.bind_errors = sockets.errors.into_iter().map(|(addr, e)| (addr.to_string(), e)).collect();
+            serde_yaml_ng::to_string(&*doc).unwrap_or_else(|e| format!("error: {e}\n"))
+        })
+    };
+    let mut sockets = vec![(options.metrics_address, Endpoints { metrics: true, status: false })];
+    if options.admin_address == options.metrics_address {
+        sockets[0].1.status = true;
+    } else {
+        sockets.push((options.admin_address, Endpoints { metrics: true, status: true }));
+    }
+    for (addr, endpoints) in sockets {
+        let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+        tracing::info!(%addr, ?endpoints, "admin endpoints");
+        tokio::spawn(admin::serve(listener, dataplane.clone(), render.clone(), endpoints, stop.clone()));
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

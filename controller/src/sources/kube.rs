@@ -1,0 +1,260 @@
+//! Kubernetes mode's source: one watch per kind the compiler reads, each
+//! keeping its objects parsed in memory, and a notification on every change.
+//!
+//! ```text
+//!  API server ──watch (DynamicObject)──► parse (skip + warn on failure) ──► Cache<K>
+//!                                                                  │
+//!                                         Stores::world() ◄────────┘  ──► compile
+//! ```
+//!
+//! Watches are robust: objects that fail to parse are skipped with a warning
+//! (an object that parsed before keeps its last good version), errors back
+//! off and retry, `managedFields` are dropped, the Gateway API CRDs are
+//! checked before watching, and [`Stores::wait_ready`] waits for every
+//! initial list before the first compile.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use agimo_shared::snapshot::ObjectRef;
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::discovery::ApiCapabilities;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use crate::api::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service};
+use crate::world::World;
+
+/// Objects of one kind, parsed, by namespace and name.
+struct Cache<K> {
+    objects: RwLock<BTreeMap<ObjectRef, Arc<K>>>,
+    ready: watch::Sender<bool>,
+}
+
+impl<K> Cache<K> {
+    fn new() -> Arc<Self> {
+        Arc::new(Cache { objects: RwLock::new(BTreeMap::new()), ready: watch::Sender::new(false) })
+    }
+
+    fn snapshot(&self) -> BTreeMap<ObjectRef, Arc<K>> {
+        self.objects.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Every watched kind, and a notification when any of them changes.
+#[derive(Clone)]
+pub struct Stores {
+    gateway_classes: Arc<Cache<GatewayClass>>,
+    gateways: Arc<Cache<Gateway>>,
+    http_routes: Arc<Cache<HttpRoute>>,
+    reference_grants: Arc<Cache<ReferenceGrant>>,
+    services: Arc<Cache<Service>>,
+    endpoint_slices: Arc<Cache<EndpointSlice>>,
+    secrets: Arc<Cache<Secret>>,
+    namespaces: Arc<Cache<Namespace>>,
+    changed: Arc<Notify>,
+}
+
+impl Stores {
+    /// Checks that the Gateway API CRDs are installed (waiting for them if
+    /// not), then starts a watch per kind.
+    pub async fn start(client: Client) -> Stores {
+        let reference_grants = loop {
+            match required_crds(&client).await {
+                Ok(grants) => break grants,
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for the Gateway API CRDs; install them with \
+                        `kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/<version>/standard-install.yaml`");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        };
+        let stores = Stores {
+            gateway_classes: Cache::new(),
+            gateways: Cache::new(),
+            http_routes: Cache::new(),
+            reference_grants: Cache::new(),
+            services: Cache::new(),
+            endpoint_slices: Cache::new(),
+            secrets: Cache::new(),
+            namespaces: Cache::new(),
+            changed: Arc::new(Notify::new()),
+        };
+        let all = watcher::Config::default().any_semantic();
+        stores.spawn(&client, &stores.gateway_classes, ApiResource::erase::<GatewayClass>(&()), all.clone());
+        stores.spawn(&client, &stores.gateways, ApiResource::erase::<Gateway>(&()), all.clone());
+        stores.spawn(&client, &stores.http_routes, ApiResource::erase::<HttpRoute>(&()), all.clone());
+        match reference_grants {
+            Some(resource) => stores.spawn(&client, &stores.reference_grants, resource, all.clone()),
+            None => {
+                tracing::warn!("the ReferenceGrant CRD is not installed: cross-namespace references are refused");
+                stores.reference_grants.ready.send_replace(true);
+            }
+        }
+        stores.spawn(&client, &stores.services, ApiResource::erase::<Service>(&()), all.clone());
+        stores.spawn(&client, &stores.endpoint_slices, ApiResource::erase::<EndpointSlice>(&()), all.clone());
+        // Only TLS Secrets can be certificateRefs; other Secrets are not read.
+        let tls = all.clone().fields("type=kubernetes.io/tls");
+        stores.spawn(&client, &stores.secrets, ApiResource::erase::<Secret>(&()), tls);
+        stores.spawn(&client, &stores.namespaces, ApiResource::erase::<Namespace>(&()), all);
+        stores
+    }
+
+    fn spawn<K>(&self, client: &Client, cache: &Arc<Cache<K>>, resource: ApiResource, config: watcher::Config)
+    where
+        K: Resource + DeserializeOwned + Send + Sync + 'static,
+    {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        tokio::spawn(watch(api, config, resource.kind, cache.clone(), self.changed.clone()));
+    }
+
+    /// Waits until every watch has listed its objects once.
+    pub async fn wait_ready(&self) {
+        async fn ready<K>(cache: &Cache<K>) {
+            let _ = cache.ready.subscribe().wait_for(|r| *r).await;
+        }
+        ready(&self.gateway_classes).await;
+        ready(&self.gateways).await;
+        ready(&self.http_routes).await;
+        ready(&self.reference_grants).await;
+        ready(&self.services).await;
+        ready(&self.endpoint_slices).await;
+        ready(&self.secrets).await;
+        ready(&self.namespaces).await;
+    }
+
+    /// Resolves when any watched object changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The current objects as a world (shared, not copied).
+    pub fn world(&self) -> World {
+        fn by_name<K>(m: BTreeMap<ObjectRef, Arc<K>>) -> BTreeMap<String, Arc<K>> {
+            m.into_iter().map(|(k, v)| (k.name, v)).collect()
+        }
+        World {
+            gateway_classes: by_name(self.gateway_classes.snapshot()),
+            gateways: self.gateways.snapshot(),
+            http_routes: self.http_routes.snapshot(),
+            reference_grants: self.reference_grants.snapshot(),
+            services: self.services.snapshot(),
+            endpoint_slices: self.endpoint_slices.snapshot(),
+            secrets: self.secrets.snapshot(),
+            namespaces: by_name(self.namespaces.snapshot()),
+            ..World::default()
+        }
+    }
+}
+
+/// Checks the Gateway API kinds Agimo needs are served. Returns the
+/// ReferenceGrant resource to watch (v1, else v1beta1), if any.
+async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
+    let group = kube::discovery::oneshot::group(client, crate::api::GATEWAY_GROUP).await?;
+    let find = |kind: &str| -> Option<(ApiResource, ApiCapabilities)> {
+        group.versioned_resources("v1").into_iter().find(|(r, _)| r.kind == kind)
+    };
+    for kind in ["GatewayClass", "Gateway", "HTTPRoute"] {
+        if find(kind).is_none() {
+            anyhow::bail!("{kind} {}/v1 is not served", crate::api::GATEWAY_GROUP);
+        }
+    }
+    Ok(find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
+        group.versioned_resources("v1beta1").into_iter().find(|(r, _)| r.kind == "ReferenceGrant").map(|(r, _)| r)
+    }))
+}
+
+async fn watch<K>(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    kind: String,
+    cache: Arc<Cache<K>>,
+    changed: Arc<Notify>,
+) where
+    K: Resource + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut stream = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut DynamicObject| {
+            o.metadata.managed_fields = None;
+            if let Some(a) = o.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .boxed();
+    let mut relist: Option<BTreeMap<ObjectRef, Arc<K>>> = None;
+    let write = || cache.objects.write().unwrap_or_else(|e| e.into_inner());
+    let previous = |key: &ObjectRef| cache.objects.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(Event::InitApply(object)) => {
+                let key = key_of(&object);
+                // An object that no longer parses keeps its last good version.
+                let parsed = parse::<K>(&kind, object).or_else(|| previous(&key));
+                if let (Some(list), Some(parsed)) = (relist.as_mut(), parsed) {
+                    list.insert(key, parsed);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let list = relist.take().unwrap_or_default();
+                tracing::debug!(kind, objects = list.len(), "listed");
+                *write() = list;
+                cache.ready.send_replace(true);
+                changed.notify_one();
+            }
+            Ok(Event::Apply(object)) => {
+                let key = key_of(&object);
+                if let Some(parsed) = parse::<K>(&kind, object) {
+                    let relevant = previous(&key).is_none_or(|old| compiles_differently(old.meta(), parsed.meta()));
+                    write().insert(key, parsed);
+                    // Status updates (most of them ours) need no recompile.
+                    if relevant {
+                        changed.notify_one();
+                    }
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                write().remove(&key_of(&object));
+                changed.notify_one();
+            }
+            Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+/// Whether a new version of an object can change what the compiler makes of
+/// it. For kinds with a `metadata.generation` (the Gateway API's), a version
+/// with the same generation, labels and annotations only changed its status.
+fn compiles_differently(old: &kube::api::ObjectMeta, new: &kube::api::ObjectMeta) -> bool {
+    old.generation.is_none()
+        || old.generation != new.generation
+        || old.labels != new.labels
+        || old.annotations != new.annotations
+        || old.deletion_timestamp != new.deletion_timestamp
+}
+
+fn key_of(object: &DynamicObject) -> ObjectRef {
+    ObjectRef {
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Parses one object; on failure warns and returns `None`, so one bad object
+/// never stops the watch.
+fn parse<K: Resource + DeserializeOwned>(kind: &str, object: DynamicObject) -> Option<Arc<K>> {
+    let key = key_of(&object);
+    match object.try_parse::<K>() {
+        Ok(parsed) => Some(Arc::new(parsed)),
+        Err(e) => {
+            tracing::warn!(kind, object = %key, error = %e, "cannot parse; ignoring this version of the object");
+            None
+        }
+    }
+}

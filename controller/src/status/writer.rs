@@ -1,0 +1,263 @@
+//! Writes the compiler's statuses to the API server, while this replica
+//! holds the Lease.
+//!
+//! For each object it reads the current status, merges in ours (conditions
+//! of other types and other controllers' route `parents` entries are kept,
+//! unchanged conditions keep their `lastTransitionTime`), and writes only if
+//! something other than timestamps changed. The write carries the
+//! `resourceVersion` it read; on a conflict it reads again and retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::stamp_conditions;
+use crate::api::{
+    Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus, HttpRoute, HttpRouteStatus, RouteParentStatus,
+    Time, Timestamp,
+};
+use crate::compiler::Statuses;
+use crate::sources::kube::Stores;
+
+/// How often everything is written again even without changes, to repair
+/// statuses someone else overwrote.
+const RESYNC: Duration = Duration::from_secs(60);
+
+pub fn spawn(
+    client: Client,
+    stores: Stores,
+    controller_name: String,
+    mut statuses: watch::Receiver<Arc<Statuses>>,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let writer = Writer { client, controller_name };
+        loop {
+            if *leading.borrow_and_update() {
+                let current = statuses.borrow_and_update().clone();
+                writer.write_all(&stores, &current).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = statuses.changed() => if r.is_err() { return },
+                r = leading.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    });
+}
+
+struct Writer {
+    client: Client,
+    controller_name: String,
+}
+
+impl Writer {
+    async fn write_all(&self, stores: &Stores, statuses: &Statuses) {
+        let world = stores.world();
+        let mut written = 0;
+        for (name, desired) in &statuses.gateway_classes {
+            if let Some(object) = world.gateway_classes.get(name) {
+                written += self
+                    .write(Api::<GatewayClass>::all(self.client.clone()), object, |o| merge_class(o, desired))
+                    .await;
+            }
+        }
+        for (key, desired) in &statuses.gateways {
+            if let Some(object) = world.gateways.get(key) {
+                let api = Api::<Gateway>::namespaced(self.client.clone(), &key.namespace);
+                written += self.write(api, object, |o| merge_gateway(o, desired)).await;
+            }
+        }
+        // Every route: ours get our parents; others lose stale entries of ours.
+        for (key, object) in &world.http_routes {
+            let desired = statuses.http_routes.get(key).map(Vec::as_slice).unwrap_or_default();
+            let has_ours =
+                object.status.iter().flat_map(|s| &s.parents).any(|p| p.controller_name == self.controller_name);
+            if desired.is_empty() && !has_ours {
+                continue;
+            }
+            let api = Api::<HttpRoute>::namespaced(self.client.clone(), &key.namespace);
+            written += self.write(api, object, |o| merge_route(o, desired, &self.controller_name)).await;
+        }
+        if written > 0 {
+            tracing::debug!(written, "statuses written");
+        }
+    }
+
+    /// Writes `merge(object)` as the status of `object` if it differs;
+    /// returns 1 if it wrote. On a conflict, reads the object again and
+    /// retries a few times.
+    async fn write<K, S>(&self, api: Api<K>, cached: &Arc<K>, merge: impl Fn(&K) -> Option<S>) -> usize
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        S: Serialize,
+    {
+        let name = cached.meta().name.clone().unwrap_or_default();
+        let mut object = (**cached).clone();
+        for attempt in 0..4 {
+            let Some(status) = merge(&object) else {
+                return 0;
+            };
+            let patch = json!({
+                "metadata": {"resourceVersion": object.meta().resource_version},
+                "status": status,
+            });
+            match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => return 1,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => object = fresh,
+                    Ok(None) => return 0,
+                    Err(e) => {
+                        tracing::warn!(object = %name, error = %e, "cannot read for a status retry");
+                        return 0;
+                    }
+                },
+                Err(kube::Error::Api(e)) if e.code == 404 => return 0,
+                Err(e) => {
+                    tracing::warn!(object = %name, error = %e, "status write failed; retrying later");
+                    return 0;
+                }
+            }
+        }
+        0
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Our conditions, with the times of unchanged ones kept, followed by the
+/// current conditions of types we do not set.
+fn merge_conditions(desired: &[Condition], current: &[Condition]) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = desired.to_vec();
+    stamp_conditions(merged.iter_mut(), current, &now());
+    merged.extend(current.iter().filter(|c| !desired.iter().any(|d| d.type_ == c.type_)).cloned());
+    merged
+}
+
+/// Equal but for `lastTransitionTime`.
+fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.type_ == y.type_
+                && x.status == y.status
+                && x.reason == y.reason
+                && x.message == y.message
+                && x.observed_generation == y.observed_generation
+        })
+}
+
+fn merge_class(object: &GatewayClass, desired: &GatewayClassStatus) -> Option<GatewayClassStatus> {
+    let current = object.status.clone().unwrap_or_default();
+    let current_conditions = current.conditions.clone().unwrap_or_default();
+    let conditions = merge_conditions(desired.conditions.as_deref().unwrap_or_default(), &current_conditions);
+    let unchanged =
+        same_conditions(&conditions, &current_conditions) && current.supported_features == desired.supported_features;
+    (!unchanged).then(|| GatewayClassStatus {
+        conditions: Some(conditions),
+        supported_features: desired.supported_features.clone(),
+    })
+}
+
+fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<GatewayStatus> {
+    let current = object.status.clone().unwrap_or_default();
+    let current_conditions = current.conditions.clone().unwrap_or_default();
+    let conditions = merge_conditions(desired.conditions.as_deref().unwrap_or_default(), &current_conditions);
+    let mut listeners = desired.listeners.clone().unwrap_or_default();
+    let current_listeners = current.listeners.clone().unwrap_or_default();
+    for l in &mut listeners {
+        let old = current_listeners.iter().find(|c| c.name == l.name).map(|c| c.conditions.as_slice());
+        l.conditions = merge_conditions(&l.conditions, old.unwrap_or_default());
+    }
+    let listeners_unchanged = listeners.len() == current_listeners.len()
+        && listeners.iter().zip(&current_listeners).all(|(a, b)| {
+            a.name == b.name
+                && a.attached_routes == b.attached_routes
+                && a.supported_kinds == b.supported_kinds
+                && same_conditions(&a.conditions, &b.conditions)
+        });
+    let unchanged = listeners_unchanged
+        && same_conditions(&conditions, &current_conditions)
+        && current.addresses.clone().unwrap_or_default() == desired.addresses.clone().unwrap_or_default();
+    (!unchanged).then(|| GatewayStatus {
+        addresses: desired.addresses.clone(),
+        attached_listener_sets: current.attached_listener_sets,
+        conditions: Some(conditions),
+        listeners: Some(listeners),
+    })
+}
+
+/// Other controllers' `parents` entries, untouched, then ours.
+fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &str) -> Option<HttpRouteStatus> {
+    let current = object.status.clone().map(|s| s.parents).unwrap_or_default();
+    let mut parents: Vec<RouteParentStatus> =
+        current.iter().filter(|p| p.controller_name != controller).cloned().collect();
+    for d in desired {
+        let old = current
+            .iter()
+            .find(|c| c.controller_name == controller && c.parent_ref == d.parent_ref)
+            .map(|c| c.conditions.as_slice());
+        let mut entry = d.clone();
+        entry.conditions = merge_conditions(&d.conditions, old.unwrap_or_default());
+        parents.push(entry);
+    }
+    let unchanged = parents.len() == current.len()
+        && parents.iter().zip(&current).all(|(a, b)| {
+            a.controller_name == b.controller_name
+                && a.parent_ref == b.parent_ref
+                && same_conditions(&a.conditions, &b.conditions)
+        });
+    (!unchanged).then_some(HttpRouteStatus { parents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ParentReference;
+    use crate::compiler::condition;
+
+    fn parent(controller: &str, name: &str, accepted: bool) -> RouteParentStatus {
+        RouteParentStatus {
+            conditions: vec![condition("Accepted", accepted, "Accepted", "", Some(1))],
+            controller_name: controller.into(),
+            parent_ref: ParentReference { name: name.into(), ..ParentReference::default() },
+        }
+    }
+
+    #[test]
+    fn route_merge_keeps_other_controllers_and_skips_no_op_writes() {
+        let mut route = HttpRoute::new("r", Default::default());
+        route.status = Some(HttpRouteStatus {
+            parents: vec![parent("example.com/other", "theirs", true), parent("agimo", "old", true)],
+        });
+        let desired = vec![parent("agimo", "gw", true)];
+        let merged = merge_route(&route, &desired, "agimo").expect("changed");
+        let names: Vec<_> =
+            merged.parents.iter().map(|p| (p.controller_name.as_str(), p.parent_ref.name.as_str())).collect();
+        assert_eq!(names, vec![("example.com/other", "theirs"), ("agimo", "gw")]);
+        // Writing the merged status again is a no-op, timestamps aside.
+        route.status = Some(merged);
+        assert!(merge_route(&route, &desired, "agimo").is_none());
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_and_foreign_types() {
+        let mut old = condition("Accepted", true, "Accepted", "", Some(1));
+        old.last_transition_time = Time(Timestamp::from_second(100).unwrap());
+        let foreign = condition("example.com/Custom", true, "X", "", Some(1));
+        let merged =
+            merge_conditions(&[condition("Accepted", true, "Accepted", "", Some(1))], &[old.clone(), foreign.clone()]);
+        assert_eq!(merged[0].last_transition_time, old.last_transition_time);
+        assert_eq!(merged[1], foreign);
+    }
+}
