@@ -21,10 +21,11 @@ pub use gateway_api::httproutes::{
     HttpRouteRulesFiltersRequestRedirect as RequestRedirect,
     HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesFiltersUrlRewrite as UrlRewrite, HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
     HttpRouteRulesMatches as RouteMatch, HttpRouteRulesMatchesHeadersType as HeaderMatchType,
     HttpRouteRulesMatchesMethod as MatchMethod, HttpRouteRulesMatchesPathType as PathMatchType,
-    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteSpec, HttpRouteStatus,
-    HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
+    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
+    HttpRouteStatus, HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
 };
 pub use gateway_api::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 

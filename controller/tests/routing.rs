@@ -568,3 +568,104 @@ async fn ambiguous_or_tunnelling_requests_are_refused() {
     assert!(!echo.headers.contains_key("upgrade"), "{:?}", echo.headers);
     assert!(!echo.headers.contains_key("http2-settings"), "{:?}", echo.headers);
 }
+
+#[tokio::test]
+async fn url_rewrite_and_response_headers() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: inside.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: X-Set, value: set}]
+        add: [{name: X-Added, value: added}]
+        remove: [Content-Type]
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: Exact, value: /full}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /replaced}}
+    backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let reply = agimo.get(8080, "outside.example", "/old/page?q=1").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-set"), Some("set"));
+    assert_eq!(reply.header("x-added"), Some("added"));
+    assert_eq!(reply.header("content-type"), None);
+    let echo = reply.echo();
+    assert_eq!(echo.path, "/new/page?q=1");
+    assert_eq!(echo.host, "inside.example");
+    assert_eq!(agimo.get(8080, "outside.example", "/full?x=y").await.echo().path, "/replaced?x=y");
+}
+
+#[tokio::test]
+async fn timeouts_answer_504() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /request}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /backend}}]
+    timeouts: {backendRequest: 300ms}
+    backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    for path in ["/request", "/backend"] {
+        let started = std::time::Instant::now();
+        let slow = agimo.get(8080, "t.example", &format!("{path}?delay_ms=2000")).await;
+        assert_eq!(slow.status, 504, "{path}");
+        assert_eq!(slow.header("x-agimo-reason"), Some("timeout"));
+        assert!(started.elapsed() < Duration::from_millis(1500), "{path}: {:?}", started.elapsed());
+        assert_eq!(agimo.get(8080, "t.example", &format!("{path}?delay_ms=10")).await.status, 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn h2c_backends_and_backend_filters() {
+    let yaml = base_yaml(&["v1"])
+        + "---
+apiVersion: v1
+kind: Service
+metadata: {name: grpcish, namespace: default}
+spec: {ports: [{name: h2c, port: 80, appProtocol: kubernetes.io/h2c}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: grpcish, namespace: default, labels: {kubernetes.io/service-name: grpcish}}
+addressType: IPv4
+ports: [{name: h2c, port: {{port:v1}}}]
+endpoints: [{addresses: [127.0.0.1]}]
+" + &route(
+        "metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs:
+    - name: grpcish
+      port: 80
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {set: [{name: X-Backend, value: h2c}]}
+",
+    );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    // An HTTP/1.1 client reaches an h2c backend over HTTP/2, Host as :authority.
+    let echo = agimo.get(8080, "h2.example:8080", "/over?h2c=1").await.echo();
+    assert_eq!(echo.proto, "HTTP/2.0");
+    assert_eq!(echo.host, "h2.example:8080");
+    assert_eq!(echo.path, "/over?h2c=1");
+    assert_eq!(echo.headers["x-backend"], "h2c");
+}

@@ -35,15 +35,17 @@ pub enum ProxyError {
         backend: String,
         endpoint: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::BoxError,
     },
     #[error("backend {backend} at {endpoint} failed: {source}")]
     UpstreamFailed {
         backend: String,
         endpoint: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::BoxError,
     },
+    #[error("backend {backend} did not answer within the HTTPRoute's {timeout} timeout")]
+    Timeout { backend: String, timeout: &'static str },
 }
 
 impl ProxyError {
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoReadyEndpoints { .. } | ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -71,6 +74,7 @@ impl ProxyError {
             ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",
+            ProxyError::Timeout { .. } => "timeout",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod metrics;
 mod proxy;
 mod server;
 mod tls;
+mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,10 +31,7 @@ use std::time::Duration;
 
 use agimo_shared::Snapshot;
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +78,7 @@ pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
-    pub(crate) upstream: Client<HttpConnector, Incoming>,
+    pub(crate) upstream: upstream::Upstream,
     pub(crate) http: auto::Builder<TokioExecutor>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -99,15 +97,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn new(config: Config, metrics: Metrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-        let upstream = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
+        let upstream = upstream::Upstream::new(config.upstream_connect_timeout);
         let http = server::http_builder(&config);
         Dataplane {
             shared: Arc::new(Shared {

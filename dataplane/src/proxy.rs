@@ -8,7 +8,7 @@ use std::time::Instant;
 use agimo_shared::filters::RedirectRequest;
 use agimo_shared::hostname::normalize_host;
 use agimo_shared::matching::RequestView;
-use agimo_shared::snapshot::{Action, BackendTarget, Protocol, Rule};
+use agimo_shared::snapshot::{Action, BackendTarget, Filters, Protocol, Rule};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -17,6 +17,7 @@ use crate::Shared;
 use crate::body::{Body, RequestGuard};
 use crate::error::ProxyError;
 use crate::metrics::UNMATCHED;
+use crate::upstream::UpstreamError;
 
 /// What a request knows about the connection it came on.
 pub struct ConnInfo {
@@ -41,15 +42,15 @@ pub async fn handle(
             tracing::debug!(peer = %conn.peer, status = e.status().as_u16(), reason = e.reason(), error = %e, "request not routed");
             (None, e.into_response())
         }
-        Ok(Routed { label, rule, listener_port }) => {
-            shared.metrics.request(&label);
-            let response = match apply(shared, conn, req, &rule, &label, listener_port, &mut guard).await {
+        Ok(routed) => {
+            shared.metrics.request(&routed.label);
+            let response = match apply(shared, conn, req, &routed, start, &mut guard).await {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::warn!(
-                        route = %rule.route,
-                        rule = rule.index,
-                        host = %label,
+                        route = %routed.rule.route,
+                        rule = routed.rule.index,
+                        host = %routed.label,
                         status = e.status().as_u16(),
                         reason = e.reason(),
                         error = %e,
@@ -58,7 +59,7 @@ pub async fn handle(
                     e.into_response()
                 }
             };
-            (Some(label), response)
+            (Some(routed.label), response)
         }
     };
     shared.metrics.observe_duration(label.as_deref().unwrap_or(UNMATCHED), start.elapsed());
@@ -113,11 +114,12 @@ async fn apply(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    rule: &Rule,
-    label: &str,
-    listener_port: u16,
+    routed: &Routed,
+    started: Instant,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
+    let Routed { label, rule, listener_port } = routed;
+    let listener_port = *listener_port;
     let backends = match &rule.action {
         Action::Reject(r) => {
             return Err(ProxyError::InvalidRule { reason: r.reason.clone() });
@@ -151,15 +153,28 @@ async fn apply(
         return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
     }
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
-    let upgrade = prepare_upstream_request(&mut req, conn, endpoint, rule);
+    let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     guard.active = Some(shared.metrics.active(label));
-    let mut response = shared.upstream.request(req).await.map_err(|source| {
-        if source.is_connect() {
-            ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source }
-        } else {
-            ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source }
+    let send = shared.upstream.send(backend.protocol, endpoint, req);
+    let result = match (rule.timeouts.request, rule.timeouts.backend_request) {
+        (None, None) => Ok(send.await),
+        (request, backend_request) => {
+            // The request timeout counts from when the request arrived; the
+            // backend one from when it is sent to the backend.
+            let now = tokio::time::Instant::now();
+            let request_deadline = request.map(|t| tokio::time::Instant::from_std(started + t));
+            let backend_deadline = backend_request.map(|t| now + t);
+            let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
+            tokio::time::timeout_at(deadline, send).await.map_err(|_| {
+                let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
+                ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
+            })
         }
+    };
+    let mut response = result?.map_err(|e| match e {
+        UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
+        UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
     })?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade
@@ -179,24 +194,30 @@ async fn apply(
                         tracing::debug!(backend = %backend_id, error = %e, "upgraded connection ended with an error");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed")
-                }
+                Err(e) => tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed"),
             }
         });
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     strip_hop_by_hop(response.headers_mut(), false);
+    // Response filters: the backendRef's first, then the rule's.
+    for filters in [&chosen.filters, &rule.filters] {
+        if let Some(modifier) = &filters.response_headers {
+            modifier.apply(response.headers_mut());
+        }
+    }
     Ok(response.map(Body::upstream))
 }
 
-/// Rewrites a request for the upstream endpoint, in this order: the target
-/// URI and HTTP/1.1 with the client's authority as `Host`; the client's
-/// hop-by-hop headers removed; the rule's header filters (which may set any
-/// header, `Host` included, and which a client's `Connection` header cannot
-/// undo); then `X-Forwarded-*`. Returns whether it is a websocket upgrade.
-fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoint: SocketAddr, rule: &Rule) -> bool {
+/// Rewrites a request for the upstream, in this order: the client's
+/// authority as `Host`; the client's hop-by-hop headers removed; the filters
+/// (the rule's, then the backendRef's: header modifications, which may set
+/// any header, `Host` included, and which a client's `Connection` header
+/// cannot undo; URL rewrites of host and path); then `X-Forwarded-*`. The
+/// target endpoint goes into the URI later ([`crate::upstream`]). Returns
+/// whether it is a websocket upgrade.
+fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, filters: &[&Filters]) -> bool {
     let upgrade = is_upgrade(req.headers());
     let from_http2 = req.version() == Version::HTTP_2;
     // Keep the client's authority as the Host header, byte for byte.
@@ -205,24 +226,36 @@ fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, endpoi
     {
         req.headers_mut().insert(header::HOST, value);
     }
-    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .expect("endpoint address and request path form a valid URI");
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if from_http2 {
         join_cookies(headers);
     }
-    if let Some(modifier) = &rule.request_headers {
-        modifier.apply(headers);
+    for f in filters {
+        if let Some(modifier) = &f.request_headers {
+            modifier.apply(req.headers_mut());
+        }
+        if let Some(rewrite) = &f.rewrite {
+            if let Some(host) = &rewrite.hostname {
+                req.headers_mut().insert(header::HOST, host.clone());
+            }
+            if let Some(path) = &rewrite.path {
+                let rewritten = path.apply(req.uri().path());
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{rewritten}?{q}"),
+                    None => rewritten,
+                };
+                if let Ok(pq) = pq.parse::<http::uri::PathAndQuery>() {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.path_and_query = Some(pq);
+                    if let Ok(uri) = Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+            }
+        }
     }
-    append_forwarded(headers, conn);
+    append_forwarded(req.headers_mut(), conn);
     upgrade
 }
 

@@ -83,6 +83,15 @@ pub fn replace_prefix(path: &str, prefix: &str, replacement: &str) -> String {
     out
 }
 
+/// URLRewrite: the Host and path sent to the backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct UrlRewrite {
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_header_value")]
+    pub hostname: Option<HeaderValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
 /// RequestRedirect.
 #[derive(Clone, Debug, Serialize)]
 pub struct Redirect {

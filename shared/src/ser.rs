@@ -29,3 +29,17 @@ pub(crate) fn header_pairs<S: Serializer>(pairs: &[(HeaderName, HeaderValue)], s
 pub(crate) fn header_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(names.iter().map(HeaderName::as_str))
 }
+
+pub(crate) fn opt_duration<S: Serializer>(value: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => s.collect_str(&format_args!("{}ms", d.as_millis())),
+        None => s.serialize_none(),
+    }
+}
+
+pub(crate) fn opt_header_value<S: Serializer>(value: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_str(&String::from_utf8_lossy(v.as_bytes())),
+        None => s.serialize_none(),
+    }
+}

@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
-use crate::filters::{HeaderModifier, Redirect};
+use crate::filters::{HeaderModifier, Redirect, UrlRewrite};
 use crate::hostname::Hostname;
 use crate::matching::{MatchOrigin, RequestMatch, RequestView, precedence};
 
@@ -290,16 +291,53 @@ impl Serialize for RouteTable {
     }
 }
 
-/// What a matched rule does: request filters, then its action.
+/// What a matched rule does: its filters, its timeouts, then its action.
 #[derive(Debug, Serialize)]
 pub struct Rule {
     pub route: ObjectRef,
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+    #[serde(skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+    pub action: Action,
+}
+
+/// The filters that modify a forwarded request and its response, on a rule
+/// or on one backendRef. (RequestRedirect is an [`Action`].)
+#[derive(Debug, Default, Serialize)]
+pub struct Filters {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderModifier>,
-    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderModifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<UrlRewrite>,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        self.request_headers.is_none() && self.response_headers.is_none() && self.rewrite.is_none()
+    }
+}
+
+/// HTTPRoute `timeouts`, parsed; `None` is no limit.
+#[derive(Debug, Default, Serialize)]
+pub struct Timeouts {
+    /// From receiving the request to sending the response headers.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_duration")]
+    pub request: Option<Duration>,
+    /// From sending the request to a backend to its response headers.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_duration")]
+    pub backend_request: Option<Duration>,
+}
+
+impl Timeouts {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_none() && self.backend_request.is_none()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -358,6 +396,9 @@ impl Backends {
 pub struct WeightedBackend {
     pub weight: u32,
     pub target: BackendTarget,
+    /// The backendRef's own filters, applied after the rule's.
+    #[serde(skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
 }
 
 #[derive(Debug, Serialize)]
@@ -374,6 +415,17 @@ pub struct Backend {
     /// Stable across snapshots: `namespace/service:port`.
     pub id: String,
     pub endpoints: Vec<SocketAddr>,
+    pub protocol: BackendProtocol,
+}
+
+/// How to speak to a backend, from the Service port's `appProtocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (websocket upgrades included).
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (`kubernetes.io/h2c`).
+    H2c,
 }
 
 #[cfg(test)]
@@ -387,7 +439,8 @@ mod tests {
             route: ObjectRef { namespace: "ns".into(), name: name.into() },
             index: 0,
             name: None,
-            request_headers: None,
+            filters: Filters::default(),
+            timeouts: Timeouts::default(),
             action: Action::Reject(Rejection { status: StatusCode::INTERNAL_SERVER_ERROR, reason: name.into() }),
         })
     }
@@ -430,7 +483,11 @@ mod tests {
 
     #[test]
     fn weighted_pick_covers_the_range() {
-        let b = |w| WeightedBackend { weight: w, target: BackendTarget::Invalid(w.to_string()) };
+        let b = |w| WeightedBackend {
+            weight: w,
+            target: BackendTarget::Invalid(w.to_string()),
+            filters: Filters::default(),
+        };
         let backends = Backends::new(vec![b(1), b(0), b(3)]).unwrap();
         assert_eq!(backends.total_weight(), 4);
         let picked: Vec<_> = (0..4).map(|r| backends.pick(r).weight).collect();

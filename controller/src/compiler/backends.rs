@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use agimo_shared::snapshot::{Backend, ObjectRef};
+use agimo_shared::snapshot::{Backend, BackendProtocol, ObjectRef};
 
 use super::conditions::reasons;
 use super::grants;
@@ -104,6 +104,21 @@ impl<'w> BackendResolver<'w> {
                 message: format!("Service {key} has no port {port}"),
             });
         };
+        // "kubernetes.io/h2c" and "kubernetes.io/ws" are the Gateway API's
+        // (GEP-1911); a protocol Agimo cannot speak makes the ref invalid.
+        let protocol = match service_port.app_protocol.as_deref() {
+            None | Some("http" | "HTTP" | "kubernetes.io/ws") => BackendProtocol::Http1,
+            Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+            Some(other) => {
+                return Err(BackendError {
+                    reason: reasons::UNSUPPORTED_PROTOCOL,
+                    message: format!(
+                        "Service {key} port {port} has appProtocol {other:?}; Agimo speaks HTTP/1.1, kubernetes.io/h2c \
+                         and kubernetes.io/ws to backends"
+                    ),
+                });
+            }
+        };
         let cache_key = (key.clone(), port);
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
@@ -139,7 +154,7 @@ impl<'w> BackendResolver<'w> {
         }
         endpoints.sort();
         endpoints.dedup();
-        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints });
+        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
         self.resolved.insert(cache_key, backend.clone());
         Ok(backend)
     }

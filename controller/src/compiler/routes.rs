@@ -4,13 +4,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect};
+use std::time::Duration;
+
+use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
 use agimo_shared::hostname::Hostname;
 use agimo_shared::matching::{
     FullRegex, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
 };
 use agimo_shared::snapshot::{
-    Action, BackendTarget, Backends, ObjectRef, Rejection, RouteEntry, Rule, WeightedBackend,
+    Action, BackendTarget, Backends, Filters, ObjectRef, Rejection, RouteEntry, Rule, Timeouts, WeightedBackend,
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
@@ -259,13 +261,14 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
                 continue;
             }
         };
-        let RuleAction { request_headers, action } =
+        let RuleAction { filters, timeouts, action } =
             match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
                     compiled.invalid_rules.push(format!("rule {index} (answers 500): {why}"));
                     RuleAction {
-                        request_headers: None,
+                        filters: Filters::default(),
+                        timeouts: Timeouts::default(),
                         action: Action::Reject(Rejection {
                             status: StatusCode::INTERNAL_SERVER_ERROR,
                             reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
@@ -273,7 +276,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
                     }
                 }
             };
-        let rule = Arc::new(Rule { route: key.clone(), index, name: spec.name.clone(), request_headers, action });
+        let rule = Arc::new(Rule { route: key.clone(), index, name: spec.name.clone(), filters, timeouts, action });
         compiled.rules.push((rule, matches));
     }
     if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {
@@ -282,9 +285,10 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
     compiled
 }
 
-/// A rule's request filters and what it does.
+/// A rule's filters, timeouts, and what it does.
 struct RuleAction {
-    request_headers: Option<HeaderModifier>,
+    filters: Filters,
+    timeouts: Timeouts,
     action: Action,
 }
 
@@ -295,45 +299,26 @@ fn compile_action(
     resolver: &mut BackendResolver<'_>,
     backend_errors: &mut Vec<BackendError>,
 ) -> Result<RuleAction, String> {
-    if spec.timeouts.is_some() {
-        return Err("timeouts are not supported".into());
-    }
-    let mut request_headers = None;
-    let mut redirect = None;
-    for filter in spec.filters.iter().flatten() {
-        use api::FilterType as T;
-        match filter.r#type {
-            T::RequestHeaderModifier => {
-                let m = filter
-                    .request_header_modifier
-                    .as_ref()
-                    .ok_or("RequestHeaderModifier filter without requestHeaderModifier")?;
-                if request_headers.is_some() {
-                    return Err("RequestHeaderModifier may appear once per rule".into());
-                }
-                request_headers = Some(header_modifier(m)?);
-            }
-            T::RequestRedirect => {
-                let r = filter.request_redirect.as_ref().ok_or("RequestRedirect filter without requestRedirect")?;
-                if redirect.is_some() {
-                    return Err("RequestRedirect may appear once per rule".into());
-                }
-                redirect = Some(compile_redirect(r, matches)?);
-            }
-            ref other => {
-                let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
-                return Err(format!("filter type {} is not supported", name.unwrap_or_default()));
-            }
-        }
-    }
+    let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
+    let (filters, redirect) = compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
     if let Some(redirect) = redirect {
-        return Ok(RuleAction { request_headers, action: Action::Redirect(redirect) });
+        return Ok(RuleAction { filters, timeouts, action: Action::Redirect(redirect) });
     }
     let refs = spec.backend_refs.as_deref().unwrap_or_default();
     let mut backends = Vec::with_capacity(refs.len());
     for r in refs {
-        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err("filters on backendRefs are not supported".into());
+        // backendRef filters have their own generated type with the same
+        // schema as rule filters: convert through JSON to compile them once.
+        let backend_filters: Vec<api::Filter> = r
+            .filters
+            .iter()
+            .flatten()
+            .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("backendRef {} filters: {e}", r.name))?;
+        let (backend_filters, redirect) = compile_filters(&backend_filters, matches)?;
+        if redirect.is_some() {
+            return Err(format!("backendRef {}: RequestRedirect is not supported on a backendRef", r.name));
         }
         let target = match resolver.resolve(
             &key.namespace,
@@ -352,7 +337,11 @@ fn compile_action(
                 target
             }
         };
-        backends.push(WeightedBackend { weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0), target });
+        backends.push(WeightedBackend {
+            weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0),
+            target,
+            filters: backend_filters,
+        });
     }
     let action = match Backends::new(backends) {
         Some(backends) => Action::Forward(backends),
@@ -365,7 +354,79 @@ fn compile_action(
             },
         }),
     };
-    Ok(RuleAction { request_headers, action })
+    Ok(RuleAction { filters, timeouts, action })
+}
+
+/// The filters of a rule or a backendRef, and a RequestRedirect if any.
+/// "Specifying the same filter multiple times is not supported unless
+/// explicitly indicated"; RequestRedirect and URLRewrite exclude each other.
+fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<(Filters, Option<Redirect>), String> {
+    use api::FilterType as T;
+    let mut out = Filters::default();
+    let mut redirect = None;
+    let once = |present: bool, name: &str| {
+        if present { Err(format!("{name} may appear once per rule or backendRef")) } else { Ok(()) }
+    };
+    for filter in filters {
+        match filter.r#type {
+            T::RequestHeaderModifier => {
+                let m = filter.request_header_modifier.as_ref().ok_or("RequestHeaderModifier without its settings")?;
+                once(out.request_headers.is_some(), "RequestHeaderModifier")?;
+                let set = m.set.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
+                let add = m.add.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
+                out.request_headers = Some(header_modifier_pairs(set, add, &m.remove)?);
+            }
+            T::ResponseHeaderModifier => {
+                let m =
+                    filter.response_header_modifier.as_ref().ok_or("ResponseHeaderModifier without its settings")?;
+                once(out.response_headers.is_some(), "ResponseHeaderModifier")?;
+                let set = m.set.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
+                let add = m.add.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
+                out.response_headers = Some(header_modifier_pairs(set, add, &m.remove)?);
+            }
+            T::RequestRedirect => {
+                let r = filter.request_redirect.as_ref().ok_or("RequestRedirect without its settings")?;
+                once(redirect.is_some(), "RequestRedirect")?;
+                redirect = Some(compile_redirect(r, matches)?);
+            }
+            T::UrlRewrite => {
+                let r = filter.url_rewrite.as_ref().ok_or("URLRewrite without its settings")?;
+                once(out.rewrite.is_some(), "URLRewrite")?;
+                out.rewrite = Some(compile_rewrite(r, matches)?);
+            }
+            ref other => {
+                let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
+                return Err(format!("filter type {} is not supported", name.unwrap_or_default()));
+            }
+        }
+    }
+    if redirect.is_some() && out.rewrite.is_some() {
+        return Err("RequestRedirect and URLRewrite cannot be used together".into());
+    }
+    Ok((out, redirect))
+}
+
+/// Parses a Gateway API duration (`1h30m`, `500ms`); zero means no limit.
+fn compile_timeouts(t: Option<&api::Timeouts>) -> Result<Timeouts, String> {
+    let parse = |field: &str, v: Option<&String>| -> Result<Option<Duration>, String> {
+        let Some(v) = v else { return Ok(None) };
+        let d: gateway_api::Duration =
+            v.parse().map_err(|e| format!("timeouts.{field} {v:?} is not a Gateway API duration: {e}"))?;
+        let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Ok((!d.is_zero()).then_some(d))
+    };
+    let Some(t) = t else { return Ok(Timeouts::default()) };
+    let timeouts = Timeouts {
+        request: parse("request", t.request.as_ref())?,
+        backend_request: parse("backendRequest", t.backend_request.as_ref())?,
+    };
+    // "backendRequest ... MUST be less than or equal to request."
+    if let (Some(request), Some(backend)) = (timeouts.request, timeouts.backend_request)
+        && backend > request
+    {
+        return Err(format!("timeouts.backendRequest ({backend:?}) is longer than timeouts.request ({request:?})"));
+    }
+    Ok(timeouts)
 }
 
 fn compile_matches(matches: Option<&[RouteMatch]>) -> Result<Vec<RequestMatch>, String> {
@@ -442,23 +503,61 @@ fn method(m: &MatchMethod) -> Method {
     }
 }
 
-fn header_modifier(m: &api::HeaderModifier) -> Result<HeaderModifier, String> {
-    let pair = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue), String> {
+fn header_modifier_pairs(
+    set: Option<Vec<(String, String)>>,
+    add: Option<Vec<(String, String)>>,
+    remove: &Option<Vec<String>>,
+) -> Result<HeaderModifier, String> {
+    let pair = |(name, value): (String, String)| -> Result<(HeaderName, HeaderValue), String> {
         Ok((
-            HeaderName::try_from(name).map_err(|_| format!("invalid header name {name:?}"))?,
-            HeaderValue::try_from(value).map_err(|_| format!("invalid value for header {name}"))?,
+            HeaderName::try_from(name.as_str()).map_err(|_| format!("invalid header name {name:?}"))?,
+            HeaderValue::try_from(value.as_str()).map_err(|_| format!("invalid value for header {name}"))?,
         ))
     };
     Ok(HeaderModifier {
-        set: m.set.iter().flatten().map(|h| pair(&h.name, &h.value)).collect::<Result<_, _>>()?,
-        add: m.add.iter().flatten().map(|h| pair(&h.name, &h.value)).collect::<Result<_, _>>()?,
-        remove: m
-            .remove
+        set: set.into_iter().flatten().map(pair).collect::<Result<_, _>>()?,
+        add: add.into_iter().flatten().map(pair).collect::<Result<_, _>>()?,
+        remove: remove
             .iter()
             .flatten()
             .map(|n| HeaderName::try_from(n.as_str()).map_err(|_| format!("invalid header name {n:?}")))
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// The PathPrefix of a rule's single match, which ReplacePrefixMatch needs
+/// ("exactly one PathPrefix match must be specified").
+fn single_prefix(matches: &[RequestMatch]) -> Result<String, String> {
+    match matches {
+        [RequestMatch { path: PathMatch::Prefix(prefix), .. }] => Ok(prefix.clone()),
+        _ => Err("ReplacePrefixMatch needs exactly one PathPrefix match in the rule".into()),
+    }
+}
+
+fn compile_rewrite(r: &api::UrlRewrite, matches: &[RequestMatch]) -> Result<UrlRewrite, String> {
+    let hostname = match r.hostname.as_deref() {
+        None => None,
+        Some(h) => match Hostname::parse(h) {
+            Ok(Hostname::Exact(h)) => Some(HeaderValue::try_from(h).map_err(|e| e.to_string())?),
+            _ => return Err(format!("URLRewrite hostname {h:?} is not a valid hostname")),
+        },
+    };
+    let path = match &r.path {
+        None => None,
+        Some(p) => Some(match p.r#type {
+            api::RewritePathType::ReplaceFullPath => PathModifier::ReplaceFullPath(
+                p.replace_full_path.clone().ok_or("URLRewrite path type ReplaceFullPath needs replaceFullPath")?,
+            ),
+            api::RewritePathType::ReplacePrefixMatch => PathModifier::ReplacePrefixMatch {
+                prefix: single_prefix(matches)?,
+                replacement: p
+                    .replace_prefix_match
+                    .clone()
+                    .ok_or("URLRewrite path type ReplacePrefixMatch needs replacePrefixMatch")?,
+            },
+        }),
+    };
+    Ok(UrlRewrite { hostname, path })
 }
 
 fn compile_redirect(r: &api::RequestRedirect, matches: &[RequestMatch]) -> Result<Redirect, String> {
