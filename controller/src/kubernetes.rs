@@ -108,7 +108,7 @@ async fn debounce(stores: &Stores) {
 fn world(
     stores: &Stores,
     options: &Options,
-    bind_errors: &std::collections::BTreeMap<std::net::SocketAddr, String>,
+    bind_errors: &std::collections::BTreeMap<std::net::SocketAddr, agimo_dataplane::BindError>,
 ) -> World {
     let mut world = stores.world();
     world.controller_name = options.controller_name.clone();

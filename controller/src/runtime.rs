@@ -157,7 +157,7 @@ async fn start_admin(
             let mut doc = lock(&published);
             let sockets = dataplane.sockets();
             doc.listening = sockets.listening.iter().map(ToString::to_string).collect();
-            doc.bind_errors = sockets.errors.into_iter().map(|(addr, e)| (addr.to_string(), e)).collect();
+            doc.bind_errors = sockets.errors.into_iter().map(|(addr, e)| (addr.to_string(), e.message)).collect();
             serde_yaml_ng::to_string(&*doc).unwrap_or_else(|e| format!("error: {e}\n"))
         })
     };

@@ -35,7 +35,7 @@ pub struct World {
     pub default_address: Option<IpAddr>,
     /// Sockets the dataplane could not bind, with the error, so statuses can
     /// say so.
-    pub bind_errors: BTreeMap<SocketAddr, String>,
+    pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
 }
 
 /// One resource of a kind the world holds.

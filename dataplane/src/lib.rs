@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{ProxyError, REASON_HEADER};
 pub use metrics::Metrics;
-pub use server::SocketState;
+pub use server::{BindError, SocketState};
 
 /// Dataplane settings; the defaults are safe for an edge proxy.
 #[derive(Clone, Debug)]

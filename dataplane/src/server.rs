@@ -48,7 +48,22 @@ pub struct SocketState {
     pub listening: Vec<SocketAddr>,
     /// Addresses that could not be bound, with the error; retried every
     /// second.
-    pub errors: BTreeMap<SocketAddr, String>,
+    pub errors: BTreeMap<SocketAddr, BindError>,
+}
+
+/// Why a socket could not be bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindError {
+    /// The IP address is not one of this machine's (EADDRNOTAVAIL), as
+    /// opposed to the port being taken or refused.
+    pub address_not_available: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// The accept loops that are running, by socket address. Owned by the run
@@ -56,7 +71,7 @@ pub struct SocketState {
 #[derive(Default)]
 pub struct Sockets {
     running: BTreeMap<SocketAddr, (CancellationToken, tokio::task::JoinHandle<()>)>,
-    errors: BTreeMap<SocketAddr, String>,
+    errors: BTreeMap<SocketAddr, BindError>,
 }
 
 impl Sockets {
@@ -88,7 +103,8 @@ impl Sockets {
                 }
                 Err(e) => {
                     tracing::error!(%addr, error = %e, "cannot listen; retrying every second");
-                    self.errors.insert(addr, e.to_string());
+                    let address_not_available = e.kind() == std::io::ErrorKind::AddrNotAvailable;
+                    self.errors.insert(addr, BindError { address_not_available, message: e.to_string() });
                 }
             }
         }

@@ -20,8 +20,36 @@ use crate::api::{
 use crate::world::World;
 
 /// The features Agimo claims in `GatewayClass.status.supportedFeatures`,
-/// sorted by name as the spec requires.
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+/// sorted by name as the spec requires. The conformance run reads this list
+/// from the status, so what is claimed is what is tested.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "GatewayStaticAddresses",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
 
 /// The GatewayClasses we own and accept; writes their statuses.
 pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<String> {
@@ -69,6 +97,9 @@ pub struct GatewayModel<'w> {
     /// listens on an unspecified default (0.0.0.0), which is no address a
     /// client can use.
     pub publish_addresses: bool,
+    /// Addresses the dataplane cannot listen on (not this machine's), with
+    /// the error: Programmed=False, AddressNotUsable.
+    pub unusable_addresses: Vec<String>,
     /// `Err` holds the Accepted=False reason and message.
     pub accepted: Result<(), (&'static str, String)>,
     pub listeners: Vec<ListenerModel<'w>>,
@@ -191,13 +222,24 @@ fn build_gateway<'w>(
         gw.spec.listeners.iter().map(|l| build_listener(world, &key.namespace, l, certs)).collect();
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
+    // Sockets the dataplane could not bind: an address that is not local
+    // makes the Gateway's addresses unusable; a refused port is the
+    // listener's problem.
+    let mut unusable: Vec<String> = Vec::new();
     for l in &mut listeners {
-        let failed: Vec<String> = addresses
-            .iter()
-            .filter_map(|ip| {
-                world.bind_errors.get(&SocketAddr::new(*ip, l.port)).map(|e| format!("{ip}:{}: {e}", l.port))
-            })
-            .collect();
+        let mut failed = Vec::new();
+        for ip in &addresses {
+            match world.bind_errors.get(&SocketAddr::new(*ip, l.port)) {
+                Some(e) if e.address_not_available => {
+                    let why = format!("{ip}: {e}");
+                    if !unusable.contains(&why) {
+                        unusable.push(why);
+                    }
+                }
+                Some(e) => failed.push(format!("{ip}:{}: {e}", l.port)),
+                None => {}
+            }
+        }
         if !failed.is_empty() {
             l.bind_error = Some(format!("cannot listen on {}; retrying", failed.join(", ")));
         }
@@ -208,6 +250,7 @@ fn build_gateway<'w>(
         generation: gw.metadata.generation,
         addresses,
         publish_addresses,
+        unusable_addresses: unusable,
         accepted,
         listeners,
     }
@@ -559,7 +602,20 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
                     generation,
                 )
             },
-            condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation),
+            if gw.unusable_addresses.is_empty() {
+                condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation)
+            } else {
+                condition(
+                    types::PROGRAMMED,
+                    false,
+                    reasons::ADDRESS_NOT_USABLE,
+                    format!(
+                        "cannot listen on {}; use addresses of this machine (retrying)",
+                        gw.unusable_addresses.join(", ")
+                    ),
+                    generation,
+                )
+            },
         ),
     };
     let addresses: Vec<_> = gw
