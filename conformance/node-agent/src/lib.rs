@@ -1,0 +1,84 @@
+//! The node of `conformance/local-cluster`: a real kube-apiserver and
+//! kube-controller-manager run there without a container runtime, and this
+//! agent stands in for the kubelet (and the scheduler). It registers the Node
+//! `agimo-node`, binds pending pods to it, runs each pod in a network
+//! namespace of its own with an address on the cluster bridge, writes pod
+//! statuses, deletes pods once their processes are gone, and serves container
+//! logs to `kubectl logs`. There are no images: a container whose image names
+//! a known program (`echo-basic`, the conformance suite's backend) runs that
+//! program from the local disk; any other container runs nothing but is
+//! reported running and ready, because the suite waits for every pod.
+//!
+//! ```text
+//!   kube-apiserver ──watch pods──▶ dispatcher ──pods/binding, Node + heartbeat──▶ kube-apiserver
+//!                                      │ one worker per pod bound here
+//!                                      ▼
+//!                                   worker ──ip netns add, ip link add, ip netns exec──▶ the pod
+//!                                      └──pods/status, events, delete (grace 0)──▶ kube-apiserver
+//!   kubectl logs ─▶ kube-apiserver ─▶ https://10.244.0.1:10250/containerLogs/… ─▶ the workers' log files
+//!
+//!   netns agimo (control plane, agent):  bridge agimo0 10.244.0.1/16
+//!        │ veth agp<uid>
+//!   netns agimo-pod-<uid>:  eth0 10.244.x.y/16, default via 10.244.0.1, lo; echo-basic
+//! ```
+//!
+//! The agent runs in the cluster's network namespace but in the host's mount
+//! namespace (`nsenter --net`, not `ip netns exec`, which would give it a
+//! mount namespace of its own where the pod namespaces it creates stay
+//! invisible to everyone else).
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod env;
+pub mod ipam;
+pub mod logs;
+pub mod node;
+pub mod pod;
+pub mod process;
+pub mod sandbox;
+pub mod status;
+pub mod volumes;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the agent is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Node's name; pods bound here have it in `spec.nodeName`.
+    pub node_name: String,
+    /// The Node's InternalIP: the bridge's address, the pods' default
+    /// gateway and the address the log server listens on.
+    pub node_ip: Ipv4Addr,
+    /// The bridge pods are attached to (in the agent's network namespace).
+    pub bridge: String,
+    /// The subnet of the bridge; pod addresses get its prefix length.
+    pub pod_network: ipnet::Ipv4Net,
+    /// First and last pod address handed out.
+    pub pod_ips: (Ipv4Addr, Ipv4Addr),
+    /// Programs run for images: the first whose pattern occurs in the image.
+    pub programs: Vec<(String, PathBuf)>,
+    /// Per-pod directories (volumes, logs).
+    pub state_dir: PathBuf,
+    /// The port of the log server (the Node's kubelet endpoint).
+    pub logs_port: u16,
+    /// Serving certificate and key (PEM) of the log server; self-signed if absent.
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    /// If set, the log server requires client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
+    /// Reported as the Node's kubelet version.
+    pub kubelet_version: String,
+    /// The Node's `pods` capacity.
+    pub max_pods: u32,
+    /// How often the Node's Ready condition is renewed.
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    /// The program that runs for `image`, if any.
+    pub fn program_for(&self, image: &str) -> Option<&PathBuf> {
+        self.programs.iter().find(|(pattern, _)| image.contains(pattern.as_str())).map(|(_, path)| path)
+    }
+}

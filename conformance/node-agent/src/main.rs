@@ -1,0 +1,144 @@
+//! The `agimo-node-agent` binary: flags, logging, signals; see the library
+//! for what it does.
+//!
+//! ```text
+//!   flags ──▶ Config ──▶ agent::run(client, config, SIGTERM/SIGINT)
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agimo_node_agent::Config;
+use anyhow::Context;
+use clap::Parser;
+
+/// The node of conformance/local-cluster: registers a Node, binds pending
+/// pods to it, runs each pod in a network namespace of its own and serves
+/// their logs. Runs as root in the cluster's network namespace (with the
+/// host's mount namespace); kubeconfig from KUBECONFIG or ~/.kube/config.
+#[derive(Parser)]
+#[command(name = "agimo-node-agent", version)]
+struct Args {
+    /// The Node's name.
+    #[arg(long, default_value = "agimo-node")]
+    node_name: String,
+    /// The Node's InternalIP: an address of the bridge, the pods' gateway,
+    /// where the log server listens.
+    #[arg(long, default_value = "10.244.0.1")]
+    node_ip: Ipv4Addr,
+    /// The bridge pods are attached to.
+    #[arg(long, default_value = "agimo0")]
+    bridge: String,
+    /// The bridge's subnet (pod addresses get its prefix length).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pod_network: ipnet::Ipv4Net,
+    /// The pod addresses handed out, FIRST-LAST (inside --pod-network,
+    /// without --node-ip; never loopback).
+    #[arg(long, default_value = "10.244.1.0-10.244.255.254")]
+    pod_ips: String,
+    /// PATTERN=PATH: a container whose image contains PATTERN runs the
+    /// program PATH (repeatable; the first match wins). Containers of other
+    /// images run nothing and are reported running and ready.
+    #[arg(long = "program", value_name = "PATTERN=PATH")]
+    programs: Vec<String>,
+    /// Per-pod directories (materialised volumes, logs).
+    #[arg(long, default_value = "/tmp/agimo-cluster/node")]
+    state_dir: PathBuf,
+    /// Port of the log server (published as the kubelet endpoint).
+    #[arg(long, default_value_t = 10250)]
+    logs_port: u16,
+    /// Serving certificate of the log server (PEM); self-signed without it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (the API server's
+    /// --kubelet-client-certificate).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Reported as the Node's kubelet version.
+    #[arg(long, default_value = "v1.36.3")]
+    kubelet_version: String,
+    /// The Node's pod capacity.
+    #[arg(long, default_value_t = 250)]
+    max_pods: u32,
+    /// How often the Node's status is renewed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+}
+
+impl Args {
+    fn config(self) -> anyhow::Result<Config> {
+        let pod_ips = agimo_node_agent::ipam::parse_range(&self.pod_ips).map_err(anyhow::Error::msg)?;
+        for ip in [pod_ips.0, pod_ips.1, self.node_ip] {
+            anyhow::ensure!(self.pod_network.contains(&ip), "{ip} is outside --pod-network {}", self.pod_network);
+        }
+        anyhow::ensure!(
+            !(pod_ips.0..=pod_ips.1).contains(&self.node_ip),
+            "--node-ip {} is inside --pod-ips {}",
+            self.node_ip,
+            self.pod_ips
+        );
+        // Checks the range (loopback, empty) the way the agent will use it.
+        agimo_node_agent::ipam::Ipam::new(pod_ips.0, pod_ips.1).map_err(anyhow::Error::msg)?;
+        let programs = self
+            .programs
+            .iter()
+            .map(|p| {
+                let (pattern, path) =
+                    p.split_once('=').with_context(|| format!("--program {p:?}: expected PATTERN=PATH"))?;
+                Ok((pattern.to_owned(), PathBuf::from(path)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (pattern, path) in &programs {
+            if !path.is_file() {
+                tracing::warn!(pattern, path = %path.display(), "program not found; its containers will fail to start");
+            }
+        }
+        Ok(Config {
+            node_name: self.node_name,
+            node_ip: self.node_ip,
+            bridge: self.bridge,
+            pod_network: self.pod_network,
+            pod_ips,
+            programs,
+            state_dir: self.state_dir,
+            logs_port: self.logs_port,
+            tls_cert: self.tls_cert.zip(self.tls_key),
+            client_ca: self.client_ca,
+            kubelet_version: self.kubelet_version,
+            max_pods: self.max_pods,
+            heartbeat: self.heartbeat,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let config = Args::parse().config()?;
+    let client = kube::Client::try_default().await.context("kubeconfig")?;
+    tracing::info!(node = %config.node_name, ip = %config.node_ip, "starting");
+    agimo_node_agent::agent::run(client, config, shutdown()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("signal received; stopping");
+}
