@@ -2,8 +2,9 @@
 # Runs every test Agimo has: formatting, lints, unit tests, the compiler's
 # golden files, in-process and binary tests against loopback backends, and
 # Kubernetes mode against a real control plane (etcd, kube-apiserver and
-# kube-controller-manager built from Go modules and cached in ~/.cache/agimo;
-# see conformance/local-cluster). A cluster this script starts, it stops.
+# kube-controller-manager built from Go modules and cached in ~/.cache/agimo,
+# and our node agent running pods; see conformance/local-cluster). A cluster
+# this script starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,9 +15,13 @@ cargo test --workspace --locked
 # Build what runs inside the cluster's network namespace first: there the
 # tests need no network.
 cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --no-run
+cargo test --locked -p agimo-node-agent --features kubernetes-tests --test kubernetes --no-run
 if ! conformance/local-cluster status 2>/dev/null | grep -q "API server: ready"; then
   trap 'conformance/local-cluster down' EXIT
 fi
 conformance/local-cluster up
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-controller --features kubernetes-tests --test kubernetes
+# The node agent (started by `up`) runs pods: Deployments, Secret volumes, logs, restarts, deletion.
+conformance/local-cluster exec -- \
+  cargo test --locked --offline -p agimo-node-agent --features kubernetes-tests --test kubernetes
