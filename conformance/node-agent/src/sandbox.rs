@@ -71,7 +71,8 @@ pub async fn destroy(netns: &str, veth: &str) {
     let _ = run_ip(&["netns", "delete", netns], None).await;
 }
 
-/// Removes every pod namespace and veth an earlier run of the agent left.
+/// Removes every pod namespace and veth an earlier run of the agent left;
+/// returns how many it removed.
 pub async fn destroy_leftovers() -> usize {
     let namespaces = output_ip(&["netns", "list"]).await.unwrap_or_default();
     let links = output_ip(&["-o", "link", "show", "type", "veth"]).await.unwrap_or_default();
@@ -81,10 +82,14 @@ pub async fn destroy_leftovers() -> usize {
         let veth = netns.replacen(NETNS_PREFIX, VETH_PREFIX, 1);
         destroy(netns, &veth).await;
     }
+    let mut removed = namespaces.len();
     for veth in &veths {
-        let _ = run_ip(&["link", "del", veth], None).await;
+        // Most went with their namespace's other end.
+        if run_ip(&["link", "del", veth], None).await.is_ok() {
+            removed += 1;
+        }
     }
-    namespaces.len() + veths.len()
+    removed
 }
 
 fn ours(listing: &str, prefix: &str, parse: fn(&str) -> Vec<String>) -> Vec<String> {
