@@ -3,7 +3,8 @@
 # golden files, in-process and binary tests against loopback backends, and
 # Kubernetes mode against a real control plane (etcd, kube-apiserver and
 # kube-controller-manager built from Go modules and cached in ~/.cache/agimo,
-# and our node agent running pods; see conformance/local-cluster). A cluster
+# and our node agent running pods; see conformance/local-cluster), and the
+# official Gateway API conformance suite (conformance/run). A cluster
 # this script starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,3 +26,6 @@ conformance/local-cluster exec -- \
 # The node agent (started by `up`) runs pods: Deployments, Secret volumes, logs, restarts, deletion.
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-node-agent --features kubernetes-tests --test kubernetes
+# The official Gateway API conformance suite (GATEWAY-HTTP), unmodified; the
+# report goes to conformance/reports/.
+conformance/run
