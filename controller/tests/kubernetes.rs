@@ -285,7 +285,7 @@ async fn statuses_traffic_and_changes() {
         .await;
     let features: Vec<&str> =
         class["status"]["supportedFeatures"].as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
-    assert_eq!(features, ["Gateway", "HTTPRoute", "ReferenceGrant"]);
+    assert_eq!(features, agimo_controller::compiler::SUPPORTED_FEATURES);
 
     // Gateway: Accepted and Programmed at its generation, an address from the
     // pool, one attached route.
