@@ -31,11 +31,11 @@ pub struct Options {
     pub lease: Option<LeaseConfig>,
 }
 
-/// A change is compiled once the watches have been quiet this long...
-const QUIET: Duration = Duration::from_millis(10);
-/// ...or this long after the first change, whichever comes first, so a
-/// steady stream of changes cannot postpone a compile forever.
-const MAX_DELAY: Duration = Duration::from_millis(200);
+/// A change is compiled at once, but at most once per this interval: under a
+/// burst of changes (a `kubectl apply` of many objects) the ones that arrive
+/// meanwhile are compiled together at its end. The first change after a quiet
+/// spell (an endpoint turning ready for a held request) waits for nothing.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
@@ -44,8 +44,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     stores.wait_ready().await;
     tracing::info!("initial lists received");
 
-    let mut world = world(&stores, &options, &Default::default());
-    let runtime = Runtime::start(&options.serve, "kubernetes".to_owned(), &world).await?;
+    let mut world = world(&stores, &options, World::default());
+    let runtime = Runtime::start(&options.serve, "kubernetes".to_owned(), &mut world).await?;
     let mut sockets = runtime.sockets();
 
     let stop = CancellationToken::new();
@@ -61,6 +61,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         leading.clone(),
         stop.clone(),
     );
+    let mut last_compile = tokio::time::Instant::now();
     let mut leading_updates = leading.clone();
     // Record the current state at once; later changes follow.
     leading_updates.mark_changed();
@@ -69,15 +70,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown_signal() => break,
             () = stores.changed() => {
-                debounce(&stores).await;
-                world = self::world(&stores, &options, &world.bind_errors);
-                runtime.compile(&world);
+                if let Some(wait) = (last_compile + MIN_INTERVAL).checked_duration_since(tokio::time::Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                last_compile = tokio::time::Instant::now();
+                world = self::world(&stores, &options, world);
+                runtime.compile(&mut world);
             }
             Ok(()) = sockets.changed() => {
                 let errors = sockets.borrow_and_update().errors.clone();
                 if errors != world.bind_errors {
                     world.bind_errors = errors;
-                    runtime.compile(&world);
+                    runtime.compile(&mut world);
                 }
             }
             Ok(()) = leading_updates.changed() => {
@@ -90,30 +94,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the watches are quiet for [`QUIET`], at most [`MAX_DELAY`].
-async fn debounce(stores: &Stores) {
-    let deadline = tokio::time::Instant::now() + MAX_DELAY;
-    loop {
-        let quiet = tokio::time::Instant::now() + QUIET;
-        tokio::select! {
-            () = stores.changed() => {}
-            _ = tokio::time::sleep_until(quiet.min(deadline)) => return,
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return;
-        }
-    }
-}
-
-fn world(
-    stores: &Stores,
-    options: &Options,
-    bind_errors: &std::collections::BTreeMap<std::net::SocketAddr, agimo_dataplane::BindError>,
-) -> World {
+/// The current objects, with what the previous world carried that is not an
+/// object (bind errors, annotation values in force).
+fn world(stores: &Stores, options: &Options, previous: World) -> World {
     let mut world = stores.world();
     world.controller_name = options.controller_name.clone();
     world.default_address = Some(options.serve.bind_address);
-    world.bind_errors = bind_errors.clone();
+    world.bind_errors = previous.bind_errors;
+    world.gate_annotations_in_force = previous.gate_annotations_in_force;
     if let Some(pool) = &options.gateway_address_pool {
         world.assigned_addresses = addresses::allocate(&world, pool);
     }

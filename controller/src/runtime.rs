@@ -66,7 +66,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds the admin endpoints and starts the dataplane on the first world.
-    pub async fn start(options: &ServeOptions, source: String, world: &World) -> anyhow::Result<Runtime> {
+    pub async fn start(options: &ServeOptions, source: String, world: &mut World) -> anyhow::Result<Runtime> {
         let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
         let published = Arc::new(Mutex::new(Published { source, ..Published::default() }));
         // The admin endpoints outlive the listeners, so /readyz can say
@@ -90,8 +90,9 @@ impl Runtime {
     }
 
     /// Compiles `world`, hands the snapshot to the dataplane and publishes the
-    /// statuses.
-    pub fn compile(&self, world: &World) {
+    /// statuses. What the compile remembers for the next one (annotation
+    /// values in force) goes back into `world`.
+    pub fn compile(&self, world: &mut World) {
         let (snapshot, statuses) = compile_and_stamp(world, &self.published);
         self.snapshots.send_replace(snapshot);
         self.statuses.send_replace(Arc::new(statuses));
@@ -125,9 +126,10 @@ impl Runtime {
     }
 }
 
-fn compile_and_stamp(world: &World, published: &Mutex<Published>) -> (Arc<Snapshot>, Statuses) {
+fn compile_and_stamp(world: &mut World, published: &Mutex<Published>) -> (Arc<Snapshot>, Statuses) {
     let started = std::time::Instant::now();
     let (snapshot, mut statuses) = compile(world);
+    world.gate_annotations_in_force = statuses.gate_annotations_in_force.clone();
     let elapsed = started.elapsed();
     let now = Time(Timestamp::now());
     let mut published = lock(published);

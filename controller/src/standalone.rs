@@ -36,7 +36,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     state
         .load(&options.config, options.serve.bind_address)
         .map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
-    let runtime = Runtime::start(&options.serve, options.config.display().to_string(), &state.world).await?;
+    let runtime = Runtime::start(&options.serve, options.config.display().to_string(), &mut state.world).await?;
     let mut sockets = runtime.sockets();
 
     let (changes, mut changed) = mpsc::channel(1);
@@ -47,7 +47,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown_signal() => break,
             Some(()) = changed.recv() => match state.load(&options.config, options.serve.bind_address) {
-                Ok(()) => runtime.compile(&state.world),
+                Ok(()) => runtime.compile(&mut state.world),
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(error = %e, "configuration not loaded; the last good configuration keeps serving");
@@ -60,7 +60,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 let errors = sockets.borrow_and_update().errors.clone();
                 if errors != state.world.bind_errors {
                     state.world.bind_errors = errors;
-                    runtime.compile(&state.world);
+                    runtime.compile(&mut state.world);
                 }
             }
         }
@@ -99,6 +99,7 @@ impl State {
         self.first_seen = seen;
         world.default_address = Some(bind_address);
         world.bind_errors = std::mem::take(&mut self.world.bind_errors);
+        world.gate_annotations_in_force = std::mem::take(&mut self.world.gate_annotations_in_force);
         self.world = world;
         Ok(())
     }

@@ -36,6 +36,9 @@ pub struct World {
     /// Sockets the dataplane could not bind, with the error, so statuses can
     /// say so.
     pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
+    /// Scale-to-zero annotation values in force from the previous compile,
+    /// so a bad new value leaves the last good one in force.
+    pub gate_annotations_in_force: BTreeMap<crate::compiler::gate::AnnotationKey, String>,
 }
 
 /// One resource of a kind the world holds.
@@ -111,6 +114,7 @@ impl Default for World {
             assigned_addresses: BTreeMap::new(),
             default_address: None,
             bind_errors: BTreeMap::new(),
+            gate_annotations_in_force: BTreeMap::new(),
         }
     }
 }

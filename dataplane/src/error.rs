@@ -30,6 +30,10 @@ pub enum ProxyError {
     InvalidBackend { reason: String },
     #[error("backend {backend} has no ready endpoints")]
     NoReadyEndpoints { backend: String },
+    #[error("no backend of host {host} had a ready endpoint within {waited:?}")]
+    WaitTimeout { host: String, waited: std::time::Duration },
+    #[error("{max} requests for host {host} are already waiting for a ready endpoint; retry later")]
+    TooManyPending { host: String, max: usize },
     #[error("cannot connect to backend {backend} at {endpoint}: {source}")]
     UpstreamConnect {
         backend: String,
@@ -55,7 +59,10 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::NoReadyEndpoints { .. } | ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoReadyEndpoints { .. }
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::TooManyPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::WaitTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -72,6 +79,8 @@ impl ProxyError {
             ProxyError::InvalidRule { .. } => "invalid-rule",
             ProxyError::InvalidBackend { .. } => "invalid-backend",
             ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",
+            ProxyError::WaitTimeout { .. } => "wait-timeout",
+            ProxyError::TooManyPending { .. } => "too-many-pending",
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",
             ProxyError::Timeout { .. } => "timeout",
@@ -87,6 +96,9 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        if matches!(self, ProxyError::TooManyPending { .. }) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

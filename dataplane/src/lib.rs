@@ -19,6 +19,7 @@
 pub mod admin;
 mod body;
 mod error;
+mod gate;
 pub mod metrics;
 mod proxy;
 mod server;
@@ -87,6 +88,10 @@ pub(crate) struct Shared {
     sockets: watch::Sender<SocketState>,
     /// The last snapshot whose sockets have been reconciled.
     applied: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Bumped at every swap: wakes requests held at the gate.
+    pub(crate) swaps: watch::Sender<u64>,
+    /// Requests held at the gate, per host.
+    pub(crate) waiting: gate::Waiting,
 }
 
 /// A handle to the dataplane; cheap to clone.
@@ -111,6 +116,8 @@ impl Dataplane {
                 connections: Arc::new(AtomicUsize::new(0)),
                 sockets: watch::Sender::new(SocketState::default()),
                 applied: watch::Sender::new(None),
+                swaps: watch::Sender::new(0),
+                waiting: gate::Waiting::default(),
             }),
         }
     }
@@ -170,6 +177,7 @@ impl Dataplane {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut snapshot = snapshots.borrow_and_update().clone();
         self.shared.snapshot.store(snapshot.clone());
+        self.shared.metrics.declare_hosts(snapshot.host_labels().iter().map(|h| &**h));
         loop {
             sockets.reconcile(&self.shared, &snapshot, &stop).await;
             self.shared.sockets.send_if_modified(|state| {
@@ -192,8 +200,11 @@ impl Dataplane {
                     }
                     snapshot = snapshots.borrow_and_update().clone();
                     // Requests from now on see the new snapshot; requests in
-                    // flight finish on the one they started with.
+                    // flight finish on the one they started with; held ones
+                    // look again.
                     self.shared.snapshot.store(snapshot.clone());
+                    self.shared.swaps.send_modify(|n| *n += 1);
+                    self.shared.metrics.declare_hosts(snapshot.host_labels().iter().map(|h| &**h));
                 }
             }
         }

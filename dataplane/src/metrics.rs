@@ -73,6 +73,16 @@ impl Metrics {
         Metrics { registry, requests, pending, active, duration }
     }
 
+    /// Creates the series of these hosts at 0, so queries (KEDA's) see them
+    /// before the first request.
+    pub fn declare_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        for host in hosts {
+            self.requests.with_label_values(&[host]);
+            self.pending.with_label_values(&[host]);
+            self.active.with_label_values(&[host]);
+        }
+    }
+
     pub fn request(&self, host: &str) {
         self.requests.with_label_values(&[host]).inc();
     }

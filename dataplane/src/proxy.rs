@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use crate::Shared;
 use crate::body::{Body, RequestGuard};
 use crate::error::ProxyError;
+use crate::gate;
 use crate::metrics::UNMATCHED;
 use crate::upstream::UpstreamError;
 
@@ -149,9 +150,34 @@ async fn apply(
         }
         BackendTarget::Service(backend) => backend.clone(),
     };
-    if backend.endpoints.is_empty() {
+    let (chosen, backend) = if !backend.endpoints.is_empty() {
+        (chosen, backend)
+    } else if let Some(gate) = &rule.gate {
+        // Scale-to-zero: another backend of the rule with a ready endpoint
+        // serves at once; if none has one, the request waits for the first.
+        let ready = gate::ready_backends(backends, &shared.snapshot.load().backends);
+        let (index, backend) = match gate::pick_weighted(&ready) {
+            Some(found) => found,
+            None => {
+                let _held = shared.waiting.enter(&shared.metrics, label, gate.max_pending)?;
+                let mut deadline = tokio::time::Instant::now() + gate.wait_timeout;
+                if let Some(request) = rule.timeouts.request {
+                    deadline = deadline.min(tokio::time::Instant::from_std(started + request));
+                }
+                let mut swaps = shared.swaps.subscribe();
+                tracing::debug!(route = %rule.route, host = %label, "no ready endpoint: holding the request");
+                let held_since = Instant::now();
+                let found =
+                    gate::wait_for_ready(gate, backends, || shared.snapshot.load_full(), &mut swaps, deadline, label)
+                        .await?;
+                tracing::debug!(route = %rule.route, host = %label, waited_ms = held_since.elapsed().as_millis() as u64, "endpoint ready: releasing the request");
+                found
+            }
+        };
+        (&backends.backends[index], backend)
+    } else {
         return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
-    }
+    };
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

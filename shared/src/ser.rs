@@ -43,3 +43,7 @@ pub(crate) fn opt_header_value<S: Serializer>(value: &Option<HeaderValue>, s: S)
         None => s.serialize_none(),
     }
 }
+
+pub(crate) fn duration<S: Serializer>(value: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{}ms", value.as_millis()))
+}

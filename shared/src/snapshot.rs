@@ -30,12 +30,33 @@ use crate::matching::{MatchOrigin, RequestMatch, RequestView, precedence};
 pub struct Snapshot {
     /// Sorted by key; one entry per listening socket.
     pub binds: Vec<Bind>,
+    /// Every backend of every rule, by [`Backend::id`]: where a request held
+    /// at the gate looks for ready endpoints after a swap.
+    #[serde(skip)]
+    pub backends: HashMap<String, Arc<Backend>>,
 }
 
 impl Snapshot {
     pub fn new(mut binds: Vec<Bind>) -> Self {
         binds.sort_by_key(|b| b.address);
-        Snapshot { binds }
+        let mut backends = HashMap::new();
+        for listener in binds.iter().flat_map(|b| &b.listeners) {
+            for entry in listener.routes.buckets().flat_map(|b| &b.entries) {
+                if let Action::Forward(forward) = &entry.rule.action {
+                    for weighted in &forward.backends {
+                        if let BackendTarget::Service(backend) = &weighted.target {
+                            backends.entry(backend.id.clone()).or_insert_with(|| backend.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Snapshot { binds, backends }
+    }
+
+    /// Every `host` label requests can carry (one per route host bucket).
+    pub fn host_labels(&self) -> std::collections::BTreeSet<Arc<str>> {
+        self.binds.iter().flat_map(|b| &b.listeners).flat_map(|l| l.routes.buckets()).map(|b| b.label.clone()).collect()
     }
 
     /// The bind of the socket listening at `address`.
@@ -273,7 +294,7 @@ impl RouteTable {
         self.buckets().map(|b| b.entries.len()).sum()
     }
 
-    fn buckets(&self) -> impl Iterator<Item = &HostRoutes> {
+    pub fn buckets(&self) -> impl Iterator<Item = &HostRoutes> {
         self.exact.values().chain(self.wildcard.values()).chain(self.any.as_ref())
     }
 }
@@ -292,7 +313,7 @@ impl Serialize for RouteTable {
 }
 
 /// What a matched rule does: its filters, its timeouts, then its action.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Rule {
     pub route: ObjectRef,
     pub index: usize,
@@ -302,12 +323,25 @@ pub struct Rule {
     pub filters: Filters,
     #[serde(skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// Scale-to-zero: hold requests while no backend has a ready endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
     pub action: Action,
+}
+
+/// How long and how many requests a rule holds while its backends have no
+/// ready endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    #[serde(serialize_with = "crate::ser::duration")]
+    pub wait_timeout: Duration,
+    /// Held requests per `host` label at most.
+    pub max_pending: usize,
 }
 
 /// The filters that modify a forwarded request and its response, on a rule
 /// or on one backendRef. (RequestRedirect is an [`Action`].)
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Filters {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderModifier>,
@@ -324,7 +358,7 @@ impl Filters {
 }
 
 /// HTTPRoute `timeouts`, parsed; `None` is no limit.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Timeouts {
     /// From receiving the request to sending the response headers.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_duration")]
@@ -340,7 +374,7 @@ impl Timeouts {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub enum Action {
     /// Proxy to one of the backends, chosen by weight.
     Forward(Backends),
@@ -351,7 +385,7 @@ pub enum Action {
     Reject(Rejection),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Rejection {
     #[serde(serialize_with = "crate::ser::display")]
     pub status: StatusCode,
@@ -360,7 +394,7 @@ pub struct Rejection {
 
 /// The backendRefs of a rule. Invalid ones keep their weight: "requests that
 /// would have been sent to that backend" get a 500, per the spec.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Backends {
     #[serde(skip)]
     total_weight: u64,
@@ -392,7 +426,7 @@ impl Backends {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct WeightedBackend {
     pub weight: u32,
     pub target: BackendTarget,
@@ -401,7 +435,7 @@ pub struct WeightedBackend {
     pub filters: Filters,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub enum BackendTarget {
     Service(Arc<Backend>),
     /// A backendRef that cannot be resolved: requests that pick it get a 500
@@ -441,6 +475,7 @@ mod tests {
             name: None,
             filters: Filters::default(),
             timeouts: Timeouts::default(),
+            gate: None,
             action: Action::Reject(Rejection { status: StatusCode::INTERNAL_SERVER_ERROR, reason: name.into() }),
         })
     }

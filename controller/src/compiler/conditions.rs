@@ -31,6 +31,8 @@ pub mod types {
     pub const CONFLICTED: &str = "Conflicted";
     pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
     pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
+    /// Agimo's own: whether requests wait for a ready endpoint.
+    pub const SCALE_TO_ZERO: &str = "agimo.dev/ScaleToZero";
 }
 
 pub mod reasons {
@@ -60,4 +62,7 @@ pub mod reasons {
     pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
     /// Agimo's own route reason: the parent Gateway exists but is not accepted.
     pub const GATEWAY_NOT_ACCEPTED: &str = "GatewayNotAccepted";
+    pub const ENABLED: &str = "Enabled";
+    pub const DISABLED: &str = "Disabled";
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
 }

@@ -11,6 +11,7 @@ use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, Route
 
 use super::Statuses;
 use super::conditions::{condition, reasons, types};
+use super::gate::{self, GateAnnotations};
 use super::grants::LabelSelector;
 use super::tls::CertificateCache;
 use crate::api::{
@@ -103,6 +104,8 @@ pub struct GatewayModel<'w> {
     /// `Err` holds the Accepted=False reason and message.
     pub accepted: Result<(), (&'static str, String)>,
     pub listeners: Vec<ListenerModel<'w>>,
+    /// Scale-to-zero defaults for the Gateway's routes.
+    pub gate: GateAnnotations,
 }
 
 /// A listener as the compiler sees it, with what decides its conditions.
@@ -155,13 +158,21 @@ impl ListenerModel<'_> {
 
 /// Builds the models of every Gateway of an accepted class of ours, in a
 /// stable order: oldest first, then by namespace and name.
-pub fn build<'w>(world: &'w World, classes: &BTreeSet<String>) -> Vec<GatewayModel<'w>> {
+pub fn build<'w>(
+    world: &'w World,
+    classes: &BTreeSet<String>,
+    in_force: &mut BTreeMap<gate::AnnotationKey, String>,
+) -> Vec<GatewayModel<'w>> {
     let mut certificates = CertificateCache::default();
     let mut models: Vec<_> = world
         .gateways
         .iter()
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
-        .map(|(key, gw)| build_gateway(world, key, gw, &mut certificates))
+        .map(|(key, gw)| {
+            let mut model = build_gateway(world, key, gw, &mut certificates);
+            model.gate = gate::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), world, in_force);
+            model
+        })
         .collect();
     models.sort_by(|a, b| {
         let created = |m: &GatewayModel<'_>| m.gateway.metadata.creation_timestamp.clone();
@@ -253,6 +264,7 @@ fn build_gateway<'w>(
         unusable_addresses: unusable,
         accepted,
         listeners,
+        gate: GateAnnotations::default(),
     }
 }
 
@@ -624,10 +636,24 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
         .filter(|_| gw.publish_addresses)
         .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
         .collect();
+    let mut conditions = vec![accepted, programmed];
+    if gw.gate.present() {
+        let gate = gate::effective(&GateAnnotations::default(), &gw.gate);
+        let mut message = format!("default for its routes: {}", gate::describe(gate.as_ref()));
+        let reason = if !gw.gate.errors.is_empty() {
+            message = format!("{}; {message}", gw.gate.errors.join("; "));
+            reasons::INVALID_ANNOTATION
+        } else if gate.is_some() {
+            reasons::ENABLED
+        } else {
+            reasons::DISABLED
+        };
+        conditions.push(condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation));
+    }
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
         attached_listener_sets: None,
-        conditions: Some(vec![accepted, programmed]),
+        conditions: Some(conditions),
         listeners: Some(listeners),
     }
 }

@@ -14,6 +14,7 @@
 
 mod backends;
 mod conditions;
+pub mod gate;
 mod gateways;
 mod grants;
 mod routes;
@@ -41,13 +42,18 @@ pub struct Statuses {
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
+    /// The scale-to-zero annotation values in force (the last good one where
+    /// an annotation is now invalid); the next compile reads them back from
+    /// [`World::gate_annotations_in_force`].
+    #[serde(skip)]
+    pub gate_annotations_in_force: BTreeMap<gate::AnnotationKey, String>,
 }
 
 /// Compiles the world into a snapshot and statuses.
 pub fn compile(world: &World) -> (Snapshot, Statuses) {
     let mut statuses = Statuses::default();
     let classes = gateways::accepted_classes(world, &mut statuses);
-    let mut gateways = gateways::build(world, &classes);
+    let mut gateways = gateways::build(world, &classes, &mut statuses.gate_annotations_in_force);
     gateways::resolve_bind_conflicts(&mut gateways);
     routes::attach_all(world, &mut gateways, &mut statuses);
     let snapshot = gateways::into_snapshot(&mut gateways, &mut statuses);

@@ -1,7 +1,7 @@
 //! HTTPRoutes: rules compiled once per route, then attached to the listeners
 //! their parentRefs select, with route parent statuses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -19,10 +19,11 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::Statuses;
 use super::backends::{BackendError, BackendRefSpec, BackendResolver};
 use super::conditions::{condition, reasons, types};
+use super::gate::{self, GateAnnotations};
 use super::gateways::GatewayModel;
 use crate::api::{
-    self, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType, QueryParamMatchType,
-    RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
+    self, Condition, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
+    QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
 };
 use crate::world::World;
 
@@ -30,6 +31,7 @@ use crate::world::World;
 /// listeners' route tables and the routes' statuses.
 pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) {
     let mut resolver = BackendResolver::new(world);
+    let in_force = &mut statuses.gate_annotations_in_force;
     for (key, route) in &world.http_routes {
         let parents: Vec<(usize, &api::ParentRef, usize)> = route
             .spec
@@ -56,6 +58,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
         }
         let compiled = compile_route(key, route, &mut resolver);
         let generation = route.metadata.generation;
+        let route_gate = gate::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), world, in_force);
         let mut attached: BTreeSet<(usize, usize)> = BTreeSet::new();
         let mut parent_statuses = Vec::new();
         for (_, parent, g) in parents {
@@ -95,6 +98,10 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                     generation,
                 ));
             }
+            let gateway_gate = &gateways[g].gate;
+            if route_gate.present() || gateway_gate.enabled.is_some() {
+                conditions.push(gate_condition(&route_gate, gateway_gate, generation));
+            }
             let gateway_key = &gateways[g].key;
             parent_statuses.push(RouteParentStatus {
                 conditions,
@@ -109,11 +116,25 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
                 },
             });
         }
+        // Rules carry the gate of the Gateway they serve (its annotations are
+        // the default), so a route on two Gateways may get two variants.
+        let mut gated: BTreeMap<usize, Vec<Arc<Rule>>> = BTreeMap::new();
         for (g, l) in attached {
+            let rules = gated.entry(g).or_insert_with(|| {
+                let gate = gate::effective(&route_gate, &gateways[g].gate);
+                compiled
+                    .rules
+                    .iter()
+                    .map(|(rule, _)| match &gate {
+                        None => rule.clone(),
+                        Some(_) => Arc::new(Rule { gate: gate.clone(), ..(**rule).clone() }),
+                    })
+                    .collect()
+            });
             let listener = &mut gateways[g].listeners[l];
             listener.attached_routes += 1;
             for hostname in effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames) {
-                for (rule, matches) in &compiled.rules {
+                for ((_, matches), rule) in compiled.rules.iter().zip(rules.iter()) {
                     for (match_index, m) in matches.iter().enumerate() {
                         listener.routes.insert(
                             hostname.as_ref(),
@@ -135,6 +156,23 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
         }
         statuses.http_routes.insert(key.clone(), parent_statuses);
     }
+}
+
+/// The `agimo.dev/ScaleToZero` condition of a route on one parent: whether
+/// requests are held, with what settings, and any annotation that is wrong.
+fn gate_condition(route: &GateAnnotations, gateway: &GateAnnotations, generation: Option<i64>) -> Condition {
+    let gate = gate::effective(route, gateway);
+    let mut message = gate::describe(gate.as_ref());
+    let errors: Vec<&str> = route.errors.iter().chain(&gateway.errors).map(String::as_str).collect();
+    let reason = if !errors.is_empty() {
+        message = format!("{}; {message}", errors.join("; "));
+        reasons::INVALID_ANNOTATION
+    } else if gate.is_some() {
+        reasons::ENABLED
+    } else {
+        reasons::DISABLED
+    };
+    condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation)
 }
 
 /// The effective hostnames of a route on a listener (`None`: any host).
@@ -276,7 +314,15 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
                     }
                 }
             };
-        let rule = Arc::new(Rule { route: key.clone(), index, name: spec.name.clone(), filters, timeouts, action });
+        let rule = Arc::new(Rule {
+            route: key.clone(),
+            index,
+            name: spec.name.clone(),
+            filters,
+            timeouts,
+            gate: None,
+            action,
+        });
         compiled.rules.push((rule, matches));
     }
     if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {

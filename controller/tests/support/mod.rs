@@ -79,6 +79,26 @@ pub fn service_yaml(name: &str) -> String {
     service_at(name, &format!("{{{{port:{name}}}}}"))
 }
 
+/// A Service `<name>` (port 80, `appProtocol` if given) whose EndpointSlice
+/// lists no endpoint: a workload scaled to zero.
+pub fn service_without_endpoints(name: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 1}}]
+endpoints: []
+"
+    )
+}
+
 /// A Service `<name>` whose one ready endpoint is 127.0.0.1:`port`.
 pub fn service_at(name: &str, port: &str) -> String {
     format!(
@@ -100,6 +120,8 @@ endpoints: [{{addresses: [127.0.0.1]}}]
 
 pub struct Agimo {
     pub ip: IpAddr,
+    /// What one compile hands the next (annotation values in force).
+    in_force: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>>,
     pub dataplane: Dataplane,
     pub backends: BTreeMap<String, Echo>,
     snapshots: watch::Sender<Arc<Snapshot>>,
@@ -131,7 +153,7 @@ impl Agimo {
         let runner = dataplane.clone();
         let run_stop = stop.clone();
         tokio::spawn(async move { runner.run(receiver, run_stop).await });
-        let agimo = Agimo { ip, dataplane, backends: echoes, snapshots, stop };
+        let agimo = Agimo { ip, in_force: Default::default(), dataplane, backends: echoes, snapshots, stop };
         agimo.apply(yaml).await;
         agimo
     }
@@ -149,7 +171,9 @@ impl Agimo {
     pub async fn apply(&self, yaml: &str) -> Statuses {
         let mut world = files::load_str("test.yaml", &self.render(yaml)).unwrap_or_else(|e| panic!("{e}"));
         world.default_address = Some(self.ip);
+        world.gate_annotations_in_force = self.in_force.lock().unwrap().clone();
         let (snapshot, statuses) = compile(&world);
+        *self.in_force.lock().unwrap() = statuses.gate_annotations_in_force.clone();
         let snapshot = Arc::new(snapshot);
         self.snapshots.send_replace(snapshot.clone());
         self.dataplane.wait_for(&snapshot).await;

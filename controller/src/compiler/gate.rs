@@ -1,0 +1,193 @@
+//! Scale-to-zero settings from annotations, on an HTTPRoute or on a Gateway
+//! (a default for all its routes; the route wins).
+//!
+//! ```text
+//! agimo.dev/scale-to-zero: "true"   hold requests while no backend has a ready endpoint
+//! agimo.dev/wait-timeout: "90s"     how long (Gateway API duration; default 60s) → then 504
+//! agimo.dev/max-pending: "1000"     held requests per host at most (default 1000) → then 503
+//! ```
+//!
+//! A bad value is reported (with the value kept in force) and the last good
+//! value of that annotation on that object stays in force: the compiler reads
+//! it from [`World::gate_annotations_in_force`] and returns the new set in
+//! [`Statuses::gate_annotations_in_force`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agimo_shared::snapshot::Gate;
+
+use crate::world::World;
+
+pub const SCALE_TO_ZERO: &str = "agimo.dev/scale-to-zero";
+pub const WAIT_TIMEOUT: &str = "agimo.dev/wait-timeout";
+pub const MAX_PENDING: &str = "agimo.dev/max-pending";
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_PENDING: usize = 1000;
+
+/// Which annotation of which object: `("HTTPRoute ns/name", key)`.
+pub type AnnotationKey = (String, String);
+
+/// The scale-to-zero annotations of one object, as in force.
+#[derive(Clone, Debug, Default)]
+pub struct GateAnnotations {
+    pub enabled: Option<bool>,
+    pub wait_timeout: Option<Duration>,
+    pub max_pending: Option<usize>,
+    /// One message per bad value, saying what is in force instead.
+    pub errors: Vec<String>,
+}
+
+impl GateAnnotations {
+    /// Whether the object carries any of the annotations.
+    pub fn present(&self) -> bool {
+        self.enabled.is_some() || self.wait_timeout.is_some() || self.max_pending.is_some() || !self.errors.is_empty()
+    }
+}
+
+/// Parses an object's annotations. `object` names it in messages and in the
+/// memory of values in force.
+pub fn parse(
+    object: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    world: &World,
+    in_force: &mut BTreeMap<AnnotationKey, String>,
+) -> GateAnnotations {
+    let mut out = GateAnnotations::default();
+    let Some(annotations) = annotations else {
+        return out;
+    };
+    let mut read =
+        |key: &str, parse: &dyn Fn(&str) -> Result<(), String>, errors: &mut Vec<String>| -> Option<String> {
+            let value = annotations.get(key)?;
+            let memory = (object.to_owned(), key.to_owned());
+            match parse(value) {
+                Ok(()) => {
+                    in_force.insert(memory, value.clone());
+                    Some(value.clone())
+                }
+                Err(why) => {
+                    let previous = world.gate_annotations_in_force.get(&memory).cloned();
+                    let keeping = match &previous {
+                        Some(p) => format!("keeping the previous value {p:?}"),
+                        None => "using the default".to_owned(),
+                    };
+                    errors.push(format!("{key} {value:?} is invalid ({why}); {keeping}"));
+                    if let Some(p) = &previous {
+                        in_force.insert(memory, p.clone());
+                    }
+                    previous
+                }
+            }
+        };
+    let mut errors = Vec::new();
+    out.enabled = read(SCALE_TO_ZERO, &|v| parse_bool(v).map(|_| ()), &mut errors).and_then(|v| parse_bool(&v).ok());
+    out.wait_timeout =
+        read(WAIT_TIMEOUT, &|v| parse_duration(v).map(|_| ()), &mut errors).and_then(|v| parse_duration(&v).ok());
+    out.max_pending =
+        read(MAX_PENDING, &|v| parse_max_pending(v).map(|_| ()), &mut errors).and_then(|v| parse_max_pending(&v).ok());
+    out.errors = errors;
+    out
+}
+
+/// The gate of a route attached to a Gateway: the route's settings, then the
+/// Gateway's, then the defaults. `None` when scale-to-zero is off.
+pub fn effective(route: &GateAnnotations, gateway: &GateAnnotations) -> Option<Gate> {
+    if !route.enabled.or(gateway.enabled).unwrap_or(false) {
+        return None;
+    }
+    Some(Gate {
+        wait_timeout: route.wait_timeout.or(gateway.wait_timeout).unwrap_or(DEFAULT_WAIT_TIMEOUT),
+        max_pending: route.max_pending.or(gateway.max_pending).unwrap_or(DEFAULT_MAX_PENDING),
+    })
+}
+
+/// A human summary of a gate, for status messages.
+pub fn describe(gate: Option<&Gate>) -> String {
+    match gate {
+        Some(g) => format!(
+            "requests wait up to {}ms for a ready endpoint, at most {} per host",
+            g.wait_timeout.as_millis(),
+            g.max_pending
+        ),
+        None => "requests are not held: a backend without ready endpoints answers 503".to_owned(),
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected \"true\" or \"false\"".into()),
+    }
+}
+
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let d: gateway_api::Duration = v.parse().map_err(|e| format!("expected a duration such as 90s or 2m: {e}"))?;
+    let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if d.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(d)
+}
+
+fn parse_max_pending(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number above 0".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_route_wins_over_the_gateway_and_defaults_fill_in() {
+        let world = World::default();
+        let mut in_force = BTreeMap::new();
+        let gw = parse(
+            "Gateway ns/gw",
+            Some(&annotations(&[(SCALE_TO_ZERO, "true"), (MAX_PENDING, "5")])),
+            &world,
+            &mut in_force,
+        );
+        let route = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "90s")])), &world, &mut in_force);
+        let gate = effective(&route, &gw).unwrap();
+        assert_eq!(gate, Gate { wait_timeout: Duration::from_secs(90), max_pending: 5 });
+        let off = parse("HTTPRoute ns/off", Some(&annotations(&[(SCALE_TO_ZERO, "false")])), &world, &mut in_force);
+        assert_eq!(effective(&off, &gw), None);
+        assert_eq!(effective(&GateAnnotations::default(), &GateAnnotations::default()), None);
+    }
+
+    #[test]
+    fn a_bad_value_keeps_the_previous_one_in_force() {
+        let mut world = World::default();
+        let mut in_force = BTreeMap::new();
+        let first = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "30s")])), &world, &mut in_force);
+        assert_eq!(first.wait_timeout, Some(Duration::from_secs(30)));
+        world.gate_annotations_in_force = in_force;
+        let mut in_force = BTreeMap::new();
+        let bad = parse(
+            "HTTPRoute ns/r",
+            Some(&annotations(&[(WAIT_TIMEOUT, "soon"), (MAX_PENDING, "-1")])),
+            &world,
+            &mut in_force,
+        );
+        assert_eq!(bad.wait_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(bad.max_pending, None);
+        assert_eq!(bad.errors.len(), 2);
+        assert!(bad.errors[0].contains("agimo.dev/wait-timeout \"soon\" is invalid"), "{:?}", bad.errors);
+        assert!(bad.errors[0].contains("keeping the previous value \"30s\""), "{:?}", bad.errors);
+        assert!(bad.errors[1].contains("using the default"), "{:?}", bad.errors);
+        // The previous value is still remembered for the next compile.
+        assert_eq!(
+            in_force.get(&("HTTPRoute ns/r".to_owned(), WAIT_TIMEOUT.to_owned())).map(String::as_str),
+            Some("30s")
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! Scale-to-zero in process: requests for a backend without ready endpoints
+//! are held, counted in `pending_requests_total`, and released to the first
+//! endpoint that turns ready, for every protocol; timeouts, overflow and
+//! clients that give up.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use agimo_testkit::client::{self, Mode};
+use futures_util::{SinkExt, StreamExt};
+use support::{Agimo, base_yaml, metric, service_without_endpoints};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Gateway `gw`, the echo backend `app` (listening, but with no endpoint in
+/// its Service yet), and a route for host `app.example` with `annotations`.
+fn scaled_to_zero(annotations: &str) -> String {
+    base_yaml(&[])
+        + &service_without_endpoints("app")
+        + &format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: app
+  namespace: default
+  annotations: {{{annotations}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [app.example]
+  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+"
+        )
+}
+
+/// The same world with the `app` endpoint ready.
+fn scaled_up(annotations: &str) -> String {
+    scaled_to_zero(annotations).replace(&service_without_endpoints("app"), &support::service_yaml("app"))
+}
+
+const GATED: &str = "agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 30s";
+
+fn gauge(agimo: &Agimo, name: &str) -> f64 {
+    metric(&agimo.dataplane.metrics().render(), name, "app.example").unwrap_or(0.0)
+}
+
+/// Waits (up to 5 s) until `pending_requests_total{host="app.example"}` is `n`.
+async fn pending(agimo: &Agimo, n: f64) {
+    let started = Instant::now();
+    while gauge(agimo, "pending_requests_total") != n {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "pending never reached {n}: {}",
+            gauge(agimo, "pending_requests_total")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn held_requests_of_every_protocol_complete_once_an_endpoint_is_ready() {
+    let agimo = Agimo::start(&scaled_to_zero(GATED), &["app"]).await;
+    let addr = agimo.addr(8080);
+
+    // HTTP/1.1 with a body, h2c, a websocket upgrade and a streaming response,
+    // all sent while the backend has no endpoint.
+    let mut post = client::get("app.example", "/upload");
+    *post.method_mut() = http::Method::POST;
+    *post.body_mut() = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 100_000]));
+    let h1 = tokio::spawn(client::send(addr, Mode::Http1, post));
+    let h2 = tokio::spawn(client::send(addr, Mode::H2c, client::get("app.example", "/over-h2")));
+    let ws = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async("ws://app.example:8080/ws", stream).await
+    });
+    let sse = tokio::spawn(client::send(addr, Mode::Http1, client::get("app.example", "/stream?n=2&interval_ms=50")));
+    pending(&agimo, 4.0).await;
+    assert_eq!(gauge(&agimo, "requests_total"), 4.0);
+    assert_eq!(gauge(&agimo, "active_requests_total"), 0.0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!h1.is_finished() && !h2.is_finished() && !ws.is_finished() && !sse.is_finished(), "requests wait");
+
+    // The workload scales up: its endpoint turns ready.
+    agimo.apply(&scaled_up(GATED)).await;
+    let echo = h1.await.unwrap().unwrap().echo();
+    assert_eq!((echo.backend.as_str(), echo.method.as_str(), echo.body_bytes), ("app", "POST", 100_000));
+    let reply = h2.await.unwrap().unwrap();
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(reply.echo().path, "/over-h2");
+    let sse = sse.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&sse.body), "data: app 0\n\ndata: app 1\n\n");
+    let (mut ws, response) = ws.await.unwrap().expect("websocket upgrade after the hold");
+    assert_eq!(response.status(), 101);
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+    // The open websocket is the one active request.
+    assert_eq!(gauge(&agimo, "active_requests_total"), 1.0);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let started = Instant::now();
+    while gauge(&agimo, "active_requests_total") != 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the closed websocket stays active");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Scaled back to zero: a new request is held again.
+    agimo.apply(&scaled_to_zero(GATED)).await;
+    let again = tokio::spawn(client::send(addr, Mode::Http1, client::get("app.example", "/again")));
+    pending(&agimo, 1.0).await;
+    agimo.apply(&scaled_up(GATED)).await;
+    assert_eq!(again.await.unwrap().unwrap().status, 200);
+    assert_eq!(gauge(&agimo, "requests_total"), 5.0);
+}
+
+#[tokio::test]
+async fn a_request_waits_at_most_the_wait_timeout() {
+    let agimo =
+        Agimo::start(&scaled_to_zero("agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 300ms"), &["app"]).await;
+    let started = Instant::now();
+    let reply = agimo.get(8080, "app.example", "/").await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.header("x-agimo-reason"), Some("wait-timeout"));
+    assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+}
+
+#[tokio::test]
+async fn beyond_max_pending_requests_are_refused_with_retry_after() {
+    let agimo =
+        Agimo::start(&scaled_to_zero("agimo.dev/scale-to-zero: 'true', agimo.dev/max-pending: '2'"), &["app"]).await;
+    let addr = agimo.addr(8080);
+    let held: Vec<_> =
+        (0..2).map(|_| tokio::spawn(client::send(addr, Mode::Http1, client::get("app.example", "/")))).collect();
+    pending(&agimo, 2.0).await;
+    let refused = agimo.get(8080, "app.example", "/").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-agimo-reason"), Some("too-many-pending"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 2.0);
+    agimo.apply(&scaled_up("agimo.dev/scale-to-zero: 'true', agimo.dev/max-pending: '2'")).await;
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_is_no_longer_pending() {
+    use tokio::io::AsyncWriteExt;
+    let agimo = Agimo::start(&scaled_to_zero(GATED), &["app"]).await;
+    let mut stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n").await.unwrap();
+    pending(&agimo, 1.0).await;
+    drop(stream);
+    pending(&agimo, 0.0).await;
+    // HTTP/2: the stream is reset, the connection stays.
+    let h2 = tokio::spawn(client::send(agimo.addr(8080), Mode::H2c, client::get("app.example", "/")));
+    pending(&agimo, 1.0).await;
+    h2.abort();
+    pending(&agimo, 0.0).await;
+}
+
+#[tokio::test]
+async fn weighted_backends_prefer_a_ready_one_and_ungated_routes_do_not_wait() {
+    let yaml = base_yaml(&["ready"])
+        + &service_without_endpoints("asleep")
+        + "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true'}}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [split.example]
+  rules: [{backendRefs: [{name: asleep, port: 80, weight: 90}, {name: ready, port: 80, weight: 10}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: plain, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [plain.example]
+  rules: [{backendRefs: [{name: asleep, port: 80}]}]
+";
+    let agimo = Agimo::start(&yaml, &["ready"]).await;
+    let hits = agimo.backends_hit(8080, "split.example", "/", 50).await;
+    assert_eq!(hits.get("ready"), Some(&50), "{hits:?}");
+    let started = Instant::now();
+    let plain = agimo.get(8080, "plain.example", "/").await;
+    assert_eq!(plain.status, 503);
+    assert_eq!(plain.header("x-agimo-reason"), Some("no-ready-endpoints"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn gateway_defaults_route_overrides_and_bad_values() {
+    let yaml = |route_annotations: &str| {
+        scaled_to_zero(route_annotations).replace(
+            "metadata: {name: gw, namespace: default}",
+            "metadata: {name: gw, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 200ms}}",
+        )
+    };
+    // The Gateway's annotations are the default: held, then 504 after 200ms.
+    let agimo = Agimo::start(&yaml(""), &["app"]).await;
+    let started = Instant::now();
+    assert_eq!(agimo.get(8080, "app.example", "/").await.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(180));
+    // The route turns it off: 503 at once.
+    agimo.apply(&yaml("agimo.dev/scale-to-zero: 'false'")).await;
+    assert_eq!(agimo.get(8080, "app.example", "/").await.status, 503);
+    // The route sets its own timeout; then a bad value keeps it in force.
+    let statuses = agimo.apply(&yaml("agimo.dev/wait-timeout: 400ms")).await;
+    let started = Instant::now();
+    assert_eq!(agimo.get(8080, "app.example", "/").await.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(380), "{:?}", started.elapsed());
+    let condition = |statuses: &agimo_controller::Statuses| {
+        let parents = &statuses.http_routes.values().next().unwrap()[0];
+        parents.conditions.iter().find(|c| c.type_ == "agimo.dev/ScaleToZero").cloned().unwrap()
+    };
+    let c = condition(&statuses);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Enabled"));
+    let statuses = agimo.apply(&yaml("agimo.dev/wait-timeout: soon")).await;
+    let c = condition(&statuses);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "InvalidAnnotation"));
+    assert!(c.message.contains("agimo.dev/wait-timeout \"soon\" is invalid"), "{}", c.message);
+    assert!(c.message.contains("keeping the previous value \"400ms\""), "{}", c.message);
+    let started = Instant::now();
+    assert_eq!(agimo.get(8080, "app.example", "/").await.status, 504);
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "the previous 400ms stays in force: {:?}",
+        started.elapsed()
+    );
+}
