@@ -15,14 +15,16 @@ cargo test --workspace --locked
 
 # Build what runs inside the cluster's network namespace first: there the
 # tests need no network.
-cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --no-run
+cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --test scale_to_zero --no-run
 cargo test --locked -p agimo-node-agent --features kubernetes-tests --test kubernetes --no-run
+# The scale-to-zero test runs a real Prometheus (Debian's package).
+command -v prometheus >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
 if ! conformance/local-cluster status 2>/dev/null | grep -q "API server: ready"; then
   trap 'conformance/local-cluster down' EXIT
 fi
 conformance/local-cluster up
 conformance/local-cluster exec -- \
-  cargo test --locked --offline -p agimo-controller --features kubernetes-tests --test kubernetes
+  cargo test --locked --offline -p agimo-controller --features kubernetes-tests --test kubernetes --test scale_to_zero
 # The node agent (started by `up`) runs pods: Deployments, Secret volumes, logs, restarts, deletion.
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-node-agent --features kubernetes-tests --test kubernetes

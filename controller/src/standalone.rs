@@ -113,7 +113,7 @@ fn watch_files(
 ) -> anyhow::Result<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>
 {
     let mut debouncer = notify_debouncer_full::new_debouncer(
-        Duration::from_millis(150),
+        Duration::from_millis(50),
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
             let relevant = match &result {

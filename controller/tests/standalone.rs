@@ -320,3 +320,35 @@ async fn a_configmap_style_file_reloads_when_its_symlinks_swap() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_held_request_is_released_when_the_endpointslice_file_gets_an_endpoint() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    // The backend scales to zero: its EndpointSlice file lists no endpoint,
+    // and a route with the gate on sends to it.
+    write(&running.dir, "backend.yaml", &support::service_without_endpoints("v1"));
+    let gated = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gated, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true'}}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [gated.example]
+  rules: [{backendRefs: [{name: v1, port: 80}]}]
+";
+    write(&running.dir, "gated.yaml", gated);
+    let metrics = SocketAddr::new(running.http.ip(), 9090);
+    let pending = || async move {
+        let text = String::from_utf8_lossy(&get(metrics, "/metrics").await.unwrap().body).into_owned();
+        support::metric(&text, "pending_requests_total", "gated.example")
+    };
+    eventually("the gated route is served (series declared at 0)", || async { pending().await == Some(0.0) }).await;
+    let held = tokio::spawn(client::send(running.http, Mode::Http1, client::get("gated.example", "/held")));
+    eventually("the request is held", || async { pending().await == Some(1.0) }).await;
+    // The workload scales up: the EndpointSlice file gets the endpoint.
+    write(&running.dir, "backend.yaml", &support::service_at("v1", &echo.addr.port().to_string()));
+    let reply = held.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo().path, "/held");
+    assert_eq!(pending().await, Some(0.0));
+}
