@@ -12,6 +12,10 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Threads that serve traffic and run the controller (default: one per
+    /// CPU the process may use).
+    #[arg(long, global = true, env = "AGIMO_WORKER_THREADS")]
+    worker_threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,9 +112,16 @@ impl ServeArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    runtime.enable_all().build()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
