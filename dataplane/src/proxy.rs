@@ -26,6 +26,14 @@ pub struct ConnInfo {
     /// The address of the socket that accepted the connection.
     pub bind: SocketAddr,
     pub protocol: Protocol,
+    /// The peer's IP as `X-Forwarded-For` gets it, formatted once.
+    peer_ip: String,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, bind: SocketAddr, protocol: Protocol) -> Self {
+        ConnInfo { peer, bind, protocol, peer_ip: peer.ip().to_string() }
+    }
 }
 
 /// Handles one request end to end; never fails: errors become responses.
@@ -348,7 +356,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let peer = conn.peer.ip().to_string();
     let mut value = String::new();
     for existing in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
         if !existing.trim().is_empty() {
@@ -356,8 +363,13 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
             value.push_str(", ");
         }
     }
-    value.push_str(&peer);
-    if let Ok(value) = HeaderValue::try_from(value) {
+    let value = if value.is_empty() {
+        HeaderValue::from_str(&conn.peer_ip)
+    } else {
+        value.push_str(&conn.peer_ip);
+        HeaderValue::try_from(value)
+    };
+    if let Ok(value) = value {
         headers.insert(xff, value);
     }
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(conn.protocol.scheme()));
@@ -404,11 +416,7 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_the_client() {
-        let conn = ConnInfo {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            bind: "0.0.0.0:80".parse().unwrap(),
-            protocol: Protocol::Https,
-        };
+        let conn = ConnInfo::new("192.0.2.7:5555".parse().unwrap(), "0.0.0.0:80".parse().unwrap(), Protocol::Https);
         let mut h = headers(&[
             ("x-forwarded-for", "203.0.113.1"),
             ("x-forwarded-for", "198.51.100.2"),

@@ -146,39 +146,60 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: SocketAdd
                 }
             },
         };
-        tokio::spawn(serve_connection(shared.clone(), stream, peer, bind, tls.clone(), stop.clone()));
+        serve_connection(&shared, stream, peer, bind, &tls, &stop);
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
+/// Starts serving one accepted connection in a task of its own. A plaintext
+/// connection's task is just [`serve_http`], with no room for TLS state: an
+/// idle connection costs as little memory as hyper allows.
+fn serve_connection(
+    shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     bind: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
-    stop: CancellationToken,
+    tls: &Arc<rustls::ServerConfig>,
+    stop: &CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let _open = OpenConnection::new(&shared.connections);
+    let open = OpenConnection::new(&shared.connections);
     let Some(protocol) = shared.snapshot.load().bind(bind).map(|b| b.protocol) else {
         return;
     };
-    let conn = Arc::new(ConnInfo { peer, bind, protocol });
+    let conn = Arc::new(ConnInfo::new(peer, bind, protocol));
     match protocol {
-        Protocol::Http => serve_http(shared, TokioIo::new(stream), conn, stop).await,
+        Protocol::Http => {
+            tokio::spawn(serve_http(shared.clone(), TokioIo::new(stream), conn, stop.clone(), open));
+        }
         Protocol::Https => {
-            let handshake = TlsAcceptor::from(tls).accept(stream);
-            match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
-                Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, stop).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            tokio::spawn(serve_tls(shared.clone(), stream, conn, tls.clone(), stop.clone(), open));
         }
     }
 }
 
-async fn serve_http<I>(shared: Arc<Shared>, io: TokioIo<I>, conn: Arc<ConnInfo>, stop: CancellationToken)
-where
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn: Arc<ConnInfo>,
+    tls: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+    open: OpenConnection,
+) {
+    let handshake = TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, stop, open).await,
+        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: TokioIo<I>,
+    conn: Arc<ConnInfo>,
+    stop: CancellationToken,
+    _open: OpenConnection,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
@@ -187,7 +208,10 @@ where
         service_fn(move |req| {
             let (shared, conn) = (shared.clone(), conn.clone());
             let guard = RequestGuard { active: None, connection: Some(activity.begin()) };
-            async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) }
+            // Boxed: hyper keeps room for one request future per connection
+            // for the connection's whole life; a box makes that room a
+            // pointer while the connection is idle.
+            Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) })
         })
     };
     let connection = shared.http.serve_connection_with_upgrades(io, service);
