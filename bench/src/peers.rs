@@ -1,0 +1,254 @@
+//! The processes of a benchmark run, all on loopback: one backend (nginx
+//! returning a fixed body), a websocket echo backend, and the three reverse
+//! proxies configured alike: one worker or thread each, upstream keep-alive,
+//! `X-Forwarded-For`/`-Proto` added, no access log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::procs::{Proc, wait_for_port};
+
+pub const BACKEND_PORT: u16 = 18081;
+pub const ECHO_PORT: u16 = 18085;
+pub const AGIMO_PORT: u16 = 18080;
+pub const NGINX_PORT: u16 = 18082;
+pub const HAPROXY_PORT: u16 = 18083;
+pub const AGIMO_ADMIN_PORT: u16 = 18091;
+pub const AGIMO_METRICS_PORT: u16 = 18090;
+
+/// HAProxy needs two descriptors per connection, and a process may have at
+/// most 20,000 here (`ulimit -Hn`, which even root cannot raise without
+/// CAP_SYS_RESOURCE).
+pub const HAPROXY_MAXCONN: usize = 9_990;
+
+/// The body every small request gets.
+pub const SMALL_BODY: &str = "ok\n";
+/// The size of `/1m`, the large download.
+pub const LARGE: usize = 1 << 20;
+
+/// What a target is: the backend itself (the control) or a proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    Agimo,
+    Nginx,
+    Haproxy,
+}
+
+impl Target {
+    pub const PROXIES: [Target; 3] = [Target::Agimo, Target::Nginx, Target::Haproxy];
+    pub const ALL: [Target; 4] = [Target::Direct, Target::Agimo, Target::Nginx, Target::Haproxy];
+
+    pub fn port(self) -> u16 {
+        match self {
+            Target::Direct => BACKEND_PORT,
+            Target::Agimo => AGIMO_PORT,
+            Target::Nginx => NGINX_PORT,
+            Target::Haproxy => HAPROXY_PORT,
+        }
+    }
+
+    /// The most client connections the target is configured for.
+    pub fn max_connections(self) -> usize {
+        match self {
+            Target::Haproxy => HAPROXY_MAXCONN,
+            _ => 19_000,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Agimo => "agimo",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// Where the binaries and the scratch directory are.
+pub struct Env {
+    pub work: PathBuf,
+    pub agimo: PathBuf,
+    pub echo: PathBuf,
+}
+
+impl Env {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.work.join(name)
+    }
+}
+
+/// The backend: nginx with one worker answering `ok` on `/` and a 1 MiB file
+/// on `/1m`. (Uploads go to the echo backend, which reads the whole body
+/// before it answers; nginx would answer first and close.)
+pub fn start_backend(env: &Env) -> Result<Proc> {
+    let www = env.path("www");
+    fs::create_dir_all(&www)?;
+    fs::write(www.join("1m"), vec![b'x'; LARGE])?;
+    let conf = format!(
+        r#"{common}
+http {{
+  {http_common}
+  server {{
+    listen 127.0.0.1:{BACKEND_PORT} backlog=4096;
+    location / {{ return 200 "{body}"; }}
+    location = /1m {{ root {www}; }}
+  }}
+}}
+"#,
+        common = nginx_common(env, "backend"),
+        http_common = nginx_http_common(env, "backend"),
+        body = SMALL_BODY.escape_default(),
+        www = www.display(),
+    );
+    start_nginx(env, "backend", &conf, BACKEND_PORT)
+}
+
+/// The echo backend (Agimo's test echo server): websockets on `/ws`,
+/// uploads on `/upload`.
+pub fn start_echo(env: &Env) -> Result<Proc> {
+    let proc = Proc::spawn(
+        "echo",
+        Command::new(&env.echo).args(["--listen", &format!("127.0.0.1:{ECHO_PORT}"), "--name", "echo"]),
+        &env.path("echo.log"),
+    )?;
+    wait_for_port(ECHO_PORT, Duration::from_secs(10))?;
+    Ok(proc)
+}
+
+/// nginx as the reverse proxy.
+pub fn start_nginx_proxy(env: &Env) -> Result<Proc> {
+    let conf = format!(
+        r#"{common}
+http {{
+  {http_common}
+  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
+  upstream echo {{ server 127.0.0.1:{ECHO_PORT}; keepalive 16; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
+  server {{
+    listen 127.0.0.1:{NGINX_PORT} backlog=4096;
+    proxy_http_version 1.1;
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    location / {{
+      proxy_set_header Connection "";
+      proxy_pass http://backend;
+    }}
+    location = /1m {{
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_pass http://backend;
+    }}
+    location = /upload {{
+      proxy_set_header Connection "";
+      client_max_body_size 0;
+      proxy_request_buffering off;
+      proxy_pass http://echo;
+    }}
+    location /ws {{
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_pass http://echo;
+    }}
+  }}
+}}
+"#,
+        common = nginx_common(env, "nginx"),
+        http_common = nginx_http_common(env, "nginx"),
+    );
+    start_nginx(env, "nginx", &conf, NGINX_PORT)
+}
+
+fn nginx_common(env: &Env, name: &str) -> String {
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {pid};\n\
+         error_log {log} warn;\nevents {{ worker_connections 19000; }}",
+        pid = env.path(&format!("{name}.pid")).display(),
+        log = env.path(&format!("{name}-error.log")).display(),
+    )
+}
+
+fn nginx_http_common(env: &Env, name: &str) -> String {
+    let temp = env.path(&format!("{name}-temp"));
+    let _ = fs::create_dir_all(&temp);
+    let t = temp.display();
+    format!(
+        "access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  \
+         client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  \
+         uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;"
+    )
+}
+
+fn start_nginx(env: &Env, name: &str, conf: &str, port: u16) -> Result<Proc> {
+    let path = env.path(&format!("{name}.conf"));
+    fs::write(&path, conf)?;
+    let proc = Proc::spawn(
+        name,
+        Command::new("nginx").arg("-c").arg(&path).arg("-p").arg(&env.work),
+        &env.path(&format!("{name}.log")),
+    )?;
+    wait_for_port(port, Duration::from_secs(10))
+        .with_context(|| format!("{name} did not start; see {}", env.work.display()))?;
+    Ok(proc)
+}
+
+/// HAProxy as the reverse proxy.
+pub fn start_haproxy(env: &Env) -> Result<Proc> {
+    let conf = format!(
+        r#"global
+  nbthread 1
+  maxconn {HAPROXY_MAXCONN}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 3600s
+  timeout tunnel 3600s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{HAPROXY_PORT}
+  http-request set-header X-Forwarded-Proto http
+  use_backend echo if {{ path_beg /ws }} || {{ path /upload }}
+  default_backend backend
+backend backend
+  server s1 127.0.0.1:{BACKEND_PORT}
+backend echo
+  server s1 127.0.0.1:{ECHO_PORT}
+"#
+    );
+    let path = env.path("haproxy.cfg");
+    fs::write(&path, conf)?;
+    let proc =
+        Proc::spawn("haproxy", Command::new("haproxy").arg("-db").arg("-f").arg(&path), &env.path("haproxy.log"))?;
+    wait_for_port(HAPROXY_PORT, Duration::from_secs(10))?;
+    Ok(proc)
+}
+
+/// Agimo in standalone mode on the YAML in `config` (see [`crate::config`]),
+/// with one worker thread.
+pub fn start_agimo(env: &Env, config: &Path, log: &str) -> Result<Proc> {
+    let proc = Proc::spawn(
+        "agimo",
+        Command::new(&env.agimo)
+            .arg("standalone")
+            .arg("--config")
+            .arg(config)
+            .args(["--bind-address", "127.0.0.1", "--log-format", "json", "--worker-threads", "1"])
+            .args(["--metrics-address", &format!("127.0.0.1:{AGIMO_METRICS_PORT}")])
+            .args(["--admin-address", &format!("127.0.0.1:{AGIMO_ADMIN_PORT}")])
+            .env("RUST_LOG", "warn,agimo_controller::runtime=info"),
+        &env.path(log),
+    )?;
+    wait_for_port(AGIMO_ADMIN_PORT, Duration::from_secs(30))?;
+    Ok(proc)
+}
