@@ -30,6 +30,12 @@ pub struct Peers {
 
 impl Peers {
     pub fn start(env: &Env) -> Result<Peers> {
+        for port in [peers::BACKEND_PORT, peers::ECHO_PORT, AGIMO_PORT, peers::NGINX_PORT, peers::HAPROXY_PORT] {
+            ensure!(
+                TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "port {port} is in use: is another benchmark (or a leftover nginx) running?"
+            );
+        }
         let backend = peers::start_backend(env)?;
         let echo = peers::start_echo(env)?;
         let nginx = peers::start_nginx_proxy(env)?;
