@@ -68,7 +68,10 @@ async fn start(echo_port: u16) -> Running {
 fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path) -> Running {
     let log = PathBuf::from(format!("{}.log", dir.display()));
     let admin = SocketAddr::new(ip, 9901);
+    // One worker thread, as the benchmark runs it (the Kubernetes tests and
+    // the conformance run use the default, one per CPU).
     let child = Command::new(env!("CARGO_BIN_EXE_agimo"))
+        .env("AGIMO_WORKER_THREADS", "1")
         .args(["standalone", "--config"])
         .arg(config)
         .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
@@ -215,6 +218,24 @@ fn a_missing_config_is_a_clear_error_at_startup() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot load /nonexistent/agimo-config"), "{stderr}");
     assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn a_bad_worker_thread_count_is_a_clear_error_at_startup() {
+    for (flag, env) in [(Some("0"), None), (None, Some("many"))] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agimo"));
+        if let Some(flag) = flag {
+            command.args(["--worker-threads", flag]);
+        }
+        if let Some(env) = env {
+            command.env("AGIMO_WORKER_THREADS", env);
+        }
+        let output = command.args(["standalone", "--config", "/nonexistent/agimo-config"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "a usage error");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let value = flag.or(env).unwrap();
+        assert!(stderr.contains(&format!("invalid value '{value}' for '--worker-threads")), "{stderr}");
+    }
 }
 
 #[tokio::test]

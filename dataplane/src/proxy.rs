@@ -27,12 +27,13 @@ pub struct ConnInfo {
     pub bind: SocketAddr,
     pub protocol: Protocol,
     /// The peer's IP as `X-Forwarded-For` gets it, formatted once.
-    peer_ip: String,
+    peer_ip: HeaderValue,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, bind: SocketAddr, protocol: Protocol) -> Self {
-        ConnInfo { peer, bind, protocol, peer_ip: peer.ip().to_string() }
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
+        ConnInfo { peer, bind, protocol, peer_ip }
     }
 }
 
@@ -364,12 +365,12 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
         }
     }
     let value = if value.is_empty() {
-        HeaderValue::from_str(&conn.peer_ip)
+        Some(conn.peer_ip.clone())
     } else {
-        value.push_str(&conn.peer_ip);
-        HeaderValue::try_from(value)
+        value.push_str(conn.peer_ip.to_str().unwrap_or_default());
+        HeaderValue::try_from(value).ok()
     };
-    if let Ok(value) = value {
+    if let Some(value) = value {
         headers.insert(xff, value);
     }
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(conn.protocol.scheme()));
@@ -425,6 +426,10 @@ mod tests {
         append_forwarded(&mut h, &conn);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
+        let mut first_hop = headers(&[("x-forwarded-for", " ")]);
+        append_forwarded(&mut first_hop, &conn);
+        assert_eq!(first_hop.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["192.0.2.7"]);
+        assert_eq!(first_hop["x-forwarded-proto"], "https");
     }
 
     #[test]
