@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::upstream::Pooled;
+
 /// Accounting that ends with the request: when its response body has been
 /// sent in full, or dropped (client gone, connection closed).
 #[derive(Default)]
@@ -24,7 +26,9 @@ pub struct Body {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// The backend's response body, and its HTTP/1.1 connection, given back
+    /// to the pool when the body ends.
+    Upstream(Incoming, Option<Pooled>),
 }
 
 impl Body {
@@ -36,8 +40,21 @@ impl Body {
         Body { kind: Kind::Full(Some(bytes)), guard: None }
     }
 
-    pub fn upstream(body: Incoming) -> Self {
-        Body { kind: Kind::Upstream(body), guard: None }
+    pub fn upstream(body: Incoming, connection: Option<Pooled>) -> Self {
+        let mut body = Body { kind: Kind::Upstream(body, connection), guard: None };
+        body.release_if_done();
+        body
+    }
+
+    /// Gives the backend connection back once its response has been read
+    /// whole (hyper may stop polling a body that says it has ended).
+    fn release_if_done(&mut self) {
+        if let Kind::Upstream(body, connection) = &mut self.kind
+            && http_body::Body::is_end_stream(body)
+            && let Some(connection) = connection.take()
+        {
+            connection.release();
+        }
     }
 
     /// Attaches a guard, dropped when the body ends or is dropped.
@@ -56,10 +73,15 @@ impl http_body::Body for Body {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body, _) => Pin::new(body).poll_frame(cx),
         };
-        if let Poll::Ready(None) = polled {
-            this.guard = None;
+        match &polled {
+            Poll::Ready(None) => {
+                this.release_if_done();
+                this.guard = None;
+            }
+            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+            _ => {}
         }
         polled
     }
@@ -68,7 +90,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(body, _) => body.is_end_stream(),
         }
     }
 
@@ -76,7 +98,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(body, _) => body.size_hint(),
         }
     }
 }

@@ -1,20 +1,27 @@
-//! Connections to backend endpoints: pooled HTTP/1.1, and one multiplexed
-//! cleartext HTTP/2 connection per endpoint for `kubernetes.io/h2c` backends.
+//! Connections to backend endpoints: a pool of HTTP/1.1 connections per
+//! endpoint, and one multiplexed cleartext HTTP/2 connection per endpoint for
+//! `kubernetes.io/h2c` backends.
+//!
+//! The HTTP/1.1 pool is ours, on hyper's connection API: a connection goes
+//! back to its endpoint's idle list when the response body has been read to
+//! its end ([`Pooled`]), so a request costs no task and no channel beyond
+//! the connection's own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use agimo_shared::snapshot::BackendProtocol;
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle HTTP/1.1 connections are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a request to an endpoint failed.
 #[derive(Debug)]
@@ -25,44 +32,50 @@ pub enum UpstreamError {
     Failed(BoxError),
 }
 
+type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Incoming>, Instant)>>>;
+type Idle = Arc<IdleMap>;
+
 pub struct Upstream {
-    http1: Client<HttpConnector, Incoming>,
+    http1: Idle,
+    reaper: std::sync::Once,
     h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
     connect_timeout: Duration,
 }
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
-        Upstream { http1, h2c: Mutex::new(HashMap::new()), connect_timeout }
+        Upstream {
+            http1: Idle::default(),
+            reaper: std::sync::Once::new(),
+            h2c: Mutex::new(HashMap::new()),
+            connect_timeout,
+        }
     }
 
     /// Sends `req` (whose `Host` header carries the authority) to `endpoint`.
+    /// An HTTP/1.1 response comes with its connection, to be given back
+    /// through [`Pooled::release`] once the body has been read.
     pub async fn send(
         &self,
         protocol: BackendProtocol,
         endpoint: SocketAddr,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
         match protocol {
             BackendProtocol::Http1 => {
-                *req.uri_mut() = uri(&endpoint.to_string(), &path_and_query)?;
+                // Origin form: the path and query only.
+                if req.uri().authority().is_some() {
+                    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                    *req.uri_mut() = Uri::try_from(path_and_query).map_err(|e| UpstreamError::Failed(e.into()))?;
+                }
                 *req.version_mut() = Version::HTTP_11;
-                self.http1.request(req).await.map_err(|e| {
-                    if e.is_connect() { UpstreamError::Connect(e.into()) } else { UpstreamError::Failed(e.into()) }
-                })
+                let (response, sender) = self.send_http1(endpoint, req).await?;
+                let pooled = Pooled { idle: self.http1.clone(), endpoint, sender: Some(sender) };
+                Ok((response, Some(pooled)))
             }
             BackendProtocol::H2c => {
                 // HTTP/2 carries the authority as :authority, from the URI.
+                let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
                 let authority = req
                     .headers_mut()
                     .remove(header::HOST)
@@ -71,23 +84,85 @@ impl Upstream {
                 *req.uri_mut() = uri(&authority, &path_and_query)?;
                 *req.version_mut() = Version::HTTP_2;
                 let mut sender = self.h2c_sender(endpoint).await?;
-                sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))
+                let response = sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                Ok((response, None))
             }
         }
     }
 
-    /// The open HTTP/2 connection to `endpoint`, or a new one.
-    async fn h2c_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
-        let existing = self.lock().get(&endpoint).filter(|s| !s.is_closed()).cloned();
-        if let Some(sender) = existing {
-            sender.clone().ready().await.map_err(|e| UpstreamError::Failed(e.into()))?;
-            return Ok(sender);
+    /// Sends on an idle connection to `endpoint`, or a new one. A request
+    /// that an idle connection could not take (closed by the endpoint in the
+    /// meantime, nothing written) is sent again on a new connection.
+    async fn send_http1(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<Incoming>), UpstreamError> {
+        let mut req = req;
+        if let Some(mut sender) = self.idle_http1(endpoint).await {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        tracing::debug!(%endpoint, error = %e.error(), "idle connection closed: using a new one");
+                        req = unsent;
+                    }
+                    None => return Err(UpstreamError::Failed(e.into_error().into())),
+                },
+            }
         }
+        let mut sender = self.connect_http1(endpoint).await?;
+        let response = sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+        Ok((response, sender))
+    }
+
+    /// An idle connection to `endpoint` that is ready for a request.
+    async fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+        loop {
+            let (mut sender, since) = lock(&self.http1).get_mut(&endpoint)?.pop()?;
+            if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
+                continue;
+            }
+            // Given back when its last response ended: ready at once, or as
+            // soon as its connection task has seen that end.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        self.reaper.call_once(|| {
+            tokio::spawn(reap(Arc::downgrade(&self.http1)));
+        });
+        let stream = self.connect(endpoint).await?;
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
         let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(endpoint))
             .await
             .map_err(|_| UpstreamError::Connect(format!("connect timed out after {:?}", self.connect_timeout).into()))?
             .map_err(|e| UpstreamError::Connect(e.into()))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// The open HTTP/2 connection to `endpoint`, or a new one.
+    async fn h2c_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+        let existing = lock(&self.h2c).get(&endpoint).filter(|s| !s.is_closed()).cloned();
+        if let Some(sender) = existing {
+            sender.clone().ready().await.map_err(|e| UpstreamError::Failed(e.into()))?;
+            return Ok(sender);
+        }
+        let stream = self.connect(endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -99,12 +174,47 @@ impl Upstream {
                 tracing::debug!(%endpoint, error = %e, "h2c backend connection ended");
             }
         });
-        self.lock().insert(endpoint, sender.clone());
+        lock(&self.h2c).insert(endpoint, sender.clone());
         Ok(sender)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Incoming>>> {
-        self.h2c.lock().unwrap_or_else(|e| e.into_inner())
+/// Closes idle connections that outlived [`IDLE_TIMEOUT`] (those of
+/// endpoints no longer in use among them) until the pool is gone.
+async fn reap(idle: std::sync::Weak<IdleMap>) {
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
+    loop {
+        tick.tick().await;
+        let Some(idle) = idle.upgrade() else { return };
+        lock(&idle).retain(|_, list| {
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An HTTP/1.1 connection lent to one response. [`Pooled::release`] gives
+/// it back once the response body has been read to its end; dropped without
+/// that (client gone mid-body, protocol upgrade), the connection is not
+/// reused.
+pub struct Pooled {
+    idle: Idle,
+    endpoint: SocketAddr,
+    sender: Option<http1::SendRequest<Incoming>>,
+}
+
+impl Pooled {
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
+            let mut idle = lock(&self.idle);
+            let list = idle.entry(self.endpoint).or_default();
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
+            list.push((sender, Instant::now()));
+        }
     }
 }
 
