@@ -17,6 +17,7 @@ cargo test --workspace --locked
 # tests need no network.
 cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --test scale_to_zero --no-run
 cargo test --locked -p agimo-node-agent --features kubernetes-tests --test kubernetes --no-run
+cargo test --locked -p agimo-load-balancer --features kubernetes-tests --test kubernetes --no-run
 # The scale-to-zero test runs a real Prometheus (Debian's package).
 command -v prometheus >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
 if ! conformance/local-cluster status 2>/dev/null | grep -q "API server: ready"; then
@@ -28,6 +29,10 @@ conformance/local-cluster exec -- \
 # The node agent (started by `up`) runs pods: Deployments, Secret volumes, logs, restarts, deletion.
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-node-agent --features kubernetes-tests --test kubernetes
+# The load balancer (started by `up`): addresses for Services of type
+# LoadBalancer, external IPs, forwarding to ready endpoints.
+conformance/local-cluster exec -- \
+  cargo test --locked --offline -p agimo-load-balancer --features kubernetes-tests --test kubernetes
 # The official Gateway API conformance suite (GATEWAY-HTTP), unmodified; the
 # report goes to conformance/reports/.
 conformance/run

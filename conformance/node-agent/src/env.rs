@@ -1,15 +1,20 @@
-//! A container's environment, resolved as the kubelet does: `envFrom` first,
-//! then `env` in order (a later name overrides an earlier one), literal values
-//! with `$(VAR)` references to variables defined before them expanded,
+//! A container's environment, resolved as the kubelet does: the variables
+//! every container gets ([`kubelet_vars`]: `HOSTNAME`, the API server's
+//! `KUBERNETES_SERVICE_HOST` and `_PORT`), then `envFrom`, then `env` in
+//! order (a later name overrides an earlier one), literal values with
+//! `$(VAR)` references to variables defined before them expanded,
 //! `valueFrom` from the downward API (`fieldRef`), Secrets and ConfigMaps.
-//! Then, since nothing can be mounted, values naming a path under a
-//! volumeMount are rewritten to where the agent materialised that volume.
+//! Values naming a path under a volumeMount are also rewritten to where the
+//! agent materialised that volume ([`rewrite_path`]; the mountPath itself
+//! works too, see [`crate::volumes`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::token::TokenKey;
 
 /// The Secrets and ConfigMaps of the pod's namespace that the pod
 /// references, as fetched; a name that is absent was not found.
@@ -17,6 +22,8 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 pub struct Sources {
     pub secrets: HashMap<String, BTreeMap<String, Vec<u8>>>,
     pub config_maps: HashMap<String, BTreeMap<String, Vec<u8>>>,
+    /// Service account tokens of the pod's projected volumes.
+    pub tokens: HashMap<TokenKey, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +88,8 @@ pub enum EnvError {
     FieldPath(String),
     #[error("env {0}: only fieldRef, secretKeyRef and configMapKeyRef are supported in valueFrom")]
     UnsupportedSource(String),
+    #[error("no service account token for audience {0:?}")]
+    NoToken(String),
 }
 
 /// What the downward API can tell about a pod.
@@ -126,14 +135,29 @@ fn lines(map: Option<&BTreeMap<String, String>>) -> String {
     map.into_iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect()
 }
 
-/// The container's environment, in definition order.
+/// What the kubelet and the runtime give every container before its own
+/// env: `HOSTNAME` (the pod's name) and the API server as pods reach it
+/// (the `kubernetes` Service's variables, which in-cluster clients read).
+pub fn kubelet_vars(hostname: &str, api_server: SocketAddr) -> Vec<(String, String)> {
+    let (host, port) = (api_server.ip().to_string(), api_server.port().to_string());
+    vec![
+        ("HOSTNAME".to_owned(), hostname.to_owned()),
+        ("KUBERNETES_SERVICE_HOST".to_owned(), host),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), port.clone()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".to_owned(), port),
+    ]
+}
+
+/// The container's environment: `base` (overridable, and usable in
+/// `$(VAR)` references), then the container's, in definition order.
 pub fn resolve(
     container: &Container,
     facts: &PodFacts<'_>,
     sources: &Sources,
+    base: &[(String, String)],
 ) -> Result<Vec<(String, String)>, EnvError> {
-    let mut vars: Vec<(String, String)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut vars: Vec<(String, String)> = base.to_vec();
+    let mut index: HashMap<String, usize> = base.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
     let mut set = |vars: &mut Vec<(String, String)>, name: String, value: String| match index.get(&name) {
         Some(&i) => vars[i].1 = value,
         None => {
@@ -234,6 +258,16 @@ pub fn expand<'a>(input: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Stri
     out
 }
 
+/// The arguments of the program that stands in for the container's image
+/// entrypoint: `command[1..]` (the program takes the place of
+/// `command[0]`), then `args`, with `$(VAR)` references to `env` expanded
+/// and paths under `mounts` rewritten.
+pub fn program_args(container: &Container, env: &[(String, String)], mounts: &[(String, PathBuf)]) -> Vec<String> {
+    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let words = container.command.iter().flatten().skip(1).chain(container.args.iter().flatten());
+    words.map(|a| rewrite_path(&expand(a, lookup), mounts)).collect()
+}
+
 /// Rewrites `value` if it names a path at or under one of `mounts`
 /// (mountPath → the directory the agent materialised the volume in); the
 /// longest mountPath wins. Other values are returned unchanged.
@@ -303,7 +337,7 @@ mod tests {
             {"name": "URL", "value": "http://$(POD_IP):3000/$(UNKNOWN)/$$(POD_IP)"},
             {"name": "EMPTY"},
         ]));
-        let env = resolve(&container, &facts(&pod), &mk_sources()).unwrap();
+        let env = resolve(&container, &facts(&pod), &mk_sources(), &[]).unwrap();
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         assert_eq!(get("POD_NAME"), Some("web-7d9"));
         assert_eq!(get("NAMESPACE"), Some("apps"));
@@ -326,7 +360,7 @@ mod tests {
             serde_json::from_value(json!({"prefix": "CFG_", "configMapRef": {"name": "settings"}})).unwrap(),
             serde_json::from_value(json!({"secretRef": {"name": "missing", "optional": true}})).unwrap(),
         ]);
-        let env = resolve(&container, &facts(&pod), &mk_sources()).unwrap();
+        let env = resolve(&container, &facts(&pod), &mk_sources(), &[]).unwrap();
         // `bad=name` cannot be a variable and is skipped.
         assert_eq!(env, vec![("CFG_LEVEL".to_owned(), "info".to_owned())]);
     }
@@ -335,7 +369,7 @@ mod tests {
     fn missing_required_references_are_errors_and_optional_ones_set_nothing() {
         let pod = mk_pod();
         let sources = mk_sources();
-        let err = |env| resolve(&mk_container(env), &facts(&pod), &sources).unwrap_err().to_string();
+        let err = |env| resolve(&mk_container(env), &facts(&pod), &sources, &[]).unwrap_err().to_string();
         assert_eq!(
             err(json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}])),
             "Secret \"nope\" not found"
@@ -356,7 +390,35 @@ mod tests {
             {"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": true}}},
             {"name": "B", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope", "optional": true}}},
         ]));
-        assert_eq!(resolve(&optional, &facts(&pod), &sources).unwrap(), vec![]);
+        assert_eq!(resolve(&optional, &facts(&pod), &sources, &[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn every_container_finds_the_api_server_and_may_override_or_reference_it() {
+        let pod = mk_pod();
+        let base = kubelet_vars("web-7d9", "10.244.0.1:6443".parse().unwrap());
+        let container = mk_container(json!([
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+            {"name": "HOSTNAME", "value": "mine"},
+            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+            {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['note']"}}},
+        ]));
+        let env = resolve(&container, &facts(&pod), &mk_sources(), &base).unwrap();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("HOSTNAME", "mine"),
+                ("KUBERNETES_SERVICE_HOST", "10.244.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "6443"),
+                ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+                ("API", "https://10.244.0.1:6443"),
+                ("UID", "0c7e-11"),
+                ("SA", "default"),
+                ("NOTE", "a \"b\""),
+            ]
+        );
     }
 
     #[test]
@@ -380,6 +442,25 @@ mod tests {
         assert_eq!(expand("$$(A) $$ $ $(A", lookup), "$(A) $ $ $(A");
         assert_eq!(expand("no refs", lookup), "no refs");
         assert_eq!(expand("tail$", lookup), "tail$");
+    }
+
+    #[test]
+    fn the_program_replaces_the_first_word_of_command() {
+        let env = vec![("PORT".to_owned(), "8080".to_owned())];
+        let mounts = vec![("/etc/cfg".to_owned(), PathBuf::from("/state/pod/volumes/cfg"))];
+        let container = |extra: serde_json::Value| -> Container {
+            let mut c = json!({"name": "c"});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(c).unwrap()
+        };
+        // The Helm chart's way: args only.
+        let agimo = container(json!({"args": ["run", "--admin-address=0.0.0.0:$(PORT)"]}));
+        assert_eq!(program_args(&agimo, &env, &mounts), ["run", "--admin-address=0.0.0.0:8080"]);
+        let shell = container(json!({"command": ["sh", "-c"], "args": ["echo $(cat /x) $(PORT)"]}));
+        assert_eq!(program_args(&shell, &env, &mounts), ["-c", "echo $(cat /x) 8080"]);
+        let both = container(json!({"command": ["/agimo", "run"], "args": ["/etc/cfg/file"]}));
+        assert_eq!(program_args(&both, &env, &mounts), ["run", "/state/pod/volumes/cfg/file"]);
+        assert!(program_args(&container(json!({})), &env, &mounts).is_empty());
     }
 
     #[test]

@@ -4,22 +4,48 @@
 //! `agimo-node`, binds pending pods to it, runs each pod in a network
 //! namespace of its own with an address on the cluster bridge, writes pod
 //! statuses, deletes pods once their processes are gone, and serves container
-//! logs to `kubectl logs`. There are no images: a container whose image names
-//! a known program (`echo-basic`, the conformance suite's backend) runs that
-//! program from the local disk; any other container runs nothing but is
-//! reported running and ready, because the suite waits for every pod.
+//! logs to `kubectl logs`.
+//!
+//! There are no images: a container whose image contains a pattern given
+//! with `--program PATTERN=PATH` runs that program from the local disk, in
+//! place of the image's entrypoint (`echo-basic`, the conformance suite's
+//! backend; `agimo-dev/agimo`, Agimo itself; `agimo-node-agent/test-shell`,
+//! `/bin/sh` for our tests). Such a process gets what a kubelet gives a
+//! container, so that a program like `agimo` runs as an in-cluster client:
+//!
+//! - its volumes at their mountPaths, bind-mounted in the process's own
+//!   mount namespace ([`process::prelude`]), among them the service
+//!   account's `kube-api-access-…` volume with a real token from the
+//!   TokenRequest API, bound to the pod and renewed at 80 % of its lifetime
+//!   ([`token`]), `ca.crt` from the ConfigMap `kube-root-ca.crt` and the
+//!   namespace ([`volumes`]);
+//! - its environment, with `KUBERNETES_SERVICE_HOST`/`_PORT` naming the API
+//!   server and the downward API ([`env`]);
+//! - its securityContext: user, groups, `runAsNonRoot`,
+//!   `readOnlyRootFilesystem`, capabilities, no new privileges
+//!   ([`security`]);
+//! - its startup, readiness and liveness probes ([`probe`]), which decide
+//!   `started`, `ready` (so EndpointSlices follow) and restarts;
+//! - on deletion its preStop hook, SIGTERM, and SIGKILL after the grace
+//!   period ([`pod`]).
+//!
+//! Any other container runs nothing but is reported running and ready,
+//! because the suite waits for every pod.
 //!
 //! ```text
 //!   kube-apiserver ──watch pods──▶ dispatcher ──pods/binding, Node + heartbeat──▶ kube-apiserver
 //!                                      │ one worker per pod bound here
 //!                                      ▼
 //!                                   worker ──ip netns add, ip link add, ip netns exec──▶ the pod
+//!                                      ├──serviceaccounts/token, Secrets, ConfigMaps──▶ <pod>/volumes ──bind──▶ mountPaths
+//!                                      ├──probes (httpGet, tcpSocket from here; exec via nsenter)──▶ the pod
 //!                                      └──pods/status, events, delete (grace 0)──▶ kube-apiserver
 //!   kubectl logs ─▶ kube-apiserver ─▶ https://10.244.0.1:10250/containerLogs/… ─▶ the workers' log files
 //!
-//!   netns agimo (control plane, agent):  bridge agimo0 10.244.0.1/16
+//!   netns agimo (control plane, agent):  bridge agimo0 10.244.0.1/16, API server 10.244.0.1:6443
 //!        │ veth agp<uid>
-//!   netns agimo-pod-<uid>:  eth0 10.244.x.y/16, default via 10.244.0.1, lo; echo-basic
+//!   netns agimo-pod-<uid>:  eth0 10.244.x.y/16, default via 10.244.0.1, lo; the pod's processes,
+//!                           each in a mount namespace of its own (ip netns exec)
 //! ```
 //!
 //! The agent runs in the cluster's network namespace but in the host's mount
@@ -35,9 +61,12 @@ pub mod ipam;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod process;
 pub mod sandbox;
+pub mod security;
 pub mod status;
+pub mod token;
 pub mod volumes;
 
 use std::net::Ipv4Addr;
@@ -68,6 +97,8 @@ pub struct Config {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     /// If set, the log server requires client certificates signed by this CA.
     pub client_ca: Option<PathBuf>,
+    /// The API server as pods reach it (KUBERNETES_SERVICE_HOST and _PORT).
+    pub api_server: std::net::SocketAddr,
     /// Reported as the Node's kubelet version.
     pub kubelet_version: String,
     /// The Node's `pods` capacity.

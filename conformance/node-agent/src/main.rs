@@ -40,8 +40,10 @@ struct Args {
     #[arg(long, default_value = "10.244.1.0-10.244.255.254")]
     pod_ips: String,
     /// PATTERN=PATH: a container whose image contains PATTERN runs the
-    /// program PATH (repeatable; the first match wins). Containers of other
-    /// images run nothing and are reported running and ready.
+    /// program PATH (repeatable; the first match wins) in place of the
+    /// image's entrypoint: with the container's args, after command[1..] if
+    /// it has a command. Containers of other images run nothing and are
+    /// reported running and ready.
     #[arg(long = "program", value_name = "PATTERN=PATH")]
     programs: Vec<String>,
     /// Per-pod directories (materialised volumes, logs).
@@ -60,6 +62,14 @@ struct Args {
     /// --kubelet-client-certificate).
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// The API server's address as pods reach it: their
+    /// KUBERNETES_SERVICE_HOST (its serving certificate must name it);
+    /// default: --node-ip.
+    #[arg(long)]
+    kubernetes_service_host: Option<std::net::IpAddr>,
+    /// The API server's port as pods reach it: KUBERNETES_SERVICE_PORT.
+    #[arg(long, default_value_t = 6443)]
+    kubernetes_service_port: u16,
     /// Reported as the Node's kubelet version.
     #[arg(long, default_value = "v1.36.3")]
     kubelet_version: String,
@@ -106,10 +116,15 @@ impl Args {
             pod_network: self.pod_network,
             pod_ips,
             programs,
-            state_dir: self.state_dir,
+            // Absolute: volume directories are mounted by path.
+            state_dir: std::path::absolute(&self.state_dir).context("--state-dir")?,
             logs_port: self.logs_port,
             tls_cert: self.tls_cert.zip(self.tls_key),
             client_ca: self.client_ca,
+            api_server: std::net::SocketAddr::new(
+                self.kubernetes_service_host.unwrap_or(std::net::IpAddr::V4(self.node_ip)),
+                self.kubernetes_service_port,
+            ),
             kubelet_version: self.kubelet_version,
             max_pods: self.max_pods,
             heartbeat: self.heartbeat,

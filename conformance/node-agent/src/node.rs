@@ -186,6 +186,7 @@ mod tests {
             logs_port: 10250,
             tls_cert: None,
             client_ca: None,
+            api_server: "10.244.0.1:6443".parse().unwrap(),
             kubelet_version: "v1.36.3".into(),
             max_pods: 250,
             heartbeat: Duration::from_secs(10),

@@ -1,8 +1,32 @@
-//! One worker per pod bound to the node. It brings the pod up (volumes,
-//! then the network namespace, then the containers), restarts processes
-//! that exit as the restartPolicy says, writes the pod's status whenever it
-//! changes, and on deletion stops everything, frees the address and deletes
+//! One worker per pod bound to the node. It brings the pod up (volumes and
+//! service account tokens, then the network namespace, then the
+//! containers), restarts processes that exit as the restartPolicy says,
+//! runs their probes, renews tokens, writes the pod's status whenever it
+//! changes, and on deletion stops the containers gracefully (preStop,
+//! SIGTERM, SIGKILL after the grace period), frees the address and deletes
 //! the pod with grace period 0 (so that namespaces can finish deleting).
+//!
+//! ```text
+//!   updates (watch) ─┐
+//!   process exits ───┼─▶ step: volumes+tokens → sandbox → start/restart/probe each container ─▶ write_status
+//!   probe results ───┤                                    └─ probe tasks ─▶ probe results
+//!   timers ──────────┘
+//!   deletionTimestamp ─▶ terminate: preStop, SIGTERM … grace … SIGKILL ─▶ teardown ─▶ delete (grace 0)
+//! ```
+//!
+//! A container's program stands in for its image's entrypoint: `args` are
+//! its arguments, and a `command` replaces the entrypoint, so the program
+//! takes the place of `command[0]` and `command[1..]` come before `args`
+//! (`command: [sh, -c, SCRIPT]` with a shell image runs the program with
+//! `-c SCRIPT`). `$(VAR)` references in both are expanded.
+//!
+//! Probes: a startup probe holds liveness and readiness probes back until
+//! it succeeds (`started`); readiness decides `ready` (without a readiness
+//! probe a container is ready once running and listening on its ports, as
+//! before); a failed liveness or startup probe sends SIGTERM, SIGKILL after
+//! the grace period, and the exit is handled as any other (restartPolicy,
+//! restartCount). Containers of images without a program run nothing and
+//! are not probed: they stay ready.
 //!
 //! Whatever fails (a Secret not there yet, a bad env reference, a missing
 //! program, an `ip` command, an API call) is retried with backoff and shown
@@ -22,15 +46,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 
 use crate::agent::Ctx;
 use crate::env::{self, PodFacts, Sources};
+use crate::probe::{self, Counter};
 use crate::process::{self, Launch, Process, Protocol};
 use crate::sandbox::{self, Sandbox};
+use crate::security::Security;
 use crate::status::{self, Observed, Transitions};
-use crate::volumes;
+use crate::token;
+use crate::volumes::{self, Ownership};
 
 /// What the dispatcher tells a worker: the pod's latest version, or `None`
 /// once it is gone from the API.
@@ -44,6 +71,19 @@ const FIRST_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// A process that ran this long starts its next backoff from the beginning.
 const RESET_BACKOFF_AFTER: Duration = Duration::from_secs(60);
+/// `terminationGracePeriodSeconds` when the pod does not say.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the pod's containers get between SIGTERM and SIGKILL: the
+/// deletion's grace period, else the pod's `terminationGracePeriodSeconds`,
+/// else 30 s.
+pub fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds));
+    seconds.map_or(DEFAULT_GRACE, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+}
 
 /// Exponential backoff for one kind of retry.
 #[derive(Debug)]
@@ -99,6 +139,50 @@ struct ContainerRun {
     last_terminated: Option<ContainerStateTerminated>,
     ready: bool,
     ports: Vec<(u16, Protocol)>,
+    /// The startup probe passed (or there is none) since the last start.
+    started: bool,
+    /// The probes of the running process.
+    probes: Vec<ProbeRun>,
+    /// preStop, run before SIGTERM on deletion.
+    pre_stop: Option<probe::Action>,
+    /// What probes and hooks of the running process need.
+    target: Option<probe::Target>,
+    /// The process was started through a prelude (so exit code 128 means
+    /// it could not be set up).
+    prelude: bool,
+    /// A probe failed: SIGTERM was sent; SIGKILL at this time.
+    killing: Option<Instant>,
+}
+
+/// One probe of a running process.
+#[derive(Debug)]
+struct ProbeRun {
+    kind: probe::Kind,
+    spec: probe::Spec,
+    counter: Counter,
+    next_at: Instant,
+    in_flight: bool,
+}
+
+/// A probe's result, sent back by the task that ran it.
+#[derive(Debug)]
+struct ProbeOutcome {
+    container: usize,
+    /// The container's restart count when the probe started (results for
+    /// an earlier process are dropped).
+    attempt: i32,
+    kind: probe::Kind,
+    result: Result<(), String>,
+}
+
+/// Everything a container's start needs, worked out before it starts.
+struct Prepared {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    prelude: Option<String>,
+    security: Security,
+    probes: Vec<ProbeRun>,
+    pre_stop: Option<probe::Action>,
 }
 
 impl ContainerRun {
@@ -126,7 +210,23 @@ impl ContainerRun {
             last_terminated: None,
             ready: false,
             ports,
+            started: false,
+            probes: Vec::new(),
+            pre_stop: None,
+            target: None,
+            prelude: false,
+            killing: None,
         }
+    }
+
+    fn has_probe(&self, kind: probe::Kind) -> bool {
+        self.probes.iter().any(|p| p.kind == kind)
+    }
+
+    /// Ready without a readiness probe: started and (if it has ports)
+    /// listening on them.
+    fn ready_by_ports(&self) -> bool {
+        self.program.is_some() && self.started && !self.has_probe(probe::Kind::Readiness)
     }
 
     fn process_mut(&mut self) -> Option<&mut Process> {
@@ -157,7 +257,7 @@ impl ContainerRun {
                     running: Some(ContainerStateRunning { started_at: Some(started_at.clone()) }),
                     ..Default::default()
                 },
-                true,
+                self.started,
             ),
             Run::Terminated(t) => (ContainerState { terminated: Some(t.clone()), ..Default::default() }, false),
         };
@@ -207,12 +307,18 @@ struct Worker {
     status_retry: Backoff,
     /// Warnings already published as events (each once).
     warned: std::collections::HashSet<String>,
+    probe_tx: mpsc::UnboundedSender<ProbeOutcome>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeOutcome>,
+    /// When the service account tokens are requested again.
+    tokens_at: Option<Instant>,
+    token_retry: Backoff,
 }
 
 enum Wake {
     Update,
     Stop,
     Tick,
+    Probe(ProbeOutcome),
 }
 
 /// Runs the pod until it is deleted (or the agent stops); returns its UID.
@@ -230,8 +336,7 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
             Some(pod) => worker.pod = pod,
         }
         if worker.pod.metadata.deletion_timestamp.is_some() {
-            tracing::info!("deleted; stopping it");
-            worker.teardown().await;
+            worker.terminate(&mut updates).await;
             worker.delete_from_api(&mut updates).await;
             return uid;
         }
@@ -242,6 +347,7 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
             changed = updates.changed() => if changed.is_ok() { Wake::Update } else { Wake::Stop },
             _ = tokio::time::sleep_until(wake_at.into()) => Wake::Tick,
             _ = any_exit(&mut worker.containers) => Wake::Tick,
+            Some(outcome) = worker.probe_rx.recv() => Wake::Probe(outcome),
         };
         match wake {
             Wake::Stop => {
@@ -249,6 +355,7 @@ pub async fn run(ctx: Arc<Ctx>, pod: Arc<Pod>, mut updates: watch::Receiver<Upda
                 worker.teardown().await;
                 return uid;
             }
+            Wake::Probe(outcome) => worker.probe_result(outcome),
             Wake::Update | Wake::Tick => {}
         }
     }
@@ -282,7 +389,12 @@ impl Worker {
         let finished = matches!(phase, Some("Succeeded" | "Failed"));
         let start_time =
             pod.status.as_ref().and_then(|s| s.start_time.clone()).unwrap_or_else(|| Time(Timestamp::now()));
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         Worker {
+            probe_tx,
+            probe_rx,
+            tokens_at: None,
+            token_retry: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             api: Api::namespaced(ctx.client.clone(), &namespace),
             transitions: Transitions::from_pod(&pod),
             ctx,
@@ -334,15 +446,62 @@ impl Worker {
             }
             self.setup.reset();
         }
+        if self.tokens_at.is_some_and(|at| Instant::now() >= at) && self.token_retry.due() {
+            self.refresh_tokens().await;
+        }
         for i in 0..self.containers.len() {
             self.step_container(i).await;
+        }
+    }
+
+    /// Requests every service account token the pod's volumes need; returns
+    /// when they should be requested again.
+    async fn request_tokens(&mut self) -> Result<Instant, String> {
+        let mut refresh = token::MAX_REFRESH;
+        for key in token::keys(&self.pod) {
+            let issued = token::request(&self.ctx.client, &self.pod, &key).await?;
+            refresh = refresh.min(token::refresh_in(issued.issued, issued.expires));
+            self.sources.tokens.insert(key, issued.token);
+        }
+        Ok(Instant::now() + refresh)
+    }
+
+    /// Renews the tokens in volumes the containers have mounted.
+    async fn refresh_tokens(&mut self) {
+        let renewed = match self.request_tokens().await {
+            Ok(at) => {
+                let owner = Ownership::of(&self.pod);
+                let volumes = self.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+                let mut written = Ok(at);
+                for volume in &volumes {
+                    let files = volumes::token_files(volume, &self.sources, owner).map_err(|e| e.to_string());
+                    let dir = self.dir.join("volumes").join(&volume.name);
+                    if let Err(e) = files.and_then(|f| volumes::replace(&dir, &f).map_err(|e| e.to_string())) {
+                        written = Err(format!("volume {:?}: {e}", volume.name));
+                        break;
+                    }
+                }
+                written
+            }
+            Err(e) => Err(e),
+        };
+        match renewed {
+            Ok(at) => {
+                tracing::info!("service account tokens renewed");
+                self.tokens_at = Some(at);
+                self.token_retry.reset();
+            }
+            Err(e) => {
+                let delay = self.token_retry.fail();
+                self.warn("FailedMount", format!("cannot renew the service account token: {e}"), delay);
+            }
         }
     }
 
     /// Fetches the Secrets and ConfigMaps the pod references.
     async fn fetch_sources(&mut self) -> Result<(), String> {
         let (secrets, config_maps) = volumes::referenced(&self.pod);
-        let mut sources = Sources::default();
+        let mut sources = Sources { tokens: std::mem::take(&mut self.sources.tokens), ..Default::default() };
         let secret_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         for name in secrets {
             let found = secret_api.get_opt(&name).await.map_err(|e| format!("get Secret {name:?}: {e}"))?;
@@ -371,10 +530,12 @@ impl Worker {
 
     async fn prepare_volumes(&mut self) -> Result<(), String> {
         self.fetch_sources().await?;
+        let tokens_at = self.request_tokens().await?;
         let volumes_dir = self.dir.join("volumes");
         let volumes = self.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        let owner = Ownership::of(&self.pod);
         for volume in &volumes {
-            let (content, note) = volumes::plan(volume, &self.facts(), &self.sources)
+            let (content, note) = volumes::plan(volume, &self.facts(), &self.sources, owner)
                 .map_err(|e| format!("volume {:?}: {e}", volume.name))?;
             if let Some(note) = note {
                 tracing::debug!(volume = %volume.name, "{note}");
@@ -387,6 +548,7 @@ impl Worker {
                 .map_err(|e| format!("log directory: {e}"))?;
         }
         self.ctx.logs.insert(&self.namespace, &self.name, self.dir.join("logs"));
+        self.tokens_at = (!self.sources.tokens.is_empty()).then_some(tokens_at);
         Ok(())
     }
 
@@ -409,7 +571,9 @@ impl Worker {
 
     async fn step_container(&mut self, i: usize) {
         let inode = self.sandbox.as_ref().map_or(0, |s| s.netns_inode);
+        let probe_tx = self.probe_tx.clone();
         let c = &mut self.containers[i];
+        let ready_by_ports = c.ready_by_ports();
         match &mut c.run {
             Run::Waiting { .. } if c.retry.due() => self.start(i).await,
             Run::Running { process: Some(p), started_at, since } => match p.child.try_wait() {
@@ -418,13 +582,96 @@ impl Worker {
                     self.exited(i, exit, started_at, since);
                 }
                 Ok(None) => {
-                    if !c.ready && process::listens(p.pid, inode, &c.ports) {
+                    let now = Instant::now();
+                    if let Some(deadline) = c.killing {
+                        if now >= deadline {
+                            tracing::warn!(container = %c.spec.name, pid = p.pid, "still running after the grace period; SIGKILL");
+                            let _ = p.child.start_kill();
+                        }
+                        return;
+                    }
+                    if ready_by_ports && !c.ready && process::listens(p.pid, inode, &c.ports) {
                         c.ready = true;
                         tracing::info!(container = %c.spec.name, "ready");
+                    }
+                    let (started, attempt, target) = (c.started, c.restart_count, c.target.clone());
+                    let Some(target) = target else { return };
+                    for probe in c.probes.iter_mut() {
+                        let active = (probe.kind == probe::Kind::Startup) != started;
+                        if !active || probe.in_flight || now < probe.next_at {
+                            continue;
+                        }
+                        probe.in_flight = true;
+                        probe.next_at = now + probe.spec.period;
+                        let (tx, target, kind) = (probe_tx.clone(), target.clone(), probe.kind);
+                        let (action, timeout) = (probe.spec.action.clone(), probe.spec.timeout);
+                        tokio::spawn(async move {
+                            let result = probe::run(&action, &target, timeout).await;
+                            let _ = tx.send(ProbeOutcome { container: i, attempt, kind, result });
+                        });
                     }
                 }
                 Err(e) => tracing::warn!(container = %c.spec.name, error = %e, "cannot check the process"),
             },
+            _ => {}
+        }
+    }
+
+    /// Takes in one probe result: `started`, `ready`, or a kill.
+    fn probe_result(&mut self, outcome: ProbeOutcome) {
+        let pod_grace = self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
+        let Some(c) = self.containers.get_mut(outcome.container) else { return };
+        let running = matches!(c.run, Run::Running { process: Some(_), .. });
+        if !running || c.restart_count != outcome.attempt || c.killing.is_some() {
+            return;
+        }
+        let name = c.spec.name.clone();
+        let Some(probe) = c.probes.iter_mut().find(|p| p.kind == outcome.kind) else { return };
+        probe.in_flight = false;
+        let verdict = probe.counter.record(&probe.spec, outcome.result.is_ok());
+        let grace = probe
+            .spec
+            .termination_grace
+            .or_else(|| pod_grace.map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))))
+            .unwrap_or(DEFAULT_GRACE);
+        let kind = outcome.kind;
+        if let Err(why) = &outcome.result {
+            tracing::info!(container = %name, probe = %kind, "probe failed: {why}");
+            self.event(EventType::Warning, "Unhealthy", format!("{kind} probe failed: {why}"));
+        }
+        let c = &mut self.containers[outcome.container];
+        match (kind, verdict) {
+            (probe::Kind::Startup, Some(true)) => {
+                tracing::info!(container = %name, "startup probe succeeded");
+                c.started = true;
+                let since = match &c.run {
+                    Run::Running { since, .. } => *since,
+                    _ => Instant::now(),
+                };
+                for p in c.probes.iter_mut().filter(|p| p.kind != probe::Kind::Startup) {
+                    p.next_at = (since + p.spec.initial_delay).max(Instant::now());
+                }
+            }
+            (probe::Kind::Readiness, Some(ready)) => {
+                if c.ready != ready {
+                    tracing::info!(container = %name, ready, "readiness changed");
+                }
+                c.ready = ready;
+            }
+            (probe::Kind::Startup | probe::Kind::Liveness, Some(false)) => {
+                let pid = c.process_mut().map(|p| p.pid);
+                tracing::warn!(container = %name, probe = %kind, ?grace, "probe failed; stopping the container");
+                c.ready = false;
+                c.killing = Some(Instant::now() + grace);
+                if let Some(pid) = pid {
+                    tokio::spawn(async move { process::signal(pid, "TERM").await });
+                }
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    format!("Container {name} failed {} probe, will be restarted", kind.to_string().to_lowercase()),
+                );
+            }
             _ => {}
         }
     }
@@ -434,8 +681,8 @@ impl Worker {
         let name = self.containers[i].spec.name.clone();
         let prepared = self.prepare_launch(i).await;
         let c = &mut self.containers[i];
-        let (env, args) = match prepared {
-            Ok(launch) => launch,
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 let delay = c.retry.fail();
                 c.run = Run::Waiting { reason: "CreateContainerConfigError", message: Some(e.clone()) };
@@ -454,26 +701,40 @@ impl Worker {
             c.run = Run::Running { process: None, started_at: now, since: Instant::now() };
             c.restart_count = attempt;
             c.started_once = true;
+            c.started = true;
             c.ready = true;
             tracing::info!(container = %name, image = ?c.spec.image, "no program for this image; reported running");
             return;
         };
         let netns = self.sandbox.as_ref().map(|s| s.netns.clone()).unwrap_or_default();
+        let cwd = self.dir.clone();
+        let images = self.ctx.config.state_dir.join("images");
         let launched = process::check_program(&program, c.spec.image.as_deref().unwrap_or_default()).and_then(|()| {
+            let program = process::pull(&program, &images)
+                .map_err(|e| format!("cannot copy {} to {}: {e}", program.display(), images.display()))?;
             process::spawn(&Launch {
                 netns: &netns,
                 program: &program,
-                args: &args,
-                env: &env,
-                cwd: &self.dir,
+                args: &prepared.args,
+                env: &prepared.env,
+                cwd: &cwd,
                 log: &log,
+                prelude: prepared.prelude.as_deref(),
             })
             .map_err(|e| format!("cannot start {}: {e}", program.display()))
         });
         match launched {
             Ok(p) => {
                 tracing::info!(container = %name, pid = p.pid, program = %program.display(), restarts = attempt, "started");
-                c.ready = c.ports.is_empty();
+                let pod_ip = self.sandbox.as_ref().map_or(self.ctx.config.node_ip, |s| s.ip);
+                let user = prepared.security.user.map(|u| (u, prepared.security.group.unwrap_or(0)));
+                c.target = Some(probe::Target { pod_ip, pid: p.pid, env: prepared.env, user });
+                c.prelude = prepared.prelude.is_some();
+                c.probes = prepared.probes;
+                c.pre_stop = prepared.pre_stop;
+                c.killing = None;
+                c.started = !c.has_probe(probe::Kind::Startup);
+                c.ready = c.ready_by_ports() && c.ports.is_empty();
                 c.run = Run::Running { process: Some(p), started_at: now, since: Instant::now() };
                 c.restart_count = attempt;
                 c.started_once = true;
@@ -487,28 +748,56 @@ impl Worker {
         }
     }
 
-    /// The environment and arguments of container `i`, with paths under its
-    /// volumeMounts rewritten. Secrets and ConfigMaps are fetched again on
-    /// retries (they may have appeared since).
-    async fn prepare_launch(&mut self, i: usize) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    /// What container `i` starts with: its environment and arguments (with
+    /// paths under its volumeMounts rewritten), and, if it runs a program,
+    /// its start script, securityContext, probes and preStop handler.
+    /// Secrets and ConfigMaps are fetched again on retries (they may have
+    /// appeared since).
+    async fn prepare_launch(&mut self, i: usize) -> Result<Prepared, String> {
         if self.containers[i].run_is_config_error() {
             self.fetch_sources().await?;
         }
-        let spec = &self.containers[i].spec;
-        let resolved = env::resolve(spec, &self.facts(), &self.sources).map_err(|e| e.to_string())?;
-        let pod_volumes = self.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
-        let mounts = volumes::mounts(spec, &pod_volumes, &self.dir.join("volumes"));
-        let mut env = vec![("HOSTNAME".to_owned(), self.name.clone())];
-        env.extend(resolved.into_iter().map(|(k, v)| {
-            let v = env::rewrite_path(&v, &mounts);
-            (k, v)
-        }));
-        let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let args = spec.args.iter().flatten().map(|a| env::rewrite_path(&env::expand(a, lookup), &mounts)).collect();
-        if spec.command.as_ref().is_some_and(|c| !c.is_empty()) {
-            tracing::debug!(container = %spec.name, "command is ignored: the program replaces the image's entrypoint");
+        let c = &self.containers[i];
+        let spec = &c.spec;
+        let pod_spec = self.pod.spec.clone().unwrap_or_default();
+        let base = env::kubelet_vars(&self.name, self.ctx.config.api_server);
+        let resolved = env::resolve(spec, &self.facts(), &self.sources, &base).map_err(|e| e.to_string())?;
+        let pod_volumes = pod_spec.volumes.clone().unwrap_or_default();
+        let volumes_dir = self.dir.join("volumes");
+        let rewrites = volumes::mounts(spec, &pod_volumes, &volumes_dir);
+        let env: Vec<(String, String)> =
+            resolved.into_iter().map(|(k, v)| (k, env::rewrite_path(&v, &rewrites))).collect();
+        let args = env::program_args(spec, &env, &rewrites);
+        let mut prepared =
+            Prepared { env, args, prelude: None, security: Security::default(), probes: Vec::new(), pre_stop: None };
+        if c.program.is_none() {
+            return Ok(prepared);
         }
-        Ok((env, args))
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let pod_name = format!("{}/{}", self.namespace, self.name);
+        prepared.security = Security::of(&pod_name, &pod_spec, spec, &passwd).map_err(|e| e.to_string())?;
+        let mounts = volumes::bind_mounts(spec, &pod_volumes, &volumes_dir);
+        for m in &mounts {
+            // A subPath that is not there yet, or a missing hostPath: a
+            // directory, as runtimes make it.
+            if !m.source.exists() {
+                std::fs::create_dir_all(&m.source)
+                    .map_err(|e| format!("cannot create {} for {}: {e}", m.source.display(), m.target))?;
+            }
+        }
+        let working_dir = spec.working_dir.as_deref().filter(|d| !d.is_empty());
+        prepared.prelude = process::prelude(&mounts, &prepared.security, working_dir);
+        let now = Instant::now();
+        for kind in [probe::Kind::Startup, probe::Kind::Readiness, probe::Kind::Liveness] {
+            if let Some(spec) = probe::of(spec, kind).map_err(|e| e.to_string())? {
+                let next_at = now + spec.initial_delay;
+                prepared.probes.push(ProbeRun { kind, spec, counter: Counter::default(), next_at, in_flight: false });
+            }
+        }
+        let pre_stop = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+        prepared.pre_stop =
+            pre_stop.map(|h| probe::parse_handler(h, spec, "preStop hook")).transpose().map_err(|e| e.to_string())?;
+        Ok(prepared)
     }
 
     fn exited(&mut self, i: usize, exit: std::process::ExitStatus, started_at: Time, since: Instant) {
@@ -519,16 +808,29 @@ impl Worker {
         let pod_name = self.name.clone();
         let c = &mut self.containers[i];
         let code = exit.code().unwrap_or_else(|| 128 + exit.signal().unwrap_or(0));
+        let start_error = c.prelude && exit.code() == Some(process::START_ERROR);
         let terminated = ContainerStateTerminated {
             exit_code: code,
             signal: exit.signal(),
-            reason: Some(if code == 0 { "Completed" } else { "Error" }.to_owned()),
+            reason: Some(
+                if start_error {
+                    "StartError"
+                } else if code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_owned(),
+            ),
             started_at: Some(started_at),
             finished_at: Some(Time(Timestamp::now())),
             container_id: Some(c.container_id(&short_uid)),
-            message: None,
+            message: start_error.then(|| "the container could not be set up; its log says why".to_owned()),
         };
         c.ready = false;
+        c.killing = None;
+        c.probes.clear();
+        c.target = None;
         let restart = match policy.as_str() {
             "Never" => false,
             "OnFailure" => code != 0,
@@ -638,17 +940,92 @@ impl Worker {
             earlier(self.setup.at);
             return wake;
         }
+        if let Some(at) = self.tokens_at {
+            earlier(at.max(self.token_retry.at));
+        }
         for c in &self.containers {
             match &c.run {
                 Run::Waiting { .. } => earlier(c.retry.at),
-                // Readiness is checked every 100 ms until the ports listen.
-                Run::Running { process: Some(_), .. } if !c.ready => {
-                    earlier(Instant::now() + Duration::from_millis(100))
+                Run::Running { process: Some(_), .. } => {
+                    if let Some(deadline) = c.killing {
+                        earlier(deadline);
+                        continue;
+                    }
+                    // Readiness by ports is checked every 100 ms until they listen.
+                    if c.ready_by_ports() && !c.ready {
+                        earlier(Instant::now() + Duration::from_millis(100));
+                    }
+                    for p in c.probes.iter().filter(|p| !p.in_flight && (p.kind == probe::Kind::Startup) != c.started) {
+                        earlier(p.next_at);
+                    }
                 }
                 _ => {}
             }
         }
         wake
+    }
+
+    /// Stops the containers as the kubelet does on deletion: each one's
+    /// preStop handler, then SIGTERM, then SIGKILL once the grace period is
+    /// over (or at once if the pod goes away or the agent stops; a second
+    /// deletion with a shorter grace period shortens it). Then tears down.
+    async fn terminate(&mut self, updates: &mut watch::Receiver<Update>) {
+        let grace = grace_period(&self.pod);
+        let mut deadline = Instant::now() + grace;
+        let mut signals = tokio::task::JoinSet::new();
+        for c in &mut self.containers {
+            let (Some(target), Some(p)) = (c.target.clone(), c.process_mut()) else { continue };
+            if !matches!(p.child.try_wait(), Ok(None)) {
+                continue;
+            }
+            let (pid, name, pre_stop) = (p.pid, c.spec.name.clone(), c.pre_stop.clone());
+            tracing::info!(container = %name, pid, ?grace, pre_stop = pre_stop.is_some(), "stopping: SIGTERM, SIGKILL after the grace period");
+            signals.spawn(async move {
+                if let Some(action) = pre_stop
+                    && let Err(e) = probe::run(&action, &target, grace).await
+                {
+                    tracing::warn!(container = %name, "preStop hook failed: {e}");
+                }
+                process::signal(pid, "TERM").await;
+            });
+        }
+        if !signals.is_empty() {
+            self.event(EventType::Normal, "Killing", format!("Stopping the pod's containers (grace period {grace:?})"));
+        }
+        loop {
+            let running = self
+                .containers
+                .iter_mut()
+                .filter_map(ContainerRun::process_mut)
+                .map(|p| matches!(p.child.try_wait(), Ok(None)))
+                .filter(|running| *running)
+                .count();
+            if running == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(running, "still running after the grace period; SIGKILL");
+                break;
+            }
+            tokio::select! {
+                _ = sleep(Duration::from_millis(100)) => {}
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        break; // the agent stops
+                    }
+                    let latest = updates.borrow_and_update().clone();
+                    match latest {
+                        None => break, // gone from the API
+                        Some(pod) => {
+                            deadline = deadline.min(Instant::now() + grace_period(&pod));
+                            self.pod = pod;
+                        }
+                    }
+                }
+            }
+        }
+        signals.abort_all();
+        self.teardown().await;
     }
 
     /// Stops the processes and removes the network namespace, the address
@@ -738,5 +1115,27 @@ impl Worker {
 impl ContainerRun {
     fn run_is_config_error(&self) -> bool {
         matches!(self.run, Run::Waiting { reason: "CreateContainerConfigError", .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_grace_period_of_the_deletion_wins() {
+        let pod = |meta: serde_json::Value, spec: serde_json::Value| -> Pod {
+            let mut spec = spec;
+            spec["containers"] = json!([]);
+            serde_json::from_value(json!({"metadata": meta, "spec": spec})).unwrap()
+        };
+        assert_eq!(grace_period(&pod(json!({}), json!({}))), Duration::from_secs(30));
+        assert_eq!(grace_period(&pod(json!({}), json!({"terminationGracePeriodSeconds": 5}))), Duration::from_secs(5));
+        assert_eq!(
+            grace_period(&pod(json!({"deletionGracePeriodSeconds": 1}), json!({"terminationGracePeriodSeconds": 5}))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(grace_period(&pod(json!({"deletionGracePeriodSeconds": 0}), json!({}))), Duration::ZERO);
     }
 }

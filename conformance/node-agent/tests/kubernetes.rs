@@ -377,3 +377,341 @@ async fn secret_volumes_other_images_and_pods_that_cannot_start() {
     assert_eq!(names.len(), 3);
     ns.delete().await;
 }
+
+/// A container of the test image: `sh -c SCRIPT` (the agent runs /bin/sh
+/// for `agimo-node-agent/test-shell`, in place of `command[0]`).
+fn shell_container(name: &str, script: &str) -> Value {
+    json!({"name": name, "image": "agimo-node-agent/test-shell:v1", "command": ["sh", "-c", script]})
+}
+
+/// Where pods mount a [`HostDir`]. Mount points that do not exist are
+/// created on the host (empty), so they stay under /tmp.
+const STATE: &str = "/tmp/agimo-node-agent-state";
+
+/// A directory of the host the test shares with its pods (a hostPath
+/// volume); removed at the end.
+struct HostDir(std::path::PathBuf);
+
+impl HostDir {
+    fn new(name: &str) -> HostDir {
+        let dir = std::env::temp_dir().join(format!("agimo-node-agent-tests-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        HostDir(dir)
+    }
+
+    fn volume(&self, name: &str) -> Value {
+        json!({"name": name, "hostPath": {"path": self.0.display().to_string(), "type": "Directory"}})
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The reasons of the events about a pod.
+fn event_reasons(ns: &str, pod: &str) -> Vec<String> {
+    let selector = format!("involvedObject.name={pod}");
+    let events: Value =
+        serde_json::from_str(&kubectl(&["get", "events", "-n", ns, "--field-selector", &selector, "-o", "json"]))
+            .unwrap();
+    events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect()
+}
+
+/// GET `path` from the API server with a bearer token, from the test (as
+/// a client outside the pod); the HTTP status.
+fn api_status_with_token(token: &str, path: &str) -> String {
+    let kubeconfig = std::path::PathBuf::from(std::env::var_os("KUBECONFIG").unwrap());
+    let ca = kubeconfig.parent().unwrap().join("pki/ca.crt");
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), &format!("https://10.244.0.1:6443{path}")])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_pod_calls_the_api_with_its_service_account_as_the_user_it_runs_as() {
+    let ns = TestNamespace::new("agimo-node-sa").await;
+    ns.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}})).await;
+    ns.apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
+    }))
+    .await;
+    // What an in-cluster client does: the mounted token and CA, the
+    // API server from the environment. `$(…)` that is not a variable stays
+    // for the shell.
+    let script = r#"
+SA=/var/run/secrets/kubernetes.io/serviceaccount
+NS=$(cat $SA/namespace)
+api() { curl -sS -o /dev/null -w '%{http_code}' --cacert $SA/ca.crt -H "Authorization: Bearer $(cat $SA/token)" "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT$1"; }
+echo "user=$(id -u):$(id -g)"
+echo "namespace=$NS"
+echo "pods=$(api /api/v1/namespaces/$NS/pods)"
+echo "secrets=$(api /api/v1/namespaces/$NS/secrets)"
+echo "token=$(cat $SA/token)"
+echo "token-owner=$(stat -c %u:%a $SA/token)"
+if touch /agimo-node-agent-test 2>/dev/null; then echo rootfs=writable; rm -f /agimo-node-agent-test; else echo rootfs=read-only; fi
+if touch /tmp/agimo-node-agent-scratch/x; then echo scratch=writable; fi
+grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -d '\t'
+"#;
+    let mut client = shell_container("client", script);
+    client["securityContext"] = json!({
+        "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}
+    });
+    client["volumeMounts"] = json!([{"name": "scratch", "mountPath": "/tmp/agimo-node-agent-scratch"}]);
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {
+            "serviceAccountName": "reader", "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 4242, "runAsGroup": 4343, "runAsNonRoot": true},
+            "containers": [client],
+            "volumes": [{"name": "scratch", "emptyDir": {}}]
+        }
+    }))
+    .await;
+    // runAsNonRoot without a user: the program would run as root.
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
+        "spec": {"securityContext": {"runAsNonRoot": true}, "containers": [shell_container("sh", "id")]}
+    }))
+    .await;
+
+    let done = eventually("client Succeeded", Duration::from_secs(60), || async {
+        let pod = ns.pod("client").await;
+        matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(pod)
+    })
+    .await;
+    let logs = kubectl(&["logs", "-n", &ns.name, "client"]);
+    assert_eq!(done["status"]["phase"], "Succeeded", "logs:\n{logs}");
+    let line = |key: &str| -> String {
+        logs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).or_else(|| l.strip_prefix(&format!("{key}:"))))
+            .unwrap_or_else(|| panic!("no {key} in the logs:\n{logs}"))
+            .to_owned()
+    };
+    assert_eq!(line("user"), "4242:4343");
+    assert_eq!(line("namespace"), ns.name);
+    assert_eq!(line("pods"), "200", "its Role allows listing pods");
+    assert_eq!(line("secrets"), "403", "its Role does not allow secrets");
+    assert_eq!(line("token-owner"), "4242:600", "the token is the pod user's alone");
+    assert_eq!(line("rootfs"), "read-only");
+    assert_eq!(line("scratch"), "writable", "an emptyDir stays writable");
+    assert_eq!(line("CapEff"), "0000000000000000");
+    assert_eq!(line("NoNewPrivs"), "1");
+
+    // The token is the pod's: it works while the pod exists, not after.
+    let token = line("token");
+    let pods = format!("/api/v1/namespaces/{}/pods", ns.name);
+    assert_eq!(api_status_with_token(&token, &pods), "200");
+    ns.pods().delete("client", &DeleteParams::default()).await.unwrap();
+    eventually("client deleted", Duration::from_secs(30), || async {
+        ns.pods().get_opt("client").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    eventually("the token is refused", Duration::from_secs(10), || async {
+        (api_status_with_token(&token, &pods) == "401").then_some(())
+    })
+    .await;
+
+    let root = eventually("root waits with CreateContainerConfigError", Duration::from_secs(30), || async {
+        let pod = ns.pod("root").await;
+        let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "CreateContainerConfigError").then_some(waiting)
+    })
+    .await;
+    assert_eq!(
+        root["message"],
+        format!("container has runAsNonRoot and image will run as root (pod: \"{}/root\", container: sh)", ns.name)
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn probes_decide_started_ready_and_restarts() {
+    let ns = TestNamespace::new("agimo-node-probes").await;
+    let state = HostDir::new("probes");
+    // echo-basic, ready by an httpGet probe on its named port.
+    let mut web = echo_container("web");
+    web["ports"] = json!([{"name": "http", "containerPort": 3000}]);
+    web["readinessProbe"] = json!({"httpGet": {"port": "http", "path": "/healthz"}, "periodSeconds": 1});
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "probes"}},
+        "spec": {"containers": [web]}
+    }))
+    .await;
+    // Started and ready only as files in a shared directory say (exec
+    // probes, run in the container's namespaces).
+    let mut toggle = shell_container("toggle", "while :; do sleep 0.2; done");
+    toggle["volumeMounts"] = json!([{"name": "state", "mountPath": STATE}]);
+    toggle["startupProbe"] = json!({"exec": {"command": ["test", "-e", format!("{STATE}/started")]},
+                                    "periodSeconds": 1, "failureThreshold": 600});
+    toggle["readinessProbe"] = json!({"exec": {"command": ["test", "-e", format!("{STATE}/ready")]},
+                                      "periodSeconds": 1, "failureThreshold": 1});
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "toggle", "labels": {"app": "probes"}},
+        "spec": {"containers": [toggle], "volumes": [state.volume("state")], "terminationGracePeriodSeconds": 1}
+    }))
+    .await;
+    // Nothing listens on 8080: the liveness probe fails and the container
+    // is stopped (SIGTERM) and restarted.
+    let mut dying = shell_container("dying", "echo up; exec sleep 1000");
+    dying["livenessProbe"] = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dying"},
+        "spec": {"containers": [dying], "terminationGracePeriodSeconds": 5}
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "probes"},
+        "spec": {"selector": {"app": "probes"}, "ports": [{"port": 80, "targetPort": 3000}]}
+    }))
+    .await;
+    let slices: Api<EndpointSlice> = Api::namespaced(ns.client.clone(), &ns.name);
+    let endpoint_ready = |ip: Ipv4Addr| {
+        let slices = slices.clone();
+        async move {
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=probes")).await.ok()?;
+            list.items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .find(|e| e.addresses.iter().any(|a| a == &ip.to_string()))
+                .and_then(|e| e.conditions.as_ref()?.ready)
+        }
+    };
+
+    let web = eventually("web Ready", Duration::from_secs(60), || async {
+        let pod = ns.pod("web").await;
+        (condition(&pod, "Ready").as_deref() == Some("True")).then_some(pod)
+    })
+    .await;
+    eventually("web's endpoint ready", Duration::from_secs(30), || async {
+        (endpoint_ready(pod_ip(&web)).await == Some(true)).then_some(())
+    })
+    .await;
+
+    // Running but not started: neither started nor ready, for as long as
+    // the startup probe fails.
+    let toggle = eventually("toggle Running", Duration::from_secs(60), || async {
+        let pod = ns.pod("toggle").await;
+        (pod["status"]["phase"] == "Running").then_some(pod)
+    })
+    .await;
+    let ip = pod_ip(&toggle);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = ns.pod("toggle").await;
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!((&status["started"], &status["ready"]), (&json!(false), &json!(false)), "{status}");
+    assert_eq!(condition(&pod, "Ready").as_deref(), Some("False"));
+    assert_eq!(endpoint_ready(ip).await, Some(false), "listed, not ready");
+
+    std::fs::write(state.0.join("started"), "").unwrap();
+    eventually("toggle started, still not ready", Duration::from_secs(15), || async {
+        let pod = ns.pod("toggle").await;
+        let status = &pod["status"]["containerStatuses"][0];
+        (status["started"] == true).then(|| assert_eq!(status["ready"], false, "{status}"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(condition(&ns.pod("toggle").await, "Ready").as_deref(), Some("False"), "the readiness probe fails");
+
+    std::fs::write(state.0.join("ready"), "").unwrap();
+    eventually("toggle Ready, its endpoint ready", Duration::from_secs(15), || async {
+        let ready = condition(&ns.pod("toggle").await, "Ready").as_deref() == Some("True");
+        (ready && endpoint_ready(ip).await == Some(true)).then_some(())
+    })
+    .await;
+    std::fs::remove_file(state.0.join("ready")).unwrap();
+    eventually("toggle not Ready again, its endpoint not ready", Duration::from_secs(15), || async {
+        let pod = ns.pod("toggle").await;
+        let unready = condition(&pod, "Ready").as_deref() == Some("False")
+            && condition(&pod, "ContainersReady").as_deref() == Some("False");
+        (unready && endpoint_ready(ip).await == Some(false)).then_some(())
+    })
+    .await;
+    let status = &ns.pod("toggle").await["status"]["containerStatuses"][0];
+    assert_eq!((&status["restartCount"], &status["started"]), (&json!(0), &json!(true)), "readiness never restarts");
+
+    // The liveness probe restarts `dying`: SIGTERM ends `sleep` (143).
+    let dying = eventually("dying restarted", Duration::from_secs(60), || async {
+        let pod = ns.pod("dying").await;
+        (pod["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1)).then_some(pod)
+    })
+    .await;
+    let last = &dying["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 143, "{last}");
+    let reasons = event_reasons(&ns.name, "dying");
+    assert!(reasons.iter().any(|r| r == "Unhealthy") && reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn deletion_runs_pre_stop_sends_sigterm_and_kills_after_the_grace_period() {
+    let ns = TestNamespace::new("agimo-node-stop").await;
+    let state = HostDir::new("stop");
+    // Exits on SIGTERM, after its preStop hook.
+    let mut polite = shell_container(
+        "polite",
+        &format!("trap 'echo TERM >> {STATE}/polite; exit 0' TERM; while :; do sleep 0.2; done"),
+    );
+    polite["volumeMounts"] = json!([{"name": "state", "mountPath": STATE}]);
+    polite["lifecycle"] =
+        json!({"preStop": {"exec": {"command": ["sh", "-c", format!("echo preStop >> {STATE}/polite")]}}});
+    // Ignores SIGTERM: killed when its 3 s are over.
+    let mut stubborn =
+        shell_container("stubborn", &format!("trap 'echo TERM >> {STATE}/stubborn' TERM; while :; do sleep 0.2; done"));
+    stubborn["volumeMounts"] = json!([{"name": "state", "mountPath": STATE}]);
+    for (name, container, grace) in [("polite", polite, 30), ("stubborn", stubborn, 3)] {
+        ns.apply(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [container], "volumes": [state.volume("state")],
+                     "terminationGracePeriodSeconds": grace}
+        }))
+        .await;
+    }
+    for name in ["polite", "stubborn"] {
+        eventually(&format!("{name} Ready"), Duration::from_secs(60), || async {
+            (condition(&ns.pod(name).await, "Ready").as_deref() == Some("True")).then_some(())
+        })
+        .await;
+    }
+    // The traps are set once the shells run their loops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let gone = |name: &'static str| {
+        let pods = ns.pods();
+        async move {
+            let started = Instant::now();
+            pods.delete(name, &DeleteParams::default()).await.unwrap();
+            eventually(&format!("{name} deleted"), Duration::from_secs(60), || async {
+                pods.get_opt(name).await.unwrap().is_none().then_some(())
+            })
+            .await;
+            started.elapsed()
+        }
+    };
+    let (polite, stubborn) = tokio::join!(gone("polite"), gone("stubborn"));
+    assert!(polite < Duration::from_secs(10), "polite exited on SIGTERM, well within 30 s: {polite:?}");
+    assert_eq!(state.read("polite"), "preStop\nTERM\n", "the preStop hook ran, then SIGTERM");
+    assert!(
+        stubborn >= Duration::from_secs(3) && stubborn < Duration::from_secs(15),
+        "stubborn was killed once its 3 s grace period was over: {stubborn:?}"
+    );
+    assert_eq!(state.read("stubborn"), "TERM\n");
+    ns.delete().await;
+}
