@@ -14,8 +14,9 @@ use ipnet::IpNet;
 use crate::api::Gateway;
 use crate::world::World;
 
-/// Assigns a pool address to each of our Gateways without `spec.addresses`.
-pub fn allocate(world: &World, pool: &IpNet) -> BTreeMap<ObjectRef, IpAddr> {
+/// Our Gateways (of a GatewayClass with our controller name), oldest first,
+/// then by namespace/name, as the Gateway API breaks ties.
+pub fn ours_oldest_first(world: &World) -> Vec<(&ObjectRef, &Gateway)> {
     let ours: BTreeSet<&str> = world
         .gateway_classes
         .iter()
@@ -28,11 +29,16 @@ pub fn allocate(world: &World, pool: &IpNet) -> BTreeMap<ObjectRef, IpAddr> {
         .filter(|(_, g)| ours.contains(g.spec.gateway_class_name.as_str()))
         .map(|(k, g)| (k, g.as_ref()))
         .collect();
-    // Oldest first, then by namespace/name, as the Gateway API breaks ties.
     gateways.sort_by(|(ka, a), (kb, b)| {
         let created = |g: &Gateway| g.metadata.creation_timestamp.clone().map(|t| t.0);
         created(a).is_none().cmp(&created(b).is_none()).then(created(a).cmp(&created(b))).then(ka.cmp(kb))
     });
+    gateways
+}
+
+/// Assigns a pool address to each of our Gateways without `spec.addresses`.
+pub fn allocate(world: &World, pool: &IpNet) -> BTreeMap<ObjectRef, IpAddr> {
+    let gateways = ours_oldest_first(world);
     let requested =
         |g: &Gateway| g.spec.addresses.iter().flatten().any(|a| a.value.as_deref().is_some_and(|v| !v.is_empty()));
     // Addresses Gateways asked for explicitly are never handed out.

@@ -1,25 +1,35 @@
 //! Kubernetes mode: the world from watches, statuses back to the API server.
 //!
 //! ```text
-//!  API server ──watches──► Stores ──(debounced)──► World (+ pool addresses) ──► Runtime::compile
-//!      ▲                                                                            │
-//!      └──────── status writer (Lease holder only) ◄──── Statuses ◄─────────────────┘
+//!  API server ──watches──► Stores ──(debounced)──► World (+ pool addresses
+//!      ▲                                              or Gateway Services plan) ──► Runtime::compile
+//!      │                                                       │                        │
+//!      ├──────── Service writer (Lease holder only) ◄──────────┘                        │
+//!      └──────── status writer (Lease holder only) ◄──── Statuses ◄─────────────────────┘
 //! ```
 //!
 //! Every replica watches, compiles and serves; only the Lease holder writes
-//! statuses.
+//! statuses and Gateway Services.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use kube::Client;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Service;
+use crate::gateway_services::{self, Exposure};
 use crate::leader::{self, LeaseConfig};
 use crate::runtime::{Runtime, ServeOptions, lock, shutdown_signal};
 use crate::sources::kube::Stores;
 use crate::world::World;
 use crate::{addresses, status};
+
+/// The Gateway Services the plan wants, by name.
+type Desired = watch::Sender<Arc<BTreeMap<String, Service>>>;
 
 pub struct Options {
     pub serve: ServeOptions,
@@ -27,6 +37,8 @@ pub struct Options {
     pub controller_name: String,
     /// Addresses for Gateways without `spec.addresses`.
     pub gateway_address_pool: Option<IpNet>,
+    /// A Service per Gateway instead of binding Gateway addresses.
+    pub exposure: Option<Exposure>,
     /// `None` when leader election is off (this replica always writes).
     pub lease: Option<LeaseConfig>,
 }
@@ -44,7 +56,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     stores.wait_ready().await;
     tracing::info!("initial lists received");
 
-    let mut world = world(&stores, &options, World::default());
+    let desired: Desired = watch::Sender::new(Arc::default());
+    let mut world = world(&stores, &options, World::default(), &desired);
     let runtime = Runtime::start(&options.serve, "kubernetes".to_owned(), &mut world).await?;
     let mut sockets = runtime.sockets();
 
@@ -54,13 +67,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         None => tokio::sync::watch::channel(true).1,
     };
     status::writer::spawn(
-        client,
+        client.clone(),
         stores.clone(),
         options.controller_name.clone(),
         runtime.statuses(),
         leading.clone(),
         stop.clone(),
     );
+    if let Some(exposure) = &options.exposure {
+        gateway_services::writer::spawn(
+            client,
+            stores.clone(),
+            exposure.namespace.clone(),
+            desired.subscribe(),
+            leading.clone(),
+            stop.clone(),
+        );
+    }
     let mut last_compile = tokio::time::Instant::now();
     let mut leading_updates = leading.clone();
     // Record the current state at once; later changes follow.
@@ -74,7 +97,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     tokio::time::sleep(wait).await;
                 }
                 last_compile = tokio::time::Instant::now();
-                world = self::world(&stores, &options, world);
+                world = self::world(&stores, &options, world, &desired);
                 runtime.compile(&mut world);
             }
             Ok(()) = sockets.changed() => {
@@ -90,13 +113,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    runtime.shutdown(options.serve.shutdown_grace_period).await;
+    runtime.shutdown(options.serve.shutdown_delay, options.serve.shutdown_grace_period).await;
     Ok(())
 }
 
 /// The current objects, with what the previous world carried that is not an
 /// object (bind errors, annotation values in force).
-fn world(stores: &Stores, options: &Options, previous: World) -> World {
+fn world(stores: &Stores, options: &Options, previous: World, desired: &Desired) -> World {
     let mut world = stores.world();
     world.controller_name = options.controller_name.clone();
     world.default_address = Some(options.serve.bind_address);
@@ -104,6 +127,17 @@ fn world(stores: &Stores, options: &Options, previous: World) -> World {
     world.gate_annotations_in_force = previous.gate_annotations_in_force;
     if let Some(pool) = &options.gateway_address_pool {
         world.assigned_addresses = addresses::allocate(&world, pool);
+    }
+    if let Some(exposure) = &options.exposure {
+        let plan = gateway_services::plan(&world, exposure);
+        world.exposed = Some(plan.gateways);
+        desired.send_if_modified(|current| {
+            let changed = **current != plan.services;
+            if changed {
+                *current = Arc::new(plan.services);
+            }
+            changed
+        });
     }
     world
 }

@@ -11,6 +11,7 @@
 pub mod addresses;
 pub mod api;
 pub mod compiler;
+pub mod gateway_services;
 pub mod kubernetes;
 pub mod leader;
 pub mod runtime;

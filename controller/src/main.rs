@@ -1,6 +1,8 @@
 //! The `agimo` binary: wiring only.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +45,8 @@ enum Command {
         /// listen on --bind-address.
         #[arg(long)]
         gateway_address_pool: Option<ipnet::IpNet>,
+        #[command(flatten)]
+        gateway_services: Box<GatewayServiceArgs>,
         /// Elect one replica to write statuses with a Lease.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         leader_election: bool,
@@ -55,6 +59,70 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+}
+
+/// In a cluster: a Service per Gateway, selecting Agimo's pods.
+#[derive(Args)]
+struct GatewayServiceArgs {
+    /// Expose every Gateway through a Service of this type in
+    /// --gateway-service-namespace, whose address Gateways publish; their
+    /// listeners get ports of their own on the pods (--gateway-pod-ports).
+    #[arg(long, value_parser = ["LoadBalancer", "ClusterIP", "NodePort"], conflicts_with = "gateway_address_pool",
+          requires = "gateway_service_selector")]
+    gateway_service_type: Option<String>,
+    /// Where the Gateway Services live: Agimo's own namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    gateway_service_namespace: String,
+    /// The labels of Agimo's pods, KEY=VALUE[,KEY=VALUE...].
+    #[arg(long, value_parser = parse_labels)]
+    gateway_service_selector: Option<BTreeMap<String, String>>,
+    /// An annotation for every Gateway Service, KEY=VALUE (repeatable),
+    /// e.g. a cloud load balancer's settings.
+    #[arg(long = "gateway-service-annotation", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    gateway_service_annotations: Vec<(String, String)>,
+    /// Ports the pods listen on for Gateway listeners, FIRST-LAST.
+    #[arg(long, default_value = "20000-29999", value_parser = parse_port_range)]
+    gateway_pod_ports: RangeInclusive<u16>,
+    /// Where static Gateway addresses (spec.addresses) may come from
+    /// (repeatable); they become the Service's externalIPs. Others make the
+    /// Gateway not Programmed (AddressNotUsable).
+    #[arg(long = "gateway-static-address-range", value_name = "CIDR", value_delimiter = ',')]
+    gateway_static_address_ranges: Vec<ipnet::IpNet>,
+}
+
+impl GatewayServiceArgs {
+    fn exposure(self) -> Option<agimo_controller::gateway_services::Exposure> {
+        Some(agimo_controller::gateway_services::Exposure {
+            service_type: self.gateway_service_type?,
+            namespace: self.gateway_service_namespace,
+            selector: self.gateway_service_selector.unwrap_or_default(),
+            annotations: self.gateway_service_annotations.into_iter().collect(),
+            pod_ports: self.gateway_pod_ports,
+            static_ranges: self.gateway_static_address_ranges,
+        })
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let labels: BTreeMap<String, String> = s.split(',').map(parse_pair).collect::<Result<_, _>>()?;
+    if labels.is_empty() { Err("no labels".to_owned()) } else { Ok(labels) }
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (first, last) = s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || first > last {
+        return Err(format!("{s:?}: FIRST must be at least 1 and at most LAST"));
+    }
+    Ok(first..=last)
 }
 
 #[derive(Args)]
@@ -84,6 +152,11 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long open connections get to finish.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     shutdown_grace_period: Duration,
+    /// On SIGTERM, how long listeners keep accepting while /readyz already
+    /// fails, so that load balancers and EndpointSlices stop sending new
+    /// connections before the listeners close (in a cluster: a few seconds).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 100)]
     http2_max_concurrent_streams: u32,
@@ -97,6 +170,7 @@ impl ServeArgs {
             metrics_address: self.metrics_address,
             admin_address: self.admin_address,
             shutdown_grace_period: self.shutdown_grace_period,
+            shutdown_delay: self.shutdown_delay,
         }
     }
 
@@ -139,6 +213,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             controller_name,
             gateway_address_pool,
+            gateway_services,
             leader_election,
             leader_election_namespace,
             leader_election_id,
@@ -155,6 +230,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 serve: serve.options(),
                 controller_name,
                 gateway_address_pool,
+                exposure: gateway_services.exposure(),
                 lease,
             })
             .await

@@ -34,6 +34,9 @@ pub struct ServeOptions {
     pub admin_address: SocketAddr,
     /// How long a shutdown waits for open connections to finish.
     pub shutdown_grace_period: Duration,
+    /// How long listeners keep accepting after a shutdown begins, with
+    /// /readyz already failing, so load balancers stop sending first.
+    pub shutdown_delay: Duration,
 }
 
 /// The document served at `/status`.
@@ -111,11 +114,13 @@ impl Runtime {
         self.stop.clone()
     }
 
-    /// Readiness turns false first; then listeners close and connections
-    /// finish what they are doing, up to the grace period.
-    pub async fn shutdown(self, grace: Duration) {
-        tracing::info!(connections = self.dataplane.open_connections(), "shutting down");
+    /// Readiness turns false first; listeners keep accepting for `delay`
+    /// while load balancers take the replica out; then listeners close and
+    /// connections finish what they are doing, up to the grace period.
+    pub async fn shutdown(self, delay: Duration, grace: Duration) {
+        tracing::info!(connections = self.dataplane.open_connections(), ?delay, "shutting down");
         self.dataplane.begin_shutdown();
+        tokio::time::sleep(delay).await;
         self.stop.cancel();
         let _ = self.dataplane_task.await;
         let left = self.dataplane.drain(grace).await;

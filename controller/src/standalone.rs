@@ -65,7 +65,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
         }
     }
-    runtime.shutdown(options.serve.shutdown_grace_period).await;
+    runtime.shutdown(options.serve.shutdown_delay, options.serve.shutdown_grace_period).await;
     Ok(())
 }
 

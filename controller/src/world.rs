@@ -30,6 +30,9 @@ pub struct World {
     /// Addresses assigned to Gateways that do not request one in
     /// `spec.addresses` (by an address pool, in Kubernetes mode).
     pub assigned_addresses: BTreeMap<ObjectRef, IpAddr>,
+    /// With Gateway Services (`--gateway-service-type`): each Gateway's
+    /// Service, pod ports and addresses.
+    pub exposed: Option<BTreeMap<ObjectRef, crate::gateway_services::Exposed>>,
     /// Where Gateways with neither `spec.addresses` nor an assigned address
     /// listen (`--bind-address`); `None` means `0.0.0.0`.
     pub default_address: Option<IpAddr>,
@@ -112,6 +115,7 @@ impl Default for World {
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             assigned_addresses: BTreeMap::new(),
+            exposed: None,
             default_address: None,
             bind_errors: BTreeMap::new(),
             gate_annotations_in_force: BTreeMap::new(),

@@ -50,13 +50,17 @@ spec:
 /// A config directory with the Gateway (`{ip}:8080` and `:8081`), the
 /// backend and a route to `/first`, served by a running `agimo`.
 async fn start(echo_port: u16) -> Running {
+    start_with(echo_port, &[]).await
+}
+
+async fn start_with(echo_port: u16, args: &[&str]) -> Running {
     let ip = support::unique_loopback();
     let dir = std::env::temp_dir().join(format!("agimo-standalone-{}-{}", std::process::id(), ip));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&ip.to_string(), LISTENERS)).unwrap();
     std::fs::write(dir.join("backend.yaml"), support::service_at("v1", &echo_port.to_string())).unwrap();
     std::fs::write(dir.join("route.yaml"), route_yaml("first", "/first")).unwrap();
-    let running = spawn(ip, dir.clone(), &dir);
+    let running = spawn(ip, dir.clone(), &dir, args);
     eventually("the first route is served", || async {
         get(running.http, "/first").await.is_some_and(|r| r.status == 200)
     })
@@ -64,8 +68,8 @@ async fn start(echo_port: u16) -> Running {
     running
 }
 
-/// Runs `agimo standalone --config <config>` with its admin endpoints on `ip`.
-fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path) -> Running {
+/// Runs `agimo standalone --config <config> ARGS` with its admin endpoints on `ip`.
+fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path, args: &[&str]) -> Running {
     let log = PathBuf::from(format!("{}.log", dir.display()));
     let admin = SocketAddr::new(ip, 9901);
     // One worker thread, as the benchmark runs it (the Kubernetes tests and
@@ -76,6 +80,7 @@ fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path) -> Running {
         .arg(config)
         .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
         .args(["--admin-address", &admin.to_string()])
+        .args(args)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
@@ -268,6 +273,27 @@ async fn sigterm_lets_requests_in_flight_finish() {
 }
 
 #[tokio::test]
+async fn with_a_shutdown_delay_listeners_keep_accepting_while_readiness_fails() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start_with(echo.addr.port(), &["--shutdown-delay", "2s"]).await;
+    let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let signalled = Instant::now();
+    eventually("readiness turns false", || async {
+        get(running.admin, "/readyz").await.is_some_and(|r| r.status == 503)
+    })
+    .await;
+    let reply = get(running.http, "/first").await.expect("a new connection is still accepted");
+    assert_eq!(reply.status, 200);
+    assert!(signalled.elapsed() < Duration::from_secs(2), "checked within the delay");
+    eventually("after the delay, new connections are refused", || async {
+        tokio::net::TcpStream::connect(running.http).await.is_err()
+    })
+    .await;
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "not before the delay: {:?}", signalled.elapsed());
+}
+
+#[tokio::test]
 async fn a_busy_port_is_reported_and_retried() {
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let running = start(echo.addr.port()).await;
@@ -328,7 +354,7 @@ async fn a_configmap_style_file_reloads_when_its_symlinks_swap() {
     version(1, "/one");
     symlink("..v1", dir.join("..data")).unwrap();
     symlink("..data/agimo.yaml", dir.join("agimo.yaml")).unwrap();
-    let running = spawn(ip, dir.clone(), &dir.join("agimo.yaml"));
+    let running = spawn(ip, dir.clone(), &dir.join("agimo.yaml"), &[]);
     eventually("the first version is served", || async {
         get(running.http, "/one").await.is_some_and(|r| r.status == 200)
     })

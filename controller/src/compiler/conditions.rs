@@ -45,6 +45,7 @@ pub mod reasons {
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
+    pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";

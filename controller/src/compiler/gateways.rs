@@ -92,15 +92,15 @@ pub struct GatewayModel<'w> {
     pub gateway: &'w Gateway,
     pub generation: Option<i64>,
     /// Addresses to bind: `spec.addresses` in order, else the assigned or
-    /// default address.
+    /// default address (with Gateway Services: the default, 0.0.0.0).
     pub addresses: Vec<IpAddr>,
-    /// Whether `addresses` go into `status.addresses`: not when the Gateway
-    /// listens on an unspecified default (0.0.0.0), which is no address a
-    /// client can use.
-    pub publish_addresses: bool,
-    /// Addresses the dataplane cannot listen on (not this machine's), with
-    /// the error: Programmed=False, AddressNotUsable.
-    pub unusable_addresses: Vec<String>,
+    /// With Gateway Services, the pods' port of each listener port.
+    pub pod_ports: Option<BTreeMap<u16, u16>>,
+    /// What `status.addresses` publishes.
+    pub status_addresses: Vec<GatewayStatusAddress>,
+    /// Programmed=False reason and message: an address that cannot be used,
+    /// or none assigned yet.
+    pub address_problem: Option<(&'static str, String)>,
     /// `Err` holds the Accepted=False reason and message.
     pub accepted: Result<(), (&'static str, String)>,
     pub listeners: Vec<ListenerModel<'w>>,
@@ -137,6 +137,17 @@ pub enum AllowedNamespaces {
     Same,
     All,
     Selector(LabelSelector),
+}
+
+/// The sockets that serve a Gateway's listener on `port`: its addresses,
+/// on the listener port or, with Gateway Services, on the pods' port for it.
+fn sockets(addresses: &[IpAddr], pod_ports: Option<&BTreeMap<u16, u16>>, port: u16) -> Vec<SocketAddr> {
+    let port = match pod_ports.map(|ports| ports.get(&port)) {
+        Some(Some(p)) => *p,
+        Some(None) => return Vec::new(),
+        None => port,
+    };
+    addresses.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
 }
 
 impl ListenerModel<'_> {
@@ -222,8 +233,13 @@ fn build_gateway<'w>(
             }
         }
     }
+    let exposed = world.exposed.as_ref().map(|m| m.get(key).cloned().unwrap_or_default());
     let mut publish_addresses = true;
-    if addresses.is_empty() {
+    if exposed.is_some() {
+        // Gateway Services: clients come through the Service; the pods
+        // listen on every address.
+        addresses = vec![world.default_address()];
+    } else if addresses.is_empty() {
         let address = world.assigned_addresses.get(key).copied().unwrap_or_else(|| world.default_address());
         publish_addresses = !address.is_unspecified();
         addresses.push(address);
@@ -236,18 +252,27 @@ fn build_gateway<'w>(
     // Sockets the dataplane could not bind: an address that is not local
     // makes the Gateway's addresses unusable; a refused port is the
     // listener's problem.
+    let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
+    let socket_port = |port: u16| match &pod_ports {
+        Some(ports) => ports.get(&port).copied(),
+        None => Some(port),
+    };
     let mut unusable: Vec<String> = Vec::new();
     for l in &mut listeners {
         let mut failed = Vec::new();
+        let Some(port) = socket_port(l.port) else {
+            l.bind_error = Some("no port left in --gateway-pod-ports for this listener port".to_owned());
+            continue;
+        };
         for ip in &addresses {
-            match world.bind_errors.get(&SocketAddr::new(*ip, l.port)) {
+            match world.bind_errors.get(&SocketAddr::new(*ip, port)) {
                 Some(e) if e.address_not_available => {
                     let why = format!("{ip}: {e}");
                     if !unusable.contains(&why) {
                         unusable.push(why);
                     }
                 }
-                Some(e) => failed.push(format!("{ip}:{}: {e}", l.port)),
+                Some(e) => failed.push(format!("{ip}:{port}: {e}")),
                 None => {}
             }
         }
@@ -255,13 +280,44 @@ fn build_gateway<'w>(
             l.bind_error = Some(format!("cannot listen on {}; retrying", failed.join(", ")));
         }
     }
+    let (status_addresses, address_problem) = match &exposed {
+        Some(exposed) => {
+            let problem = if !exposed.unusable.is_empty() {
+                Some((
+                    reasons::ADDRESS_NOT_USABLE,
+                    format!("not in any --gateway-static-address-range: {}", exposed.unusable.join(", ")),
+                ))
+            } else {
+                exposed
+                    .pending
+                    .clone()
+                    .map(|why| (reasons::ADDRESS_NOT_ASSIGNED, format!("waiting for an address: {why}")))
+            };
+            (exposed.addresses.clone(), problem)
+        }
+        None => {
+            let published = addresses
+                .iter()
+                .filter(|_| publish_addresses)
+                .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
+                .collect();
+            let problem = (!unusable.is_empty()).then(|| {
+                (
+                    reasons::ADDRESS_NOT_USABLE,
+                    format!("cannot listen on {}; use addresses of this machine (retrying)", unusable.join(", ")),
+                )
+            });
+            (published, problem)
+        }
+    };
     GatewayModel {
         key: key.clone(),
         gateway: gw,
         generation: gw.metadata.generation,
         addresses,
-        publish_addresses,
-        unusable_addresses: unusable,
+        pod_ports,
+        status_addresses,
+        address_problem,
         accepted,
         listeners,
         gate: GateAnnotations::default(),
@@ -497,7 +553,7 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
             }
             let protocol = l.protocol.expect("programmable listeners have a protocol");
             let owner = format!("Gateway {} listener {}", gw.key, l.spec.name);
-            let sockets: Vec<SocketAddr> = gw.addresses.iter().map(|ip| SocketAddr::new(*ip, l.port)).collect();
+            let sockets = sockets(&gw.addresses, gw.pod_ports.as_ref(), l.port);
             let conflict = sockets.iter().find_map(|addr| {
                 let overlapping = claims.iter().find(|(other, _)| {
                     other.port() == addr.port()
@@ -564,12 +620,8 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
                 certificates: l.certificates.clone(),
                 routes,
             });
-            for ip in &gw.addresses {
-                binds
-                    .entry(SocketAddr::new(*ip, l.port))
-                    .or_insert_with(|| (protocol, Vec::new()))
-                    .1
-                    .push(listener.clone());
+            for socket in sockets(&gw.addresses, gw.pod_ports.as_ref(), l.port) {
+                binds.entry(socket).or_insert_with(|| (protocol, Vec::new())).1.push(listener.clone());
             }
         }
     }
@@ -614,28 +666,15 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
                     generation,
                 )
             },
-            if gw.unusable_addresses.is_empty() {
-                condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation)
-            } else {
-                condition(
-                    types::PROGRAMMED,
-                    false,
-                    reasons::ADDRESS_NOT_USABLE,
-                    format!(
-                        "cannot listen on {}; use addresses of this machine (retrying)",
-                        gw.unusable_addresses.join(", ")
-                    ),
-                    generation,
-                )
+            match &gw.address_problem {
+                None => {
+                    condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation)
+                }
+                Some((reason, message)) => condition(types::PROGRAMMED, false, reason, message.clone(), generation),
             },
         ),
     };
-    let addresses: Vec<_> = gw
-        .addresses
-        .iter()
-        .filter(|_| gw.publish_addresses)
-        .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
-        .collect();
+    let addresses = gw.status_addresses.clone();
     let mut conditions = vec![accepted, programmed];
     if gw.gate.present() {
         let gate = gate::effective(&GateAnnotations::default(), &gw.gate);

@@ -133,6 +133,11 @@ impl Stores {
         self.changed.notified().await;
     }
 
+    /// The current Services.
+    pub fn services(&self) -> BTreeMap<ObjectRef, Arc<Service>> {
+        self.services.snapshot()
+    }
+
     /// The current objects as a world (shared, not copied).
     pub fn world(&self) -> World {
         fn by_name<K>(m: BTreeMap<ObjectRef, Arc<K>>) -> BTreeMap<String, Arc<K>> {

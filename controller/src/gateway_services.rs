@@ -1,0 +1,506 @@
+//! Gateway Services (`--gateway-service-type`): in a cluster, every Gateway
+//! is reached through a Service of its own in Agimo's namespace that selects
+//! Agimo's pods.
+//!
+//! ```text
+//!  client ──► Service agimo-<ns>-<gateway>-<hash>  (LoadBalancer ingress, cluster IP, or externalIPs)
+//!               port 80 ──targetPort 20000──► every Agimo pod, socket 0.0.0.0:20000 = Gateway ns/gateway, port 80
+//! ```
+//!
+//! Several Gateways may listen on the same port, but a pod has one address:
+//! each (Gateway, listener port) gets a port of its own on the pods from
+//! `--gateway-pod-ports`, and the Gateway's Service maps the listener port to
+//! it. Every replica computes the same plan from the same world: a Gateway
+//! keeps the pod ports its Service already has, and new ones get the lowest
+//! free port, oldest Gateway first. Every replica binds the pod ports; the
+//! Lease holder writes the Services ([`writer`]).
+//!
+//! What a Gateway publishes in `status.addresses`: its static addresses
+//! (`spec.addresses`, which become the Service's `externalIPs` and must lie in
+//! a `--gateway-static-address-range`), else the Service's load balancer
+//! ingress (type LoadBalancer) or its cluster IP (ClusterIP, NodePort).
+
+pub mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use agimo_shared::snapshot::ObjectRef;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::addresses::ours_oldest_first;
+use crate::api::{Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
+use crate::world::World;
+
+/// Marks the Services Agimo manages (with `app.kubernetes.io/managed-by`).
+pub const MANAGED_BY: &str = "agimo";
+/// The annotation naming a Service's Gateway, `namespace/name`.
+pub const GATEWAY_ANNOTATION: &str = "agimo.dev/gateway";
+const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+const GATEWAY_NAMESPACE_LABEL: &str = "agimo.dev/gateway-namespace";
+const GATEWAY_NAME_LABEL: &str = "agimo.dev/gateway-name";
+
+/// How Gateways are exposed, from the flags.
+#[derive(Clone, Debug)]
+pub struct Exposure {
+    /// Where the Services live: Agimo's own namespace.
+    pub namespace: String,
+    /// `LoadBalancer`, `ClusterIP` or `NodePort`.
+    pub service_type: String,
+    /// The labels of Agimo's pods.
+    pub selector: BTreeMap<String, String>,
+    /// Put on every Service (cloud load balancer settings).
+    pub annotations: BTreeMap<String, String>,
+    /// Ports the pods listen on for Gateways.
+    pub pod_ports: RangeInclusive<u16>,
+    /// Where static `spec.addresses` may come from.
+    pub static_ranges: Vec<IpNet>,
+}
+
+/// What one Gateway gets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exposed {
+    /// The name of its Service (in [`Exposure::namespace`]).
+    pub service: String,
+    /// Listener port → the pods' port.
+    pub pod_ports: BTreeMap<u16, u16>,
+    /// Listener ports left without a pod port (the range is exhausted).
+    pub unassigned_ports: Vec<u16>,
+    /// What `status.addresses` publishes; empty until the Service has one.
+    pub addresses: Vec<GatewayStatusAddress>,
+    /// Static addresses outside every `--gateway-static-address-range`.
+    pub unusable: Vec<String>,
+    /// Why there is no address yet, when there is none.
+    pub pending: Option<String>,
+}
+
+/// The plan for every Gateway of ours, and the Services it takes.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub gateways: BTreeMap<ObjectRef, Exposed>,
+    /// The Services that should exist, by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Plans the Services of `world`'s Gateways.
+pub fn plan(world: &World, exposure: &Exposure) -> Plan {
+    let gateways = ours_oldest_first(world);
+    let current = managed_services(world, exposure);
+    let mut plan = Plan::default();
+    // Pod ports in use by the Services as they are, kept where still wanted.
+    let mut taken: BTreeSet<u16> = BTreeSet::new();
+    let mut wanted: Vec<(ObjectRef, Vec<u16>)> = Vec::new();
+    for (key, gateway) in &gateways {
+        let name = service_name(key);
+        let ports: Vec<u16> = listener_ports(gateway);
+        let mut exposed = Exposed { service: name.clone(), ..Exposed::default() };
+        if let Some(service) = current.get(&name) {
+            for p in service.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                let Ok(port) = u16::try_from(p.port) else { continue };
+                let target = match &p.target_port {
+                    Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+                    _ => None,
+                };
+                if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !taken.contains(t))
+                    && ports.contains(&port)
+                {
+                    taken.insert(target);
+                    exposed.pod_ports.insert(port, target);
+                }
+            }
+        }
+        wanted.push(((*key).clone(), ports));
+        plan.gateways.insert((*key).clone(), exposed);
+    }
+    let mut free = exposure.pod_ports.clone().filter(|p| !taken.contains(p));
+    for (key, ports) in &wanted {
+        let exposed = plan.gateways.get_mut(key).expect("planned above");
+        for port in ports {
+            if exposed.pod_ports.contains_key(port) {
+                continue;
+            }
+            match free.next() {
+                Some(target) => {
+                    exposed.pod_ports.insert(*port, target);
+                }
+                None => exposed.unassigned_ports.push(*port),
+            }
+        }
+        if !exposed.unassigned_ports.is_empty() {
+            tracing::warn!(gateway = %key, range = ?exposure.pod_ports, "--gateway-pod-ports is exhausted");
+        }
+    }
+    for (key, gateway) in &gateways {
+        let exposed = plan.gateways.get_mut(*key).expect("planned above");
+        let statics = static_addresses(gateway);
+        for ip in &statics {
+            if !exposure.static_ranges.iter().any(|r| r.contains(ip)) {
+                exposed.unusable.push(ip.to_string());
+            }
+        }
+        let usable: Vec<IpAddr> =
+            statics.iter().copied().filter(|ip| exposure.static_ranges.iter().any(|r| r.contains(ip))).collect();
+        let service = desired_service(key, exposed, &usable, exposure);
+        if !statics.is_empty() {
+            exposed.addresses = usable.iter().map(|ip| ip_address(&ip.to_string())).collect();
+        } else {
+            match current.get(&exposed.service) {
+                Some(current) => {
+                    exposed.addresses = service_addresses(current);
+                    if exposed.addresses.is_empty() {
+                        exposed.pending = Some(format!(
+                            "Service {}/{} has no {} yet",
+                            exposure.namespace,
+                            exposed.service,
+                            if exposure.service_type == "LoadBalancer" {
+                                "load balancer address"
+                            } else {
+                                "cluster IP"
+                            }
+                        ));
+                    }
+                }
+                None => {
+                    exposed.pending =
+                        Some(format!("Service {}/{} is not created yet", exposure.namespace, exposed.service))
+                }
+            }
+        }
+        plan.services.insert(exposed.service.clone(), service);
+    }
+    plan
+}
+
+/// The Services of `exposure.namespace` that Agimo manages, by name.
+pub fn managed_services<'w>(world: &'w World, exposure: &Exposure) -> BTreeMap<String, &'w Service> {
+    world
+        .services
+        .iter()
+        .filter(|(key, service)| key.namespace == exposure.namespace && is_managed(service))
+        .map(|(key, service)| (key.name.clone(), service.as_ref()))
+        .collect()
+}
+
+pub fn is_managed(service: &Service) -> bool {
+    service.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// `agimo-<namespace>-<name>-<hash>`: a DNS label (at most 63 characters)
+/// that no other Gateway gets, since the hash covers the exact key.
+pub fn service_name(key: &ObjectRef) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{}/{}", key.namespace, key.name).as_bytes());
+    let mut hash = String::new();
+    for b in &digest.as_ref()[..4] {
+        let _ = write!(hash, "{b:02x}");
+    }
+    let readable: String = format!("agimo-{}-{}", key.namespace, key.name)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(63 - 1 - hash.len())
+        .collect();
+    format!("{}-{hash}", readable.trim_end_matches('-'))
+}
+
+fn listener_ports(gateway: &Gateway) -> Vec<u16> {
+    let ports: BTreeSet<u16> =
+        gateway.spec.listeners.iter().filter_map(|l| u16::try_from(l.port).ok()).filter(|p| *p != 0).collect();
+    ports.into_iter().collect()
+}
+
+/// The IP addresses of `spec.addresses` (other types are the compiler's
+/// business: they make the Gateway not Accepted).
+fn static_addresses(gateway: &Gateway) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for a in gateway.spec.addresses.iter().flatten() {
+        if a.r#type.as_deref().unwrap_or("IPAddress") != "IPAddress" {
+            continue;
+        }
+        if let Some(ip) = a.value.as_deref().and_then(|v| v.parse::<IpAddr>().ok())
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+fn ip_address(value: &str) -> GatewayStatusAddress {
+    GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: value.to_owned() }
+}
+
+/// Where clients reach a Service: its load balancer ingress (type
+/// LoadBalancer), else its cluster IPs.
+fn service_addresses(service: &Service) -> Vec<GatewayStatusAddress> {
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
+        let ingress = service.status.iter().flat_map(|s| s.load_balancer.iter()).flat_map(|lb| lb.ingress.iter());
+        return ingress
+            .flatten()
+            .filter_map(|i| match (&i.ip, &i.hostname) {
+                (Some(ip), _) if !ip.is_empty() => Some(ip_address(ip)),
+                (_, Some(host)) if !host.is_empty() => {
+                    Some(GatewayStatusAddress { r#type: Some("Hostname".to_owned()), value: host.clone() })
+                }
+                _ => None,
+            })
+            .collect();
+    }
+    let ips = spec.and_then(|s| s.cluster_ips.clone().or_else(|| s.cluster_ip.clone().map(|ip| vec![ip])));
+    ips.into_iter().flatten().filter(|ip| !ip.is_empty() && ip != "None").map(|ip| ip_address(&ip)).collect()
+}
+
+fn desired_service(key: &ObjectRef, exposed: &Exposed, external_ips: &[IpAddr], exposure: &Exposure) -> Service {
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        // Label values are at most 63 characters; the annotation has the key whole.
+        (GATEWAY_NAMESPACE_LABEL.to_owned(), label_value(&key.namespace)),
+        (GATEWAY_NAME_LABEL.to_owned(), label_value(&key.name)),
+    ]);
+    let mut annotations = exposure.annotations.clone();
+    annotations.insert(GATEWAY_ANNOTATION.to_owned(), format!("{}/{}", key.namespace, key.name));
+    let ports = exposed
+        .pod_ports
+        .iter()
+        .map(|(port, target)| ServicePort {
+            name: Some(format!("port-{port}")),
+            port: i32::from(*port),
+            target_port: Some(IntOrString::Int(i32::from(*target))),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        })
+        .collect();
+    Service {
+        metadata: ObjectMeta {
+            name: Some(exposed.service.clone()),
+            namespace: Some(exposure.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(exposure.service_type.clone()),
+            selector: Some(exposure.selector.clone()),
+            ports: Some(ports),
+            external_ips: (!external_ips.is_empty()).then(|| external_ips.iter().map(ToString::to_string).collect()),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A label value: at most 63 characters, alphanumeric at both ends.
+fn label_value(s: &str) -> String {
+    let cut: String = s.chars().take(63).collect();
+    cut.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::files::load_str;
+
+    fn exposure() -> Exposure {
+        Exposure {
+            namespace: "agimo-system".into(),
+            service_type: "LoadBalancer".into(),
+            selector: BTreeMap::from([("app.kubernetes.io/name".into(), "agimo".into())]),
+            annotations: BTreeMap::from([("example.com/lb".into(), "internal".into())]),
+            pod_ports: 20000..=20003,
+            static_ranges: vec!["10.245.255.0/24".parse().unwrap()],
+        }
+    }
+
+    fn world(extra: &str) -> World {
+        load_str(
+            "t.yaml",
+            &format!(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: agimo}}
+spec: {{controllerName: agimo.dev/gateway-controller}}
+{extra}"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn gateway(name: &str, created: &str, ports: &[u16], extra: &str) -> String {
+        let listeners: Vec<String> =
+            ports.iter().map(|p| format!("{{name: l{p}, port: {p}, protocol: HTTP}}")).collect();
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: ns, creationTimestamp: '{created}'}}
+spec:
+  gatewayClassName: agimo
+  listeners: [{}]
+{extra}",
+            listeners.join(", ")
+        )
+    }
+
+    fn key(name: &str) -> ObjectRef {
+        ObjectRef { namespace: "ns".into(), name: name.into() }
+    }
+
+    #[test]
+    fn gateways_on_the_same_port_get_pod_ports_of_their_own_oldest_first() {
+        let w = world(
+            &(gateway("b", "2026-01-02T00:00:00Z", &[80], "") + &gateway("a", "2026-01-01T00:00:00Z", &[80, 443], "")),
+        );
+        let plan = plan(&w, &exposure());
+        assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (443, 20001)]));
+        assert_eq!(plan.gateways[&key("b")].pod_ports, BTreeMap::from([(80, 20002)]));
+        let service = &plan.services[&plan.gateways[&key("a")].service];
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.selector.as_ref().unwrap()["app.kubernetes.io/name"], "agimo");
+        let ports: Vec<(i32, Option<IntOrString>)> =
+            spec.ports.iter().flatten().map(|p| (p.port, p.target_port.clone())).collect();
+        assert_eq!(ports, vec![(80, Some(IntOrString::Int(20000))), (443, Some(IntOrString::Int(20001)))]);
+        let annotations = service.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[GATEWAY_ANNOTATION], "ns/a");
+        assert_eq!(annotations["example.com/lb"], "internal");
+        assert_eq!(service.metadata.namespace.as_deref(), Some("agimo-system"));
+        // Not created yet: no address, and the status says why.
+        assert!(plan.gateways[&key("a")].addresses.is_empty());
+        assert!(plan.gateways[&key("a")].pending.as_deref().unwrap().contains("not created yet"));
+    }
+
+    /// The Service as the API server would hold it once written.
+    fn existing(name: &str, gateway: &str, ports: &[(u16, u16)], status: &str) -> String {
+        let ports: Vec<String> =
+            ports.iter().map(|(p, t)| format!("{{name: port-{p}, port: {p}, targetPort: {t}}}")).collect();
+        format!(
+            "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: agimo-system
+  labels: {{app.kubernetes.io/managed-by: agimo}}
+  annotations: {{agimo.dev/gateway: ns/{gateway}}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  ports: [{}]
+{status}",
+            ports.join(", ")
+        )
+    }
+
+    #[test]
+    fn pod_ports_already_in_a_service_are_kept_and_its_ingress_is_published() {
+        let a = service_name(&key("a"));
+        let w = world(
+            &(gateway("old", "2026-01-01T00:00:00Z", &[80], "")
+                + &gateway("a", "2026-01-02T00:00:00Z", &[80, 8080], "")
+                + &existing(
+                    &a,
+                    "a",
+                    &[(80, 20000), (9999, 20001)],
+                    "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}",
+                )),
+        );
+        let plan = plan(&w, &exposure());
+        // `a` keeps 20000 though `old` is older; its port 9999 is gone, so
+        // 20001 is free again and goes to `old`, then 8080 gets 20002.
+        assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (8080, 20002)]));
+        assert_eq!(plan.gateways[&key("old")].pod_ports, BTreeMap::from([(80, 20001)]));
+        assert_eq!(plan.gateways[&key("a")].addresses, vec![ip_address("10.245.1.7")]);
+        assert_eq!(plan.gateways[&key("a")].pending, None);
+        let again = super::plan(&w, &exposure());
+        assert_eq!(again.gateways, plan.gateways, "every replica plans the same");
+    }
+
+    #[test]
+    fn a_service_without_ingress_leaves_the_gateway_pending() {
+        let a = service_name(&key("a"));
+        let w = world(&(gateway("a", "2026-01-02T00:00:00Z", &[80], "") + &existing(&a, "a", &[(80, 20000)], "")));
+        let exposed = &plan(&w, &exposure()).gateways[&key("a")];
+        assert!(exposed.addresses.is_empty());
+        assert!(exposed.pending.as_deref().unwrap().contains("no load balancer address yet"), "{exposed:?}");
+    }
+
+    #[test]
+    fn static_addresses_become_external_ips_when_in_range() {
+        let w = world(
+            &(gateway(
+                "s",
+                "2026-01-01T00:00:00Z",
+                &[8080],
+                "  addresses: [{value: 192.0.2.55}, {value: 10.245.255.10}]\n",
+            )),
+        );
+        let plan = plan(&w, &exposure());
+        let exposed = &plan.gateways[&key("s")];
+        assert_eq!(exposed.unusable, vec!["192.0.2.55".to_owned()]);
+        assert_eq!(exposed.addresses, vec![ip_address("10.245.255.10")]);
+        let spec = plan.services[&exposed.service].spec.clone().unwrap();
+        assert_eq!(spec.external_ips, Some(vec!["10.245.255.10".to_owned()]));
+    }
+
+    #[test]
+    fn an_exhausted_pod_port_range_is_reported_per_listener_port() {
+        let w = world(
+            &(gateway("a", "2026-01-01T00:00:00Z", &[80, 81, 82], "")
+                + &gateway("b", "2026-01-02T00:00:00Z", &[80, 81], "")),
+        );
+        let plan = plan(&w, &exposure());
+        assert_eq!(plan.gateways[&key("b")].pod_ports, BTreeMap::from([(80, 20003)]));
+        assert_eq!(plan.gateways[&key("b")].unassigned_ports, vec![81]);
+    }
+
+    fn programmed(statuses: &crate::Statuses, name: &str) -> (String, String) {
+        let status = &statuses.gateways[&key(name)];
+        let c = status.conditions.iter().flatten().find(|c| c.type_ == "Programmed").unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn compiled_gateways_listen_on_their_pod_ports_and_publish_the_service_address() {
+        let a = service_name(&key("a"));
+        let mut w = world(
+            &(gateway("a", "2026-01-01T00:00:00Z", &[80], "")
+                + &gateway("b", "2026-01-02T00:00:00Z", &[80], "")
+                + &existing(&a, "a", &[(80, 20000)], "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}")),
+        );
+        w.exposed = Some(plan(&w, &exposure()).gateways);
+        let (snapshot, statuses) = crate::compile(&w);
+        let binds: Vec<String> = snapshot.binds.iter().map(|b| b.address.to_string()).collect();
+        // Both Gateways listen on port 80, each through a pod port of its own.
+        assert_eq!(binds, vec!["0.0.0.0:20000", "0.0.0.0:20001"]);
+        let listener = &snapshot.binds[1].listeners[0];
+        assert_eq!((listener.gateway.name.as_str(), listener.port), ("b", 80));
+        assert_eq!(programmed(&statuses, "a"), ("True".into(), "Programmed".into()));
+        let published: Vec<&str> =
+            statuses.gateways[&key("a")].addresses.iter().flatten().map(|a| a.value.as_str()).collect();
+        assert_eq!(published, vec!["10.245.1.7"]);
+        // `b` has no Service yet: it serves, but has no address to publish.
+        assert_eq!(programmed(&statuses, "b"), ("False".into(), "AddressNotAssigned".into()));
+        assert_eq!(statuses.gateways[&key("b")].addresses, None);
+    }
+
+    #[test]
+    fn a_static_address_out_of_range_is_not_usable() {
+        let mut w = world(&gateway("s", "2026-01-01T00:00:00Z", &[8080], "  addresses: [{value: 192.0.2.55}]\n"));
+        w.exposed = Some(plan(&w, &exposure()).gateways);
+        let (_, statuses) = crate::compile(&w);
+        assert_eq!(programmed(&statuses, "s"), ("False".into(), "AddressNotUsable".into()));
+    }
+
+    #[test]
+    fn service_names_are_dns_labels_and_distinct() {
+        let long = ObjectRef { namespace: "n".repeat(63), name: "Gw.with.dots".repeat(20) };
+        let name = service_name(&long);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("agimo-nnn"));
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_ne!(service_name(&key("a.b")), service_name(&key("a-b")));
+    }
+}
