@@ -3,8 +3,9 @@
 # golden files, in-process and binary tests against loopback backends, and
 # Kubernetes mode against a real control plane (etcd, kube-apiserver and
 # kube-controller-manager built from Go modules and cached in ~/.cache/agimo,
-# and our node agent running pods; see conformance/local-cluster), and the
-# official Gateway API conformance suite (conformance/run). A cluster
+# and our node agent running pods; see conformance/local-cluster), the Helm
+# chart (helm/test), and the official Gateway API conformance suite
+# (conformance/run, out of the cluster and installed by the chart). A cluster
 # this script starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,6 +34,12 @@ conformance/local-cluster exec -- \
 # LoadBalancer, external IPs, forwarding to ready endpoints.
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-load-balancer --features kubernetes-tests --test kubernetes
+# The Helm chart: lint, renders, values the schema refuses, and every render
+# accepted by the API server (kubectl apply --dry-run=server).
+helm/test
 # The official Gateway API conformance suite (GATEWAY-HTTP), unmodified; the
-# report goes to conformance/reports/.
+# reports go to conformance/reports/: first with Agimo as a process beside the
+# cluster, then installed by the chart (two replicas in pods, its RBAC and
+# probes, a Service per Gateway), followed by killing the leader under traffic.
 conformance/run
+conformance/run --chart

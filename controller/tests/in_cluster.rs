@@ -1,0 +1,258 @@
+//! Agimo installed by its Helm chart (helm/agimo) in the local cluster: two
+//! replicas in pods run by the node agent, with the chart's ServiceAccount
+//! and RBAC, a Service per Gateway given an address by the local load
+//! balancer. `conformance/run --chart` installs the chart and runs this:
+//!
+//! ```sh
+//! conformance/local-cluster exec -- env AGIMO_NAMESPACE=agimo-system \
+//!   cargo test -p agimo-controller --features kubernetes-tests --test in_cluster
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agimo_testkit::client::{self, Mode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::{Client, discovery};
+use serde_json::{Value, json};
+
+const NS: &str = "agimo-in-cluster";
+
+struct Env {
+    client: Client,
+    /// Where the chart is installed.
+    agimo_ns: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl").args(["delete", "namespace", NS, "--wait=false"]).output();
+    }
+}
+
+impl Env {
+    async fn new() -> Env {
+        let agimo_ns = std::env::var("AGIMO_NAMESPACE").expect(
+            "AGIMO_NAMESPACE: the namespace of the chart's release (conformance/run --chart installs it and runs this test)",
+        );
+        let client = Client::try_default().await.expect("kubeconfig");
+        Env { client, agimo_ns }
+    }
+
+    async fn api(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let (resource, _) = discovery::pinned_kind(&self.client, &GroupVersionKind::gvk(group, version, kind))
+            .await
+            .unwrap_or_else(|e| panic!("discover {kind}: {e}"));
+        match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        }
+    }
+
+    /// Server-side applies an object of this test's namespace (or the namespace).
+    async fn apply(&self, object: Value) {
+        let kind = object["kind"].as_str().unwrap().to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let ns = (kind != "Namespace").then_some(NS);
+        let api = self.api(object["apiVersion"].as_str().unwrap(), &kind, ns).await;
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        api.patch(&name, &PatchParams::apply("agimo-tests").force(), &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    }
+
+    /// Waits up to `secs` for `check` on the object; returns it.
+    async fn wait_for(&self, kind: &str, name: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let api = self.api("gateway.networking.k8s.io/v1", kind, Some(NS)).await;
+        let started = Instant::now();
+        loop {
+            let object = serde_json::to_value(api.get(name).await.expect("get")).unwrap();
+            if check(&object) {
+                return object;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(secs),
+                "{kind} {name}: {what}: not within {secs} s; last seen:\n{:#}",
+                object["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.agimo_ns);
+        let lease = leases.get_opt("agimo-controller").await.expect("read the Lease")?;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    }
+
+    /// The Agimo pods that are running and not being deleted.
+    async fn agimo_pods(&self) -> Vec<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.agimo_ns);
+        let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=agimo")).await.expect("list pods");
+        list.items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect()
+    }
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn is_true(object: &Value, type_: &str) -> bool {
+    condition(object, type_)
+        .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == object["metadata"]["generation"])
+}
+
+fn route_accepted(route: &Value) -> bool {
+    route["status"]["parents"].as_array().into_iter().flatten().any(|p| {
+        p["conditions"].as_array().into_iter().flatten().any(|c| {
+            c["type"] == "Accepted"
+                && c["status"] == "True"
+                && c["observedGeneration"] == route["metadata"]["generation"]
+        })
+    })
+}
+
+/// What an Agimo pod's admin endpoint says in /status.
+async fn leader_flag(pod: &Pod) -> Option<bool> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let addr = SocketAddr::new(ip.parse().ok()?, 9901);
+    let reply = client::send(addr, Mode::Http1, client::get(&ip, "/status")).await.ok()?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&reply.body).ok()?;
+    doc.get("leader")?.as_bool()
+}
+
+fn route(name: &str, host: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": NS},
+           "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host],
+                    "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}})
+}
+
+#[tokio::test]
+async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leader() {
+    let env = Env::new().await;
+    env.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})).await;
+    env.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "echo"}},
+          "template": {"metadata": {"labels": {"app": "echo"}}, "spec": {"containers": [{
+            "name": "echo", "image": "registry.k8s.io/gateway-api/echo-basic:v1.6.3",
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]}]}}}}))
+        .await;
+    env.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": NS},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"name": "http", "port": 80, "targetPort": 3000}]}}))
+        .await;
+    // Two Gateways on the same port: each gets a Service and an address.
+    for gw in ["gw", "gw2"] {
+        env.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": gw, "namespace": NS},
+            "spec": {"gatewayClassName": "agimo", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+            .await;
+    }
+    env.apply(route("first", "first.example")).await;
+
+    // Two replicas, both serving, exactly one of them leading.
+    let pods = env.agimo_pods().await;
+    assert_eq!(pods.len(), 2, "the chart runs two replicas");
+    let mut flags = Vec::new();
+    for pod in &pods {
+        flags.push(leader_flag(pod).await);
+    }
+    assert_eq!(flags.iter().filter(|f| **f == Some(true)).count(), 1, "one leader among {flags:?}");
+    let leader = env.lease_holder().await.expect("a Lease holder");
+    let names: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert!(names.contains(&leader), "the Lease is held by one of the pods {names:?}: {leader}");
+
+    let mut addresses = Vec::new();
+    for gw in ["gw", "gw2"] {
+        let gateway = env
+            .wait_for("Gateway", gw, 60, "Programmed with an address", |g| {
+                is_true(g, "Programmed") && g["status"]["addresses"][0]["value"].is_string()
+            })
+            .await;
+        addresses.push(gateway["status"]["addresses"][0]["value"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(addresses[0], addresses[1], "each Gateway has an address of its own");
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.agimo_ns);
+    let managed =
+        services.list(&ListParams::default().labels("app.kubernetes.io/managed-by=agimo")).await.expect("services");
+    let ours: Vec<&Service> = managed
+        .items
+        .iter()
+        .filter(|s| {
+            s.metadata.annotations.as_ref().and_then(|a| a.get("agimo.dev/gateway")).is_some_and(|g| g.starts_with(NS))
+        })
+        .collect();
+    assert_eq!(ours.len(), 2, "a Service per Gateway in {}", env.agimo_ns);
+    env.wait_for("HTTPRoute", "first", 30, "Accepted", route_accepted).await;
+
+    let gateway: SocketAddr = format!("{}:80", addresses[0]).parse().unwrap();
+    let answered = |host: &'static str| async move {
+        let reply = client::send(gateway, Mode::Http1, client::get(host, "/")).await.ok()?;
+        // echo-basic answers with JSON naming its pod.
+        (reply.status == 200 && String::from_utf8_lossy(&reply.body).contains("\"pod\"")).then_some(())
+    };
+    let started = Instant::now();
+    while answered("first.example").await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "first.example not served through {gateway}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Traffic flows while the leader pod is deleted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match client::send(gateway, Mode::Http1, client::get("first.example", "/")).await {
+                    Ok(r) if r.status == 200 => {}
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{:?}", other.map(|r| r.status)));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            failures
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.agimo_ns);
+    pods_api.delete(&leader, &DeleteParams::default()).await.expect("delete the leader pod");
+    let started = Instant::now();
+    let new_leader = loop {
+        if let Some(holder) = env.lease_holder().await.filter(|h| *h != leader) {
+            break holder;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no other replica took the Lease over from {leader}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("leader {leader} deleted; {new_leader} took over in {:?}", started.elapsed());
+    // The new leader writes statuses: a route added now gets Accepted.
+    env.apply(route("second", "second.example")).await;
+    env.wait_for("HTTPRoute", "second", 30, "Accepted by the new leader", route_accepted).await;
+    let started = Instant::now();
+    while answered("second.example").await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "second.example not served after the takeover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("requests during the takeover: {sent}, failed: {failed}");
+    assert!(sent > 50, "the load kept sending ({sent})");
+    assert_eq!(failed, 0, "requests failed while the leader went away: {failures:?}");
+}
