@@ -106,7 +106,9 @@ impl TestNamespace {
     async fn ready_pods(&self, app: &str, count: usize) -> BTreeSet<String> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
         eventually(&format!("{count} pods of {app} Ready"), Duration::from_secs(60), || async {
-            let list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.ok()?;
+            let mut list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.ok()?;
+            // Pods being deleted (after a scale down) are on their way out.
+            list.items.retain(|p| p.metadata.deletion_timestamp.is_none());
             let ready = |p: &Pod| {
                 let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
                 conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
