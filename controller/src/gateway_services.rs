@@ -40,6 +40,9 @@ use crate::world::World;
 pub const MANAGED_BY: &str = "agimo";
 /// The annotation naming a Service's Gateway, `namespace/name`.
 pub const GATEWAY_ANNOTATION: &str = "agimo.dev/gateway";
+/// The annotation naming the controller that manages a Service, so that two
+/// installations sharing a namespace leave each other's Services alone.
+pub const CONTROLLER_ANNOTATION: &str = "agimo.dev/controller-name";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const GATEWAY_NAMESPACE_LABEL: &str = "agimo.dev/gateway-namespace";
 const GATEWAY_NAME_LABEL: &str = "agimo.dev/gateway-name";
@@ -91,8 +94,19 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
     let gateways = ours_oldest_first(world);
     let current = managed_services(world, exposure);
     let mut plan = Plan::default();
-    // Pod ports in use by the Services as they are, kept where still wanted.
-    let mut taken: BTreeSet<u16> = BTreeSet::new();
+    // Every pod port a Service points at stays taken until its Service lets
+    // go of it: a port reused at once would, until the old Service is
+    // updated, bring one Gateway's traffic to another's listener.
+    let mut taken: BTreeSet<u16> = current
+        .values()
+        .flat_map(|s| s.spec.iter().flat_map(|s| s.ports.iter().flatten()))
+        .filter_map(|p| match &p.target_port {
+            Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+            _ => None,
+        })
+        .collect();
+    // Ports a Gateway's own Service already gives its listeners are kept.
+    let mut kept: BTreeSet<u16> = BTreeSet::new();
     let mut wanted: Vec<(ObjectRef, Vec<u16>)> = Vec::new();
     for (key, gateway) in &gateways {
         let name = service_name(key);
@@ -105,10 +119,10 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
                     Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
                     _ => None,
                 };
-                if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !taken.contains(t))
+                if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !kept.contains(t))
                     && ports.contains(&port)
                 {
-                    taken.insert(target);
+                    kept.insert(target);
                     exposed.pod_ports.insert(port, target);
                 }
             }
@@ -116,6 +130,7 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
         wanted.push(((*key).clone(), ports));
         plan.gateways.insert((*key).clone(), exposed);
     }
+    taken.extend(&kept);
     let mut free = exposure.pod_ports.clone().filter(|p| !taken.contains(p));
     for (key, ports) in &wanted {
         let exposed = plan.gateways.get_mut(key).expect("planned above");
@@ -144,30 +159,36 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
         }
         let usable: Vec<IpAddr> =
             statics.iter().copied().filter(|ip| exposure.static_ranges.iter().any(|r| r.contains(ip))).collect();
-        let service = desired_service(key, exposed, &usable, exposure);
+        let name = format!("{}/{}", exposure.namespace, exposed.service);
+        if exposed.pod_ports.is_empty() {
+            // A Service needs a port: without one, the Gateway has none.
+            exposed.pending = Some(format!("no port left in --gateway-pod-ports for a Service {name}"));
+            continue;
+        }
+        let service = desired_service(key, exposed, &usable, exposure, &world.controller_name);
+        let have = current.get(&exposed.service);
         if !statics.is_empty() {
-            exposed.addresses = usable.iter().map(|ip| ip_address(&ip.to_string())).collect();
+            // Published once the Service carries them as external IPs.
+            let external: Vec<String> = have.and_then(|s| s.spec.as_ref()?.external_ips.clone()).unwrap_or_default();
+            if usable.iter().all(|ip| external.contains(&ip.to_string())) {
+                exposed.addresses = usable.iter().map(|ip| ip_address(&ip.to_string())).collect();
+            } else {
+                exposed.pending = Some(format!("Service {name} does not have the external IPs yet"));
+            }
         } else {
-            match current.get(&exposed.service) {
-                Some(current) => {
-                    exposed.addresses = service_addresses(current);
+            match have {
+                Some(have) => {
+                    exposed.addresses = service_addresses(have);
                     if exposed.addresses.is_empty() {
-                        exposed.pending = Some(format!(
-                            "Service {}/{} has no {} yet",
-                            exposure.namespace,
-                            exposed.service,
-                            if exposure.service_type == "LoadBalancer" {
-                                "load balancer address"
-                            } else {
-                                "cluster IP"
-                            }
-                        ));
+                        let what = if exposure.service_type == "LoadBalancer" {
+                            "load balancer address"
+                        } else {
+                            "cluster IP"
+                        };
+                        exposed.pending = Some(format!("Service {name} has no {what} yet"));
                     }
                 }
-                None => {
-                    exposed.pending =
-                        Some(format!("Service {}/{} is not created yet", exposure.namespace, exposed.service))
-                }
+                None => exposed.pending = Some(format!("Service {name} is not created yet")),
             }
         }
         plan.services.insert(exposed.service.clone(), service);
@@ -180,13 +201,16 @@ pub fn managed_services<'w>(world: &'w World, exposure: &Exposure) -> BTreeMap<S
     world
         .services
         .iter()
-        .filter(|(key, service)| key.namespace == exposure.namespace && is_managed(service))
+        .filter(|(key, service)| key.namespace == exposure.namespace && is_managed(service, &world.controller_name))
         .map(|(key, service)| (key.name.clone(), service.as_ref()))
         .collect()
 }
 
-pub fn is_managed(service: &Service) -> bool {
-    service.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
+/// Whether Agimo, serving `controller_name`, manages this Service.
+pub fn is_managed(service: &Service, controller_name: &str) -> bool {
+    let label = service.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
+    let controller = service.metadata.annotations.as_ref().and_then(|a| a.get(CONTROLLER_ANNOTATION));
+    label.map(String::as_str) == Some(MANAGED_BY) && controller.map(String::as_str) == Some(controller_name)
 }
 
 /// `agimo-<namespace>-<name>-<hash>`: a DNS label (at most 63 characters)
@@ -253,7 +277,13 @@ fn service_addresses(service: &Service) -> Vec<GatewayStatusAddress> {
     ips.into_iter().flatten().filter(|ip| !ip.is_empty() && ip != "None").map(|ip| ip_address(&ip)).collect()
 }
 
-fn desired_service(key: &ObjectRef, exposed: &Exposed, external_ips: &[IpAddr], exposure: &Exposure) -> Service {
+fn desired_service(
+    key: &ObjectRef,
+    exposed: &Exposed,
+    external_ips: &[IpAddr],
+    exposure: &Exposure,
+    controller_name: &str,
+) -> Service {
     let labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         // Label values are at most 63 characters; the annotation has the key whole.
@@ -262,6 +292,7 @@ fn desired_service(key: &ObjectRef, exposed: &Exposed, external_ips: &[IpAddr], 
     ]);
     let mut annotations = exposure.annotations.clone();
     annotations.insert(GATEWAY_ANNOTATION.to_owned(), format!("{}/{}", key.namespace, key.name));
+    annotations.insert(CONTROLLER_ANNOTATION.to_owned(), controller_name.to_owned());
     let ports = exposed
         .pod_ports
         .iter()
@@ -384,7 +415,7 @@ metadata:
   name: {name}
   namespace: agimo-system
   labels: {{app.kubernetes.io/managed-by: agimo}}
-  annotations: {{agimo.dev/gateway: ns/{gateway}}}
+  annotations: {{agimo.dev/gateway: ns/{gateway}, agimo.dev/controller-name: agimo.dev/gateway-controller}}
 spec:
   type: LoadBalancer
   clusterIP: 10.96.0.10
@@ -407,15 +438,28 @@ spec:
                     "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}",
                 )),
         );
-        let plan = plan(&w, &exposure());
-        // `a` keeps 20000 though `old` is older; its port 9999 is gone, so
-        // 20001 is free again and goes to `old`, then 8080 gets 20002.
-        assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (8080, 20002)]));
-        assert_eq!(plan.gateways[&key("old")].pod_ports, BTreeMap::from([(80, 20001)]));
-        assert_eq!(plan.gateways[&key("a")].addresses, vec![ip_address("10.245.1.7")]);
-        assert_eq!(plan.gateways[&key("a")].pending, None);
-        let again = super::plan(&w, &exposure());
-        assert_eq!(again.gateways, plan.gateways, "every replica plans the same");
+        let first = plan(&w, &exposure());
+        // `a` keeps 20000 though `old` is older. Its port 9999 is gone, but
+        // 20001 stays taken while a's Service still points at it: `old` gets
+        // 20002, and a's new 8080 gets 20003.
+        assert_eq!(first.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (8080, 20003)]));
+        assert_eq!(first.gateways[&key("old")].pod_ports, BTreeMap::from([(80, 20002)]));
+        assert_eq!(first.gateways[&key("a")].addresses, vec![ip_address("10.245.1.7")]);
+        assert_eq!(first.gateways[&key("a")].pending, None);
+        // Once the Services are written as planned, each Gateway keeps its
+        // ports, and 20001 is free for a newcomer.
+        let written: String =
+            first.services.values().map(|s| format!("---\n{}", serde_yaml_ng::to_string(s).unwrap())).collect();
+        let w = world(
+            &(gateway("old", "2026-01-01T00:00:00Z", &[80], "")
+                + &gateway("a", "2026-01-02T00:00:00Z", &[80, 8080], "")
+                + &gateway("new", "2026-01-03T00:00:00Z", &[80], "")
+                + &written),
+        );
+        let second = plan(&w, &exposure());
+        assert_eq!(second.gateways[&key("a")].pod_ports, first.gateways[&key("a")].pod_ports);
+        assert_eq!(second.gateways[&key("old")].pod_ports, first.gateways[&key("old")].pod_ports);
+        assert_eq!(second.gateways[&key("new")].pod_ports, BTreeMap::from([(80, 20001)]));
     }
 
     #[test]
@@ -437,12 +481,50 @@ spec:
                 "  addresses: [{value: 192.0.2.55}, {value: 10.245.255.10}]\n",
             )),
         );
-        let plan = plan(&w, &exposure());
-        let exposed = &plan.gateways[&key("s")];
+        let first = plan(&w, &exposure());
+        let exposed = &first.gateways[&key("s")];
         assert_eq!(exposed.unusable, vec!["192.0.2.55".to_owned()]);
-        assert_eq!(exposed.addresses, vec![ip_address("10.245.255.10")]);
-        let spec = plan.services[&exposed.service].spec.clone().unwrap();
-        assert_eq!(spec.external_ips, Some(vec!["10.245.255.10".to_owned()]));
+        let service = &first.services[&exposed.service];
+        assert_eq!(service.spec.clone().unwrap().external_ips, Some(vec!["10.245.255.10".to_owned()]));
+        // Not published before the Service carries it.
+        assert!(exposed.addresses.is_empty());
+        assert!(exposed.pending.as_deref().unwrap().contains("external IPs"), "{exposed:?}");
+        let written = format!("---\n{}", serde_yaml_ng::to_string(service).unwrap());
+        let w = world(
+            &(gateway(
+                "s",
+                "2026-01-01T00:00:00Z",
+                &[8080],
+                "  addresses: [{value: 192.0.2.55}, {value: 10.245.255.10}]\n",
+            ) + &written),
+        );
+        assert_eq!(plan(&w, &exposure()).gateways[&key("s")].addresses, vec![ip_address("10.245.255.10")]);
+    }
+
+    #[test]
+    fn services_of_another_controller_are_not_ours() {
+        let a = service_name(&key("a"));
+        let theirs = existing(&a, "a", &[(80, 20000)], "").replace(
+            "agimo.dev/controller-name: agimo.dev/gateway-controller",
+            "agimo.dev/controller-name: example.com/other",
+        );
+        let w = world(&(gateway("a", "2026-01-02T00:00:00Z", &[80], "") + &theirs));
+        assert!(managed_services(&w, &exposure()).is_empty());
+        let service = w.services.values().next().unwrap();
+        assert!(!is_managed(service, "agimo.dev/gateway-controller"));
+        assert!(is_managed(service, "example.com/other"));
+    }
+
+    #[test]
+    fn a_gateway_without_any_pod_port_gets_no_service() {
+        let w = world(
+            &(gateway("a", "2026-01-01T00:00:00Z", &[80, 81, 82, 83], "")
+                + &gateway("b", "2026-01-02T00:00:00Z", &[80], "")),
+        );
+        let plan = plan(&w, &exposure());
+        let b = &plan.gateways[&key("b")];
+        assert!(!plan.services.contains_key(&b.service), "the API server refuses a Service without ports");
+        assert!(b.pending.as_deref().unwrap().contains("no port left"), "{b:?}");
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             client,
             stores.clone(),
             exposure.namespace.clone(),
+            options.controller_name.clone(),
             desired.subscribe(),
             leading.clone(),
             stop.clone(),

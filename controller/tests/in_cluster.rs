@@ -41,6 +41,14 @@ impl Env {
             "AGIMO_NAMESPACE: the namespace of the chart's release (conformance/run --chart installs it and runs this test)",
         );
         let client = Client::try_default().await.expect("kubeconfig");
+        // A namespace left by an earlier run must be gone first.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = namespaces.delete(NS, &DeleteParams::default()).await;
+        let started = Instant::now();
+        while namespaces.get_opt(NS).await.expect("read namespace").is_some() {
+            assert!(started.elapsed() < Duration::from_secs(90), "namespace {NS} from an earlier run is not gone");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         Env { client, agimo_ns }
     }
 
@@ -85,10 +93,25 @@ impl Env {
         }
     }
 
+    /// The holder of the release's Lease (the only one in its namespace).
     async fn lease_holder(&self) -> Option<String> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.agimo_ns);
-        let lease = leases.get_opt("agimo-controller").await.expect("read the Lease")?;
-        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+        let mut list = leases.list(&ListParams::default()).await.expect("list Leases").items;
+        assert!(list.len() <= 1, "one Lease in {}", self.agimo_ns);
+        list.pop()?.spec?.holder_identity.filter(|h| !h.is_empty())
+    }
+
+    /// The Gateway Services of this test's Gateways, by Gateway name.
+    async fn gateway_services(&self) -> BTreeSet<String> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.agimo_ns);
+        let managed =
+            services.list(&ListParams::default().labels("app.kubernetes.io/managed-by=agimo")).await.expect("services");
+        managed
+            .items
+            .iter()
+            .filter_map(|s| s.metadata.annotations.as_ref()?.get("agimo.dev/gateway")?.strip_prefix(&format!("{NS}/")))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The Agimo pods that are running and not being deleted.
@@ -183,17 +206,12 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         addresses.push(gateway["status"]["addresses"][0]["value"].as_str().unwrap().to_owned());
     }
     assert_ne!(addresses[0], addresses[1], "each Gateway has an address of its own");
-    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.agimo_ns);
-    let managed =
-        services.list(&ListParams::default().labels("app.kubernetes.io/managed-by=agimo")).await.expect("services");
-    let ours: Vec<&Service> = managed
-        .items
-        .iter()
-        .filter(|s| {
-            s.metadata.annotations.as_ref().and_then(|a| a.get("agimo.dev/gateway")).is_some_and(|g| g.starts_with(NS))
-        })
-        .collect();
-    assert_eq!(ours.len(), 2, "a Service per Gateway in {}", env.agimo_ns);
+    assert_eq!(
+        env.gateway_services().await,
+        BTreeSet::from(["gw".to_owned(), "gw2".to_owned()]),
+        "a Service per Gateway in {}",
+        env.agimo_ns
+    );
     env.wait_for("HTTPRoute", "first", 30, "Accepted", route_accepted).await;
 
     let gateway: SocketAddr = format!("{}:80", addresses[0]).parse().unwrap();
@@ -207,6 +225,11 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         assert!(started.elapsed() < Duration::from_secs(30), "first.example not served through {gateway}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The other Gateway on port 80 has no route for it: its own listener
+    // answers, not gw's.
+    let other: SocketAddr = format!("{}:80", addresses[1]).parse().unwrap();
+    let reply = client::send(other, Mode::Http1, client::get("first.example", "/")).await.expect("gw2 answers");
+    assert_eq!(reply.status, 404, "gw2 must not serve gw's route");
 
     // Traffic flows while the leader pod is deleted.
     let stop = Arc::new(AtomicBool::new(false));
@@ -232,6 +255,7 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.agimo_ns);
     pods_api.delete(&leader, &DeleteParams::default()).await.expect("delete the leader pod");
+    let deleted = Instant::now();
     let started = Instant::now();
     let new_leader = loop {
         if let Some(holder) = env.lease_holder().await.filter(|h| *h != leader) {
@@ -241,6 +265,10 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     println!("leader {leader} deleted; {new_leader} took over in {:?}", started.elapsed());
+    // The survivor, or the replacement the Deployment started (it may win
+    // the Lease the old leader released on its way out): a live pod either way.
+    let live: BTreeSet<String> = env.agimo_pods().await.into_iter().filter_map(|p| p.metadata.name).collect();
+    assert!(live.contains(&new_leader), "{new_leader} leads but is not a live Agimo pod ({live:?})");
     // The new leader writes statuses: a route added now gets Accepted.
     env.apply(route("second", "second.example")).await;
     env.wait_for("HTTPRoute", "second", 30, "Accepted by the new leader", route_accepted).await;
@@ -249,10 +277,28 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         assert!(started.elapsed() < Duration::from_secs(30), "second.example not served after the takeover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The load goes on until the old leader is gone: past its shutdown delay,
+    // when its listeners close, and its drain.
+    let started = Instant::now();
+    while pods_api.get_opt(&leader).await.expect("read the old leader pod").is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{leader} is not gone");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("{leader} gone {:?} after its deletion", deleted.elapsed());
     stop.store(true, Ordering::Relaxed);
     let failures = load.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("requests during the takeover: {sent}, failed: {failed}");
     assert!(sent > 50, "the load kept sending ({sent})");
     assert_eq!(failed, 0, "requests failed while the leader went away: {failures:?}");
+
+    // A deleted Gateway's Service goes with it.
+    let gateways = env.api("gateway.networking.k8s.io/v1", "Gateway", Some(NS)).await;
+    gateways.delete("gw2", &DeleteParams::default()).await.expect("delete gw2");
+    let started = Instant::now();
+    while env.gateway_services().await.contains("gw2") {
+        assert!(started.elapsed() < Duration::from_secs(30), "gw2's Service is not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.gateway_services().await, BTreeSet::from(["gw".to_owned()]));
 }

@@ -25,6 +25,7 @@ pub fn spawn(
     client: Client,
     stores: Stores,
     namespace: String,
+    controller_name: String,
     mut desired: watch::Receiver<Arc<BTreeMap<String, Service>>>,
     mut leading: watch::Receiver<bool>,
     stop: CancellationToken,
@@ -34,7 +35,7 @@ pub fn spawn(
         loop {
             if *leading.borrow_and_update() {
                 let want = desired.borrow_and_update().clone();
-                write_all(&api, &stores, &namespace, &want).await;
+                write_all(&api, &stores, (&namespace, &controller_name), &want).await;
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -46,11 +47,13 @@ pub fn spawn(
     });
 }
 
-async fn write_all(api: &Api<Service>, stores: &Stores, namespace: &str, desired: &BTreeMap<String, Service>) {
+/// `owner`: the namespace of the Services and the controller name they carry.
+async fn write_all(api: &Api<Service>, stores: &Stores, owner: (&str, &str), desired: &BTreeMap<String, Service>) {
+    let (namespace, controller_name) = owner;
     let current: BTreeMap<String, Arc<Service>> = stores
         .services()
         .into_iter()
-        .filter(|(key, service)| key.namespace == namespace && is_managed(service))
+        .filter(|(key, service)| key.namespace == namespace && is_managed(service, controller_name))
         .map(|(key, service)| (key.name, service))
         .collect();
     for (name, want) in desired {

@@ -169,7 +169,9 @@ fn merge_class(object: &GatewayClass, desired: &GatewayClassStatus) -> Option<Ga
     })
 }
 
-fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<GatewayStatus> {
+/// The status to write, as JSON: a merge patch leaves out what is absent, so
+/// addresses the Gateway no longer has are removed with an explicit `null`.
+fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<serde_json::Value> {
     let current = object.status.clone().unwrap_or_default();
     let current_conditions = current.conditions.clone().unwrap_or_default();
     let conditions = merge_conditions(desired.conditions.as_deref().unwrap_or_default(), &current_conditions);
@@ -189,12 +191,20 @@ fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<GatewaySta
     let unchanged = listeners_unchanged
         && same_conditions(&conditions, &current_conditions)
         && current.addresses.clone().unwrap_or_default() == desired.addresses.clone().unwrap_or_default();
-    (!unchanged).then(|| GatewayStatus {
+    if unchanged {
+        return None;
+    }
+    let status = GatewayStatus {
         addresses: desired.addresses.clone(),
         attached_listener_sets: current.attached_listener_sets,
         conditions: Some(conditions),
         listeners: Some(listeners),
-    })
+    };
+    let mut status = serde_json::to_value(status).expect("a status serializes");
+    if desired.addresses.is_none() {
+        status["addresses"] = serde_json::Value::Null;
+    }
+    Some(status)
 }
 
 /// Other controllers' `parents` entries, untouched, then ours.
@@ -248,6 +258,22 @@ mod tests {
         // Writing the merged status again is a no-op, timestamps aside.
         route.status = Some(merged);
         assert!(merge_route(&route, &desired, "agimo").is_none());
+    }
+
+    #[test]
+    fn addresses_a_gateway_no_longer_has_are_removed_by_the_patch() {
+        let mut gateway = Gateway::new("gw", Default::default());
+        gateway.status = Some(GatewayStatus {
+            addresses: Some(vec![crate::api::GatewayStatusAddress {
+                r#type: Some("IPAddress".into()),
+                value: "10.96.0.7".into(),
+            }]),
+            ..GatewayStatus::default()
+        });
+        let desired = GatewayStatus { addresses: None, ..GatewayStatus::default() };
+        let patch = merge_gateway(&gateway, &desired).expect("the address must go");
+        assert_eq!(patch["addresses"], serde_json::Value::Null);
+        assert!(patch.as_object().unwrap().contains_key("addresses"));
     }
 
     #[test]

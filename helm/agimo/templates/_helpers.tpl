@@ -13,6 +13,15 @@ unless it already contains "agimo". At most 63 characters (a label value).
 {{- end -}}
 
 {{/*
+The name of cluster-scoped objects (ClusterRole and its binding): the full
+name and the release namespace, so that releases of the same name in two
+namespaces do not collide.
+*/}}
+{{- define "agimo.clusterName" -}}
+{{- printf "%s-%s" (include "agimo.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
 The labels the Deployment selects its pods by, and the Gateway Services too
 (--gateway-service-selector): fixed, so that no value can make them differ.
 */}}
