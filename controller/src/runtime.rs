@@ -54,7 +54,8 @@ pub struct Published {
     pub serving_since: Option<Time>,
     pub listening: Vec<String>,
     pub bind_errors: BTreeMap<String, String>,
-    pub statuses: Statuses,
+    /// The same statuses the status writer gets (shared, not copied).
+    pub statuses: Arc<Statuses>,
 }
 
 pub struct Runtime {
@@ -85,7 +86,7 @@ impl Runtime {
             dataplane,
             published,
             snapshots,
-            statuses: watch::Sender::new(Arc::new(statuses)),
+            statuses: watch::Sender::new(statuses),
             stop,
             admin_stop,
             dataplane_task,
@@ -98,7 +99,7 @@ impl Runtime {
     pub fn compile(&self, world: &mut World) {
         let (snapshot, statuses) = compile_and_stamp(world, &self.published);
         self.snapshots.send_replace(snapshot);
-        self.statuses.send_replace(Arc::new(statuses));
+        self.statuses.send_replace(statuses);
     }
 
     /// The published statuses as they change (for the status writer).
@@ -131,7 +132,7 @@ impl Runtime {
     }
 }
 
-fn compile_and_stamp(world: &mut World, published: &Mutex<Published>) -> (Arc<Snapshot>, Statuses) {
+fn compile_and_stamp(world: &mut World, published: &Mutex<Published>) -> (Arc<Snapshot>, Arc<Statuses>) {
     let started = std::time::Instant::now();
     let (snapshot, mut statuses) = compile(world);
     world.gate_annotations_in_force = statuses.gate_annotations_in_force.clone();
@@ -146,6 +147,7 @@ fn compile_and_stamp(world: &mut World, published: &Mutex<Published>) -> (Arc<Sn
         compile_ms = elapsed.as_secs_f64() * 1000.0,
         "configuration compiled"
     );
+    let statuses = Arc::new(statuses);
     published.statuses = statuses.clone();
     published.load_errors.clear();
     published.serving_since = Some(now);

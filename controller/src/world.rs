@@ -149,6 +149,19 @@ impl World {
         }
     }
 
+    /// Drops the objects, keeping what the world carries from one compile to
+    /// the next (bind errors, annotation values in force, addresses).
+    pub fn clear_objects(&mut self) {
+        self.gateway_classes.clear();
+        self.gateways.clear();
+        self.http_routes.clear();
+        self.reference_grants.clear();
+        self.services.clear();
+        self.endpoint_slices.clear();
+        self.secrets.clear();
+        self.namespaces.clear();
+    }
+
     pub fn default_address(&self) -> IpAddr {
         self.default_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }

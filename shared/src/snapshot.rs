@@ -340,15 +340,16 @@ pub struct Gate {
 }
 
 /// The filters that modify a forwarded request and its response, on a rule
-/// or on one backendRef. (RequestRedirect is an [`Action`].)
+/// or on one backendRef. (RequestRedirect is an [`Action`].) Boxed: most
+/// rules and backends have none, and every rule and backend carries one.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Filters {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_headers: Option<HeaderModifier>,
+    pub request_headers: Option<Box<HeaderModifier>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_headers: Option<HeaderModifier>,
+    pub response_headers: Option<Box<HeaderModifier>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<UrlRewrite>,
+    pub rewrite: Option<Box<UrlRewrite>>,
 }
 
 impl Filters {

@@ -420,7 +420,7 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
                 once(out.request_headers.is_some(), "RequestHeaderModifier")?;
                 let set = m.set.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
                 let add = m.add.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
-                out.request_headers = Some(header_modifier_pairs(set, add, &m.remove)?);
+                out.request_headers = Some(Box::new(header_modifier_pairs(set, add, &m.remove)?));
             }
             T::ResponseHeaderModifier => {
                 let m =
@@ -428,7 +428,7 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
                 once(out.response_headers.is_some(), "ResponseHeaderModifier")?;
                 let set = m.set.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
                 let add = m.add.as_ref().map(|v| v.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
-                out.response_headers = Some(header_modifier_pairs(set, add, &m.remove)?);
+                out.response_headers = Some(Box::new(header_modifier_pairs(set, add, &m.remove)?));
             }
             T::RequestRedirect => {
                 let r = filter.request_redirect.as_ref().ok_or("RequestRedirect without its settings")?;
@@ -438,7 +438,7 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
             T::UrlRewrite => {
                 let r = filter.url_rewrite.as_ref().ok_or("URLRewrite without its settings")?;
                 once(out.rewrite.is_some(), "URLRewrite")?;
-                out.rewrite = Some(compile_rewrite(r, matches)?);
+                out.rewrite = Some(Box::new(compile_rewrite(r, matches)?));
             }
             ref other => {
                 let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
