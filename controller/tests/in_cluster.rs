@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use agimo_testkit::client::{self, Mode};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, discovery};
 use serde_json::{Value, json};
 
@@ -65,14 +65,7 @@ impl Env {
 
     /// Server-side applies an object of this test's namespace (or the namespace).
     async fn apply(&self, object: Value) {
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let ns = (kind != "Namespace").then_some(NS);
-        let api = self.api(object["apiVersion"].as_str().unwrap(), &kind, ns).await;
-        let object: DynamicObject = serde_json::from_value(object).unwrap();
-        api.patch(&name, &PatchParams::apply("agimo-tests").force(), &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+        agimo_testkit::kube::apply(&self.client, NS, object, "agimo-tests").await;
     }
 
     /// Waits up to `secs` for `check` on the object; returns it.

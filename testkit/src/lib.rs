@@ -1,5 +1,7 @@
 //! Helpers for Agimo's tests and examples: an echo backend, small HTTP
-//! clients, and generated certificates. Not part of the product.
+//! clients, generated certificates and, with feature `kubernetes`, a test
+//! namespace and server-side apply for tests against the local cluster. Not
+//! part of the product.
 //!
 //! ```text
 //!   test ──client──► agimo (dataplane) ──► echo backend (reports what it got)
@@ -7,4 +9,6 @@
 
 pub mod client;
 pub mod echo;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod tls;

@@ -12,16 +12,14 @@
 //! Each test works in a namespace of its own and deletes it at the end.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
+use agimo_testkit::kube::eventually;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -43,35 +41,13 @@ impl Drop for TestNamespace {
 
 impl TestNamespace {
     async fn new(prefix: &str) -> TestNamespace {
-        assert!(
-            std::env::var_os("KUBECONFIG").is_some(),
-            "run inside the local cluster: conformance/local-cluster exec -- cargo test ... --test kubernetes"
-        );
-        let client = Client::try_default().await.expect("kubeconfig");
-        let ns = TestNamespace { client, name: format!("{prefix}-{}", std::process::id()) };
-        ns.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name}})).await;
-        ns
+        let (client, name) = agimo_testkit::kube::test_namespace(prefix).await;
+        TestNamespace { client, name }
     }
 
     /// Server-side applies one object (in this namespace unless it is one).
-    async fn apply(&self, mut object: Value) {
-        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-            Some((g, v)) => (g.to_owned(), v.to_owned()),
-            None => (String::new(), object["apiVersion"].as_str().unwrap().to_owned()),
-        };
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &kind));
-        let api: Api<DynamicObject> = if kind == "Namespace" {
-            Api::all_with(self.client.clone(), &resource)
-        } else {
-            object["metadata"]["namespace"] = json!(self.name);
-            Api::namespaced_with(self.client.clone(), &self.name, &resource)
-        };
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let object: DynamicObject = serde_json::from_value(object).unwrap();
-        api.patch(&name, &PatchParams::apply("agimo-load-balancer-tests").force(), &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    async fn apply(&self, object: Value) {
+        agimo_testkit::kube::apply(&self.client, &self.name, object, "agimo-load-balancer-tests").await;
     }
 
     fn services(&self) -> Api<Service> {
@@ -121,27 +97,7 @@ impl TestNamespace {
 
     /// Deletes the namespace and waits until it is gone (its pods with it).
     async fn delete(self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        api.delete(&self.name, &DeleteParams::default()).await.expect("delete namespace");
-        eventually(&format!("namespace {} deleted", self.name), Duration::from_secs(90), || async {
-            match api.get_opt(&self.name).await {
-                Ok(None) => Some(()),
-                _ => None,
-            }
-        })
-        .await;
-    }
-}
-
-/// Polls `check` every 100 ms until it returns something; panics after `limit`.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duration, mut check: impl FnMut() -> F) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        agimo_testkit::kube::delete_namespace(&self.client, &self.name).await;
     }
 }
 

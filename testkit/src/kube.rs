@@ -1,0 +1,74 @@
+//! Tests against the local cluster (`conformance/local-cluster exec -- cargo
+//! test ...`): a namespace of the test's own, and server-side apply of plain
+//! JSON objects of any kind (the resource is found by discovery).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Client, discovery};
+use serde_json::{Value, json};
+
+/// A client for the cluster of `KUBECONFIG`, and a namespace `<prefix>-<pid>`
+/// created for the test.
+pub async fn test_namespace(prefix: &str) -> (Client, String) {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "run inside the local cluster: conformance/local-cluster exec -- cargo test ..."
+    );
+    let client = Client::try_default().await.expect("kubeconfig");
+    let name = format!("{prefix}-{}", std::process::id());
+    apply(&client, &name, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}), "agimo-tests")
+        .await;
+    (client, name)
+}
+
+/// Server-side applies `object` with field manager `manager`, in namespace
+/// `namespace` unless it is cluster-scoped.
+pub async fn apply(client: &Client, namespace: &str, mut object: Value, manager: &str) {
+    let api_version = object["apiVersion"].as_str().expect("apiVersion").to_owned();
+    let kind = object["kind"].as_str().expect("kind").to_owned();
+    let name = object["metadata"]["name"].as_str().expect("metadata.name").to_owned();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let (resource, capabilities) = discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, &kind))
+        .await
+        .unwrap_or_else(|e| panic!("discover {kind}: {e}"));
+    let api: Api<DynamicObject> = match capabilities.scope {
+        discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        discovery::Scope::Namespaced => {
+            object["metadata"]["namespace"] = json!(namespace);
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        }
+    };
+    let object: DynamicObject = serde_json::from_value(object).expect("an object");
+    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+/// Deletes a namespace and waits (up to 90 s) until it is gone, its pods
+/// with it.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    api.delete(name, &Default::default()).await.expect("delete namespace");
+    eventually(&format!("namespace {name} deleted"), Duration::from_secs(90), || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+/// Polls `check` every 100 ms until it returns something; panics after `limit`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
