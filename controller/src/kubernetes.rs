@@ -90,9 +90,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // Record the current state at once; later changes follow.
     leading_updates.mark_changed();
 
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut shutdown => break,
             () = stores.changed() => {
                 if let Some(wait) = (last_compile + MIN_INTERVAL).checked_duration_since(tokio::time::Instant::now()) {
                     tokio::time::sleep(wait).await;

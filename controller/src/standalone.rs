@@ -46,9 +46,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let _watcher = watch_files(&options.config, changes)?;
     tracing::info!(config = %options.config.display(), "watching configuration");
 
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut shutdown => break,
             Some(()) = changed.recv() => state.load_and_compile(&options, &runtime),
             Ok(()) = sockets.changed() => {
                 // Sockets that cannot be bound show in the listeners' statuses.
