@@ -278,6 +278,13 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!("{leader} gone {:?} after its deletion", deleted.elapsed());
+    // It shut down by itself (5 s shutdown delay, then its connections
+    // drained), not by the SIGKILL at the end of its 30 s grace period.
+    assert!(
+        deleted.elapsed() < Duration::from_secs(25),
+        "{leader} took {:?} to go: it did not act on SIGTERM",
+        deleted.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     let failures = load.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
