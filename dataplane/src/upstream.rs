@@ -210,10 +210,10 @@ pub struct Pooled {
 impl Pooled {
     pub fn release(mut self) {
         if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
-            let mut idle = lock(&self.idle);
-            let list = idle.entry(self.endpoint).or_default();
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
-            list.push((sender, Instant::now()));
+            // Stale and closed connections are skipped when taken and
+            // dropped by the reaper: no scan of the list here, on every
+            // response.
+            lock(&self.idle).entry(self.endpoint).or_default().push((sender, Instant::now()));
         }
     }
 }
