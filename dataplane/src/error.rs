@@ -18,6 +18,8 @@ pub enum ProxyError {
     MissingHost,
     #[error("the request has more than one Host header")]
     DuplicateHost,
+    #[error("the request's host {host:?} is not a hostname or IP address with an optional port")]
+    InvalidHost { host: String },
     #[error("method {method} is not supported")]
     MethodNotAllowed { method: http::Method },
     #[error("no listener on this port serves host {host}")]
@@ -55,7 +57,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::InvalidHost { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,6 +77,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => "missing-host",
             ProxyError::DuplicateHost => "duplicate-host",
+            ProxyError::InvalidHost { .. } => "invalid-host",
             ProxyError::MethodNotAllowed { .. } => "method-not-allowed",
             ProxyError::NoListener { .. } => "no-listener",
             ProxyError::NoRoute { .. } => "no-route",

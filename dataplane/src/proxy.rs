@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agimo_shared::filters::RedirectRequest;
-use agimo_shared::hostname::normalize_host;
+use agimo_shared::hostname::{is_valid_authority, normalize_host};
 use agimo_shared::matching::RequestView;
 use agimo_shared::snapshot::{Action, BackendTarget, Filters, Protocol, Rule};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -93,6 +93,9 @@ fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Ro
         return Err(ProxyError::DuplicateHost);
     }
     let authority = request_authority(req).ok_or(ProxyError::MissingHost)?;
+    if !is_valid_authority(authority) {
+        return Err(ProxyError::InvalidHost { host: authority.to_owned() });
+    }
     let host = normalize_host(authority);
     let snapshot = shared.snapshot.load();
     // A socket whose listeners changed protocol keeps its old connections

@@ -106,6 +106,36 @@ fn valid_label(label: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
+/// Whether a request's authority (`Host` header or target authority) is
+/// one a backend can read only one way: a DNS-style name (letters, digits,
+/// `-`, `.`, `_`, `~`), an IPv4 address, or a bracketed IPv6 literal, with
+/// an optional numeric port. No user info, no lists, no spaces, no
+/// percent-encoding.
+pub fn is_valid_authority(authority: &str) -> bool {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else { return false };
+        if literal.is_empty() || !literal.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => ("x", after.strip_prefix(':')),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok =
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let port_ok = match port {
+        None => !authority.starts_with('['),
+        Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),
+    };
+    host_ok && port_ok
+}
+
 /// Normalises a request's host (from `Host` or `:authority`) for matching:
 /// strips userinfo and the port, a trailing dot, and lowercases.
 pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
@@ -136,6 +166,35 @@ mod tests {
 
     fn h(s: &str) -> Hostname {
         Hostname::parse(s).unwrap()
+    }
+
+    #[test]
+    fn authorities_readable_only_one_way_are_valid() {
+        for ok in ["a.example", "a.example:8080", "A-b_c~d.example.", "10.0.0.1:80", "[::1]", "[::1]:443", "x"] {
+            assert!(is_valid_authority(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "x, y",
+            "x,y",
+            "a b",
+            "user@a.example",
+            "a.example:",
+            "a.example:http",
+            "a.example:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:",
+            "a%2eexample",
+            "a\tb",
+            "a/b",
+            ":80",
+            "a:b:c",
+            "\0",
+        ] {
+            assert!(!is_valid_authority(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod client;
 pub mod echo;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
+pub mod recorder;
 pub mod tls;

@@ -1,0 +1,280 @@
+//! Request smuggling and parsing: raw bytes to Agimo, a backend that records
+//! exactly what reaches it. Every malformed or ambiguous request is either
+//! refused with a 4xx or forwarded in one unambiguous form (one Host, one
+//! body framing, CRLF line ends, no control bytes), and a request hidden in
+//! another's body never reaches the backend on its own.
+
+mod support;
+
+use std::time::Duration;
+
+use agimo_testkit::recorder::{Recorded, Recorder};
+use support::{Agimo, base_yaml, route_to, service_at};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Probe {
+    agimo: Agimo,
+    recorder: Recorder,
+}
+
+/// What a client saw and what the backend got.
+#[derive(Debug)]
+struct Outcome {
+    /// The status of every response the client read, in order.
+    statuses: Vec<u16>,
+    /// The server closed the connection.
+    closed: bool,
+    /// What reached the backend.
+    forwarded: Vec<Recorded>,
+    response: String,
+}
+
+impl Outcome {
+    /// Refused with a 4xx and nothing forwarded.
+    fn assert_refused(&self) {
+        let first = self.statuses.first().copied().unwrap_or_default();
+        assert!((400..500).contains(&first), "expected a 4xx, got {self:#?}");
+        assert!(self.forwarded.is_empty(), "a refused request reached the backend: {self:#?}");
+    }
+
+    /// Whatever reached the backend is unambiguous.
+    fn assert_forwarded_cleanly(&self) {
+        for r in &self.forwarded {
+            assert!(r.problems.is_empty(), "forwarded ambiguously: {:?}\n{}", r.problems, r.head_text());
+            assert!(!r.target().contains("smuggled"), "a hidden request reached the backend: {}", r.head_text());
+        }
+    }
+
+    /// Refused, or forwarded cleanly and answered.
+    fn assert_refused_or_clean(&self) {
+        let first = self.statuses.first().copied().unwrap_or_default();
+        if (400..500).contains(&first) {
+            self.assert_refused();
+        } else {
+            assert_eq!(first, 200, "{self:#?}");
+            self.assert_forwarded_cleanly();
+        }
+    }
+}
+
+impl Probe {
+    async fn start() -> Probe {
+        let recorder = Recorder::spawn().await.unwrap();
+        let yaml = base_yaml(&[]) + &service_at("rec", &recorder.addr.port().to_string()) + &route_to("r", "rec");
+        Probe { agimo: Agimo::start(&yaml, &[]).await, recorder }
+    }
+
+    /// Sends `request` on a new connection and reads until the server closes
+    /// it or stays silent for a second.
+    async fn send(&self, request: &[u8]) -> Outcome {
+        let before = self.recorder.requests().len();
+        let mut stream = tokio::net::TcpStream::connect(self.agimo.addr(8080)).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break false,
+            }
+        };
+        let response = String::from_utf8_lossy(&out).into_owned();
+        let statuses = response
+            .match_indices("HTTP/1.1 ")
+            .filter(|(i, _)| *i == 0 || response[..*i].ends_with('\n'))
+            .filter_map(|(i, _)| response.get(i + 9..i + 12)?.parse().ok())
+            .collect();
+        Outcome { statuses, closed, forwarded: self.recorder.requests().split_off(before), response }
+    }
+}
+
+/// A request hidden in the body of another, by either reading of its
+/// framing.
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_goes_by_the_transfer_encoding_and_closes() {
+    let probe = Probe::start().await;
+    // RFC 9112 6.1: the chunked framing wins, Content-Length is dropped, and
+    // the connection closes after the response, so the bytes after the
+    // chunked body are never read as a request.
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{SMUGGLED}"
+    );
+    let outcome = probe.send(request.as_bytes()).await;
+    outcome.assert_refused_or_clean();
+    assert!(outcome.statuses.len() <= 1, "{outcome:#?}");
+    assert!(outcome.closed, "the connection must close after such a request: {outcome:#?}");
+    if let [forwarded] = &outcome.forwarded[..] {
+        assert_eq!(forwarded.payload, b"hello");
+        assert!(forwarded.header("content-length").is_empty(), "{forwarded:?}");
+    }
+}
+
+#[tokio::test]
+async fn conflicting_content_lengths_are_refused() {
+    let probe = Probe::start().await;
+    for lengths in ["Content-Length: 5\r\nContent-Length: 6", "Content-Length: 5, 6", "Content-Length: +5"] {
+        let request = format!("POST / HTTP/1.1\r\nHost: x\r\n{lengths}\r\n\r\nhello!{SMUGGLED}");
+        let outcome = probe.send(request.as_bytes()).await;
+        assert!(outcome.closed, "{lengths}: {outcome:#?}");
+        outcome.assert_refused();
+    }
+}
+
+#[tokio::test]
+async fn repeated_equal_content_lengths_reach_the_backend_as_one() {
+    let probe = Probe::start().await;
+    for lengths in ["Content-Length: 5\r\nContent-Length: 5", "Content-Length: 5, 5"] {
+        let request = format!("POST / HTTP/1.1\r\nHost: x\r\n{lengths}\r\nConnection: close\r\n\r\nhello");
+        let outcome = probe.send(request.as_bytes()).await;
+        outcome.assert_refused_or_clean();
+    }
+    for r in probe.recorder.requests() {
+        assert_eq!(r.header("content-length"), ["5"], "{}", r.head_text());
+        assert_eq!(r.payload, b"hello");
+    }
+}
+
+#[tokio::test]
+async fn obfuscated_transfer_encodings_are_refused() {
+    let probe = Probe::start().await;
+    for te in [
+        "Transfer-Encoding: xchunked",
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        "Transfer-Encoding : chunked",
+        "Transfer-Encoding: \x0bchunked",
+        "Transfer-Encoding:\r\n chunked",
+    ] {
+        let request = format!("POST / HTTP/1.1\r\nHost: x\r\n{te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n{SMUGGLED}");
+        let outcome = probe.send(request.as_bytes()).await;
+        let first = outcome.statuses.first().copied().unwrap_or_default();
+        assert!((400..500).contains(&first), "{te:?}: {outcome:#?}");
+        outcome.assert_refused();
+    }
+}
+
+#[tokio::test]
+async fn chunked_bodies_reach_the_backend_re_framed() {
+    let probe = Probe::start().await;
+    // Upper case, tab before the value, chunk extensions: all legal, and the
+    // backend gets plain chunks.
+    let request = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tChunked\r\nConnection: close\r\n\r\n\
+                   5;name=value\r\nhello\r\n6 ; x=\"q\"\r\n world\r\n0\r\n\r\n";
+    let outcome = probe.send(request.as_bytes()).await;
+    assert_eq!(outcome.statuses, [200], "{outcome:#?}");
+    outcome.assert_forwarded_cleanly();
+    assert_eq!(outcome.forwarded.len(), 1);
+    assert_eq!(outcome.forwarded[0].payload, b"hello world");
+    assert!(!String::from_utf8_lossy(&outcome.forwarded[0].body).contains("name=value"));
+}
+
+#[tokio::test]
+async fn invalid_chunk_sizes_never_reach_the_backend_complete() {
+    let probe = Probe::start().await;
+    for size_line in ["-5", "0x5", "5 5", "fffffffffffffffffffff", "", "5\n", "g"] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\nhello\r\n0\r\n\r\n{SMUGGLED}"
+        );
+        let outcome = probe.send(request.as_bytes()).await;
+        assert!(!outcome.statuses.contains(&200), "{size_line:?}: {outcome:#?}");
+        assert!(outcome.closed, "{size_line:?}: {outcome:#?}");
+        // The head may already be on its way when the bad chunk arrives: the
+        // backend then sees a body that never completes, never a complete
+        // second request.
+        for r in &outcome.forwarded {
+            assert!(!r.problems.is_empty() || r.payload.is_empty(), "{size_line:?}: {r:#?}");
+            assert!(!r.target().contains("smuggled"), "{size_line:?}: {}", r.head_text());
+        }
+    }
+    assert!(probe.recorder.requests().iter().all(|r| !r.target().contains("smuggled")));
+}
+
+#[tokio::test]
+async fn bare_line_feeds_and_folded_headers_are_refused_or_normalised() {
+    let probe = Probe::start().await;
+    for request in [
+        "GET / HTTP/1.1\nHost: x\nConnection: close\n\n",
+        "GET / HTTP/1.1\r\nHost: x\nX-A: b\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tfolded\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\rX-A: b\r\nConnection: close\r\n\r\n",
+    ] {
+        let outcome = probe.send(request.as_bytes()).await;
+        assert!(!outcome.statuses.is_empty(), "{request:?}: no response: {outcome:#?}");
+        outcome.assert_refused_or_clean();
+    }
+}
+
+#[tokio::test]
+async fn control_bytes_are_refused() {
+    let probe = Probe::start().await;
+    for request in [
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+        "GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX\0A: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\0y\r\n\r\n",
+    ] {
+        let outcome = probe.send(request.as_bytes()).await;
+        outcome.assert_refused();
+    }
+}
+
+#[tokio::test]
+async fn oversized_request_lines_are_refused() {
+    let probe = Probe::start().await;
+    let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70 * 1024));
+    let outcome = probe.send(request.as_bytes()).await;
+    outcome.assert_refused();
+    assert!(outcome.statuses[0] == 414 || outcome.statuses[0] == 431, "{:?}", outcome.statuses);
+}
+
+#[tokio::test]
+async fn several_host_headers_are_refused() {
+    let probe = Probe::start().await;
+    for hosts in ["Host: x\r\nHost: y", "Host: x\r\nHost: x", "Host: x, y"] {
+        let outcome = probe.send(format!("GET / HTTP/1.1\r\n{hosts}\r\n\r\n").as_bytes()).await;
+        outcome.assert_refused();
+    }
+    // HTTP/1.1 requires one.
+    probe.send(b"GET / HTTP/1.1\r\n\r\n").await.assert_refused();
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_wins_over_the_host_header() {
+    let recorder = Recorder::spawn().await.unwrap();
+    let yaml = base_yaml(&["other"])
+        + &service_at("rec", &recorder.addr.port().to_string())
+        + "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [a.example]
+  rules: [{backendRefs: [{name: rec, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [b.example]
+  rules: [{backendRefs: [{name: other, port: 80}]}]
+";
+    let probe = Probe { agimo: Agimo::start(&yaml, &["other"]).await, recorder };
+    // RFC 9112 3.2.2: the target's authority is the request's host; the Host
+    // header is replaced by it, so the backend and Agimo agree on the host.
+    let outcome = probe.send(b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(outcome.statuses, [200], "{outcome:#?}");
+    assert!(outcome.response.ends_with("ok"), "answered by the wrong backend: {}", outcome.response);
+    outcome.assert_forwarded_cleanly();
+    assert_eq!(outcome.forwarded.len(), 1);
+    assert_eq!(outcome.forwarded[0].header("host"), ["a.example"]);
+    assert_eq!(outcome.forwarded[0].target(), "/x");
+}
