@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agimo_dataplane::EscapedSlashes;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -160,6 +161,21 @@ struct ServeArgs {
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 100)]
     http2_max_concurrent_streams: u32,
+    /// What `%2F` and `%5C` (escaped slashes) in a request path do:
+    /// `unescape-and-redirect` (a 307 to the path with them decoded),
+    /// `keep` (they are data, not separators), or `reject` (400). The rest of
+    /// the path is always normalised.
+    #[arg(long, default_value = "unescape-and-redirect", value_parser = parse_escaped_slashes)]
+    escaped_slashes: EscapedSlashes,
+}
+
+fn parse_escaped_slashes(s: &str) -> Result<EscapedSlashes, String> {
+    match s {
+        "unescape-and-redirect" => Ok(EscapedSlashes::UnescapeAndRedirect),
+        "keep" => Ok(EscapedSlashes::Keep),
+        "reject" => Ok(EscapedSlashes::Reject),
+        _ => Err(format!("{s:?}: expected unescape-and-redirect, keep or reject")),
+    }
 }
 
 impl ServeArgs {
@@ -181,6 +197,7 @@ impl ServeArgs {
             max_request_header_bytes: self.max_request_header_bytes,
             max_request_headers: self.max_request_headers,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            escaped_slashes: self.escaped_slashes,
             ..agimo_dataplane::Config::default()
         }
     }

@@ -20,6 +20,10 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("the request's host {host:?} is not a hostname or IP address with an optional port")]
     InvalidHost { host: String },
+    #[error("{0}")]
+    InvalidPath(#[from] agimo_shared::path::PathError),
+    #[error("the path has escaped slashes; redirecting to {location}")]
+    EscapedSlashRedirect { location: String },
     #[error("method {method} is not supported")]
     MethodNotAllowed { method: http::Method },
     #[error("no listener on this port serves host {host}")]
@@ -57,9 +61,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::InvalidHost { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::InvalidHost { .. }
+            | ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::EscapedSlashRedirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,6 +84,8 @@ impl ProxyError {
             ProxyError::MissingHost => "missing-host",
             ProxyError::DuplicateHost => "duplicate-host",
             ProxyError::InvalidHost { .. } => "invalid-host",
+            ProxyError::InvalidPath(_) => "invalid-path",
+            ProxyError::EscapedSlashRedirect { .. } => "escaped-slash-redirect",
             ProxyError::MethodNotAllowed { .. } => "method-not-allowed",
             ProxyError::NoListener { .. } => "no-listener",
             ProxyError::NoRoute { .. } => "no-route",
@@ -101,8 +109,16 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
-        if matches!(self, ProxyError::TooManyPending { .. }) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ProxyError::TooManyPending { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::EscapedSlashRedirect { location } => {
+                if let Ok(value) = HeaderValue::try_from(location.as_str()) {
+                    headers.insert(header::LOCATION, value);
+                }
+            }
+            _ => {}
         }
         response
     }

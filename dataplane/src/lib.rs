@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agimo_shared::Snapshot;
+pub use agimo_shared::path::EscapedSlashes;
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -56,6 +57,9 @@ pub struct Config {
     /// The most request headers accepted (HTTP/1.1).
     pub max_request_headers: usize,
     pub http2_max_concurrent_streams: u32,
+    /// What `%2F` and `%5C` in a request path do (the rest of the path is
+    /// always normalised: [`agimo_shared::path`]).
+    pub escaped_slashes: EscapedSlashes,
     pub tls_handshake_timeout: Duration,
     pub upstream_connect_timeout: Duration,
 }
@@ -68,6 +72,7 @@ impl Default for Config {
             max_request_header_bytes: 64 * 1024,
             max_request_headers: 100,
             http2_max_concurrent_streams: 100,
+            escaped_slashes: EscapedSlashes::default(),
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(5),
         }

@@ -1,6 +1,7 @@
 //! Request handling: route a request with the current snapshot, apply its
 //! rule, and forward it to a backend endpoint.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use agimo_shared::filters::RedirectRequest;
 use agimo_shared::hostname::{is_valid_authority, normalize_host};
 use agimo_shared::matching::RequestView;
+use agimo_shared::path::{self, Normalized};
 use agimo_shared::snapshot::{Action, BackendTarget, Filters, Protocol, Rule};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -41,11 +43,11 @@ impl ConnInfo {
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut guard: RequestGuard,
 ) -> Response<Body> {
     let start = Instant::now();
-    let routed = route(shared, conn, &req);
+    let routed = normalize_path(shared, &mut req).and_then(|()| route(shared, conn, &req));
     let (label, response) = match routed {
         Err(e) => {
             shared.metrics.request(UNMATCHED);
@@ -81,6 +83,37 @@ struct Routed {
     label: Arc<str>,
     rule: Arc<Rule>,
     listener_port: u16,
+}
+
+/// Normalises the request's path in place ([`agimo_shared::path`]): what
+/// routes match and what the backend receives.
+fn normalize_path(shared: &Shared, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        // Authority-form, no path: refused by `route`.
+        return Ok(());
+    }
+    let location = match path::normalize(req.uri().path(), shared.config.escaped_slashes)? {
+        Normalized::Path(Cow::Borrowed(_)) => return Ok(()),
+        Normalized::Path(Cow::Owned(path)) => path,
+        Normalized::Redirect(path) => {
+            let location = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            return Err(ProxyError::EscapedSlashRedirect { location });
+        }
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{location}?{q}"),
+        None => location,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|_| ProxyError::InvalidPath(path::PathError::InvalidEscape))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::InvalidPath(path::PathError::InvalidEscape))?;
+    Ok(())
 }
 
 /// Finds the rule for a request in the current snapshot. The snapshot guard

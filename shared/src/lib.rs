@@ -18,6 +18,7 @@
 pub mod filters;
 pub mod hostname;
 pub mod matching;
+pub mod path;
 mod ser;
 pub mod snapshot;
 
