@@ -158,6 +158,14 @@ struct ServeArgs {
     /// connections before the listeners close (in a cluster: a few seconds).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     shutdown_delay: Duration,
+    /// Close a connection whose client has taken no response bytes for this
+    /// long (a slow or stalled reader); 0 turns it off.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    send_timeout: Duration,
+    /// Open client connections beyond which new ones are refused (HTTP: a
+    /// 503 with `Connection: close`; HTTPS: closed at once).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 100)]
     http2_max_concurrent_streams: u32,
@@ -198,6 +206,8 @@ impl ServeArgs {
             max_request_headers: self.max_request_headers,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
             escaped_slashes: self.escaped_slashes,
+            send_timeout: self.send_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             ..agimo_dataplane::Config::default()
         }
     }

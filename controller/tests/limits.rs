@@ -66,3 +66,51 @@ async fn slow_request_heads_and_idle_connections_are_closed() {
     assert!(closed.is_ok(), "the idle connection was not closed");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_politely() {
+    let config = Config { max_connections: 3, ..Config::default() };
+    let agimo = Agimo::start_with(&yaml(), &["v1"], config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap());
+    }
+    support::eventually_true(|| agimo.dataplane.open_connections() == 3).await;
+
+    let refused = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("x-agimo-reason: too-many-connections"), "{refused}");
+    assert!(refused.contains("retry-after: 1"), "{refused}");
+    let metrics = agimo.dataplane.metrics().render();
+    assert!(metrics.contains("refused_connections_total 1"), "{metrics}");
+
+    // A connection that closes frees its place.
+    held.pop();
+    support::eventually_true(|| agimo.dataplane.open_connections() == 2).await;
+    let served = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_are_served() {
+    let config = Config { send_timeout: Duration::from_millis(500), ..Config::default() };
+    let agimo = Agimo::start_with(&yaml(), &["v1"], config).await;
+    // A small receive window, and never a read: 64 MiB cannot fit in the
+    // socket buffers, so Agimo's writes stall.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(agimo.addr(8080)).await.unwrap();
+    slow.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    support::eventually_true(|| agimo.dataplane.open_connections() == 1).await;
+
+    let started = Instant::now();
+    let fine = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+    support::eventually_true(|| agimo.dataplane.open_connections() == 0).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "the stalled reader was cut off after {elapsed:?}");
+    // What the slow client gets: part of the body, then the end.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await.expect("closed");
+    assert!(rest.len() < 64 << 20, "read {} bytes", rest.len());
+}

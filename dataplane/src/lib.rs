@@ -57,6 +57,12 @@ pub struct Config {
     /// The most request headers accepted (HTTP/1.1).
     pub max_request_headers: usize,
     pub http2_max_concurrent_streams: u32,
+    /// A connection whose client takes no response bytes for this long (a
+    /// slow or stalled reader) is closed. Zero turns it off.
+    pub send_timeout: Duration,
+    /// Open client connections (websockets included) beyond which new ones
+    /// are refused.
+    pub max_connections: usize,
     /// What `%2F` and `%5C` in a request path do (the rest of the path is
     /// always normalised: [`agimo_shared::path`]).
     pub escaped_slashes: EscapedSlashes,
@@ -72,6 +78,8 @@ impl Default for Config {
             max_request_header_bytes: 64 * 1024,
             max_request_headers: 100,
             http2_max_concurrent_streams: 100,
+            send_timeout: Duration::from_secs(60),
+            max_connections: 50_000,
             escaped_slashes: EscapedSlashes::default(),
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(5),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `host` label value of requests that matched no route.
@@ -21,6 +21,7 @@ pub struct Metrics {
     pending: IntGaugeVec,
     active: IntGaugeVec,
     duration: HistogramVec,
+    refused: IntCounter,
 }
 
 impl Default for Metrics {
@@ -62,15 +63,21 @@ impl Metrics {
             &["host"],
         )
         .expect("valid metric");
+        let refused = IntCounter::new(
+            "refused_connections_total",
+            "Client connections refused because the connection cap was reached.",
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(pending.clone()),
             Box::new(active.clone()),
             Box::new(duration.clone()),
         ] {
             registry.register(collector).expect("metrics register once");
         }
-        Metrics { registry, requests, pending, active, duration }
+        Metrics { registry, requests, pending, active, duration, refused }
     }
 
     /// Creates the series of these hosts at 0, so queries (KEDA's) see them
@@ -81,6 +88,10 @@ impl Metrics {
             self.pending.with_label_values(&[host]);
             self.active.with_label_values(&[host]);
         }
+    }
+
+    pub fn refused_connection(&self) {
+        self.refused.inc();
     }
 
     pub fn request(&self, host: &str) {

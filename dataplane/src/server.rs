@@ -14,7 +14,10 @@ use agimo_shared::snapshot::Protocol;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -152,7 +155,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: SocketAdd
 
 /// Starts serving one accepted connection in a task of its own. A plaintext
 /// connection's task is just [`serve_http`], with no room for TLS state: an
-/// idle connection costs as little memory as hyper allows.
+/// idle connection costs as little memory as hyper allows. Past
+/// [`Config::max_connections`](crate::Config::max_connections) a connection is
+/// refused: a plaintext one with a `503` and `Connection: close`, a TLS one
+/// by closing it (a handshake is what an overloaded proxy cannot afford).
 fn serve_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
@@ -161,33 +167,52 @@ fn serve_connection(
     tls: &Arc<rustls::ServerConfig>,
     stop: &CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let open = OpenConnection::new(&shared.connections);
     let Some(protocol) = shared.snapshot.load().bind(bind).map(|b| b.protocol) else {
         return;
     };
+    if shared.connections.load(Ordering::Acquire) >= shared.config.max_connections {
+        shared.metrics.refused_connection();
+        tracing::debug!(%peer, %bind, max = shared.config.max_connections, "connection refused: too many open");
+        if protocol == Protocol::Http {
+            tokio::spawn(refuse(stream));
+        }
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let open = OpenConnection::new(&shared.connections);
     let conn = Arc::new(ConnInfo::new(peer, bind, protocol));
+    let activity = Arc::new(Activity::new());
+    let stream = Watched { inner: stream, activity: activity.clone() };
     match protocol {
         Protocol::Http => {
-            tokio::spawn(serve_http(shared.clone(), TokioIo::new(stream), conn, stop.clone(), open));
+            tokio::spawn(serve_http(shared.clone(), TokioIo::new(stream), conn, activity, stop.clone(), open));
         }
         Protocol::Https => {
-            tokio::spawn(serve_tls(shared.clone(), stream, conn, tls.clone(), stop.clone(), open));
+            tokio::spawn(serve_tls(shared.clone(), stream, conn, activity, tls.clone(), stop.clone(), open));
         }
     }
 }
 
+/// The answer to a connection over the cap.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\
+        retry-after: 1\r\nx-agimo-reason: too-many-connections\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(RESPONSE)).await;
+}
+
 async fn serve_tls(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Watched<TcpStream>,
     conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
     tls: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
     open: OpenConnection,
 ) {
     let handshake = TlsAcceptor::from(tls).accept(stream);
     match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, stop, open).await,
+        Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, activity, stop, open).await,
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
     }
@@ -197,12 +222,13 @@ async fn serve_http<I>(
     shared: Arc<Shared>,
     io: TokioIo<I>,
     conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
     stop: CancellationToken,
     _open: OpenConnection,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    let peer = conn.peer;
     let service = {
         let (shared, activity) = (shared.clone(), activity.clone());
         service_fn(move |req| {
@@ -216,9 +242,11 @@ async fn serve_http<I>(
     };
     let connection = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    // A zero idle timeout turns the idle check off.
+    // Zero turns a check off.
     let idle = shared.config.idle_timeout;
-    let mut tick = tokio::time::interval(if idle.is_zero() { Duration::from_secs(3600) } else { idle / 4 });
+    let send = shared.config.send_timeout;
+    let period = [idle, send].into_iter().filter(|t| !t.is_zero()).min().map_or(Duration::from_secs(3600), |t| t / 4);
+    let mut tick = tokio::time::interval(period);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -232,8 +260,13 @@ async fn serve_http<I>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing && !idle.is_zero() => {
-                if activity.idle_for() >= idle {
+            _ = tick.tick() => {
+                if !send.is_zero() && activity.write_blocked_for() >= send {
+                    // The client stopped reading (slow read): drop it.
+                    tracing::debug!(%peer, timeout = ?send, "connection closed: the client stopped reading");
+                    return;
+                }
+                if !closing && !idle.is_zero() && activity.idle_for() >= idle {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -243,16 +276,25 @@ async fn serve_http<I>(
 }
 
 /// Requests in flight on one connection and when the last one ended, for
-/// the idle timeout.
+/// the idle timeout; since when a write to the client has been waiting, for
+/// the send timeout.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Milliseconds after `start`, plus one, since when the client socket has
+    /// not taken a write; 0 while writes go through.
+    write_blocked_since: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0) }
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+        }
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -266,6 +308,76 @@ impl Activity {
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(since)
+    }
+
+    fn write_blocked(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
+            let now = self.start.elapsed().as_millis() as u64 + 1;
+            self.write_blocked_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn write_went_through(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn write_blocked_for(&self) -> Duration {
+        match self.write_blocked_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => self.start.elapsed().saturating_sub(Duration::from_millis(since - 1)),
+        }
+    }
+}
+
+/// A client socket that tells its [`Activity`] when writes stall.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(_) => self.activity.write_went_through(),
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,6 +1,7 @@
 //! An echo backend: answers every request with JSON describing it, like the
 //! Gateway API conformance suite's echo server, plus a websocket echo at
-//! `/ws`, a streaming response at `/stream`, and `/status/<code>`.
+//! `/ws`, a streaming response at `/stream`, `/status/<code>`, and `<n>` bytes
+//! at `/bytes/<n>`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -92,6 +93,10 @@ async fn respond(name: &str, mut req: Request<Incoming>) -> Response<EchoBody> {
     }
     if path == "/stream" {
         return stream(name, req.uri().query());
+    }
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        // A large body, for slow readers.
+        return Response::new(full(vec![b'x'; n.min(1 << 30)]));
     }
     if let Some(ms) = query_param(req.uri().query(), "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

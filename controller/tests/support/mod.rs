@@ -206,3 +206,13 @@ pub fn metric(text: &str, name: &str, host: &str) -> Option<f64> {
     let prefix = format!("{name}{{host=\"{host}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().expect("metric value"))
 }
+
+/// Waits up to 10 s for `check` to hold, polling every 10 ms; panics if it
+/// never does.
+pub async fn eventually_true(mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
