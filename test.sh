@@ -12,6 +12,10 @@ cd "$(dirname "$0")"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# Hostile-client tests run slowhttptest (Debian's package) and open ten
+# thousand connections.
+command -v slowhttptest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slowhttptest >/dev/null
+ulimit -n "$(ulimit -Hn)"
 cargo test --workspace --locked
 
 # Build what runs inside the cluster's network namespace first: there the

@@ -4,28 +4,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode, Reply};
-
-struct Running {
-    child: Child,
-    dir: PathBuf,
-    http: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+use support::process::{Running, spawn};
 
 const LISTENERS: &str = "  - {name: http, port: 8080, protocol: HTTP}\n  - {name: extra, port: 8081, protocol: HTTP}\n";
 
@@ -66,26 +50,6 @@ async fn start_with(echo_port: u16, args: &[&str]) -> Running {
     })
     .await;
     running
-}
-
-/// Runs `agimo standalone --config <config> ARGS` with its admin endpoints on `ip`.
-fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path, args: &[&str]) -> Running {
-    let log = PathBuf::from(format!("{}.log", dir.display()));
-    let admin = SocketAddr::new(ip, 9901);
-    // One worker thread, as the benchmark runs it (the Kubernetes tests and
-    // the conformance run use the default, one per CPU).
-    let child = Command::new(env!("CARGO_BIN_EXE_agimo"))
-        .env("AGIMO_WORKER_THREADS", "1")
-        .args(["standalone", "--config"])
-        .arg(config)
-        .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
-        .args(["--admin-address", &admin.to_string()])
-        .args(args)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("agimo starts");
-    Running { child, dir, http: SocketAddr::new(ip, 8080), admin, log }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Option<Reply> {

@@ -2,6 +2,8 @@
 //! serving on a loopback address of its own, in front of echo backends.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
