@@ -1,6 +1,7 @@
 //! The HTTP/1.1 connections to backends, as a backend sees them: reused
 //! across requests, replaced without an error when the backend closes them,
-//! and never reused after a response that was not read to its end.
+//! never reused after a response that was not read to its end, and never
+//! retried when the backend resets them.
 
 mod support;
 
@@ -14,16 +15,24 @@ use tokio::net::TcpListener;
 
 /// A raw HTTP/1.1 backend that counts its connections and answers each
 /// request with the number of the connection it came on. `/big` gets 4 MiB
-/// sent slowly. With `close_after_response`, it closes every connection
-/// after one response without saying so (as when a keep-alive timeout
-/// expires).
+/// sent slowly.
 struct Backend {
     port: u16,
     connections: Arc<AtomicUsize>,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    KeepAlive,
+    /// Close every connection after one response without saying so (as when
+    /// a keep-alive timeout expires).
+    CloseAfterResponse,
+    /// Reset the connection (RST) once a request head has arrived.
+    Reset,
+}
+
 impl Backend {
-    async fn start(close_after_response: bool) -> Backend {
+    async fn start(behaviour: Behaviour) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -44,6 +53,10 @@ impl Backend {
                         let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
                         let request = String::from_utf8_lossy(&head[..end]).into_owned();
                         head.drain(..end + 4);
+                        if behaviour == Behaviour::Reset {
+                            stream.set_zero_linger().unwrap();
+                            return;
+                        }
                         if request.starts_with("GET /big ") {
                             let size = 4 << 20;
                             let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
@@ -63,7 +76,7 @@ impl Backend {
                                 return;
                             }
                         }
-                        if close_after_response {
+                        if behaviour == Behaviour::CloseAfterResponse {
                             return;
                         }
                     }
@@ -85,7 +98,7 @@ async fn agimo_for(backend: &Backend) -> Agimo {
 
 #[tokio::test]
 async fn backend_connections_are_reused() {
-    let backend = Backend::start(false).await;
+    let backend = Backend::start(Behaviour::KeepAlive).await;
     let agimo = agimo_for(&backend).await;
     for _ in 0..50 {
         let reply = agimo.get(8080, "x", "/").await;
@@ -97,7 +110,7 @@ async fn backend_connections_are_reused() {
 
 #[tokio::test]
 async fn a_backend_closing_idle_connections_costs_no_error() {
-    let backend = Backend::start(true).await;
+    let backend = Backend::start(Behaviour::CloseAfterResponse).await;
     let agimo = agimo_for(&backend).await;
     for i in 1..=100 {
         let reply = agimo.get(8080, "x", "/").await;
@@ -108,7 +121,7 @@ async fn a_backend_closing_idle_connections_costs_no_error() {
 
 #[tokio::test]
 async fn a_response_not_read_to_its_end_does_not_leave_its_connection_for_reuse() {
-    let backend = Backend::start(false).await;
+    let backend = Backend::start(Behaviour::KeepAlive).await;
     let agimo = agimo_for(&backend).await;
     assert_eq!(agimo.get(8080, "x", "/").await.body, "1");
 
@@ -128,4 +141,18 @@ async fn a_response_not_read_to_its_end_does_not_leave_its_connection_for_reuse(
         assert_eq!(reply.body, "2");
     }
     assert_eq!(backend.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_backend_that_resets_connections_gets_a_502_with_a_reason_and_no_retry() {
+    let backend = Backend::start(Behaviour::Reset).await;
+    let agimo = agimo_for(&backend).await;
+    for i in 1..=20 {
+        let reply = agimo.get(8080, "x", "/").await;
+        assert_eq!(reply.status, 502, "request {i}: {reply:?}");
+        assert_eq!(reply.header("x-agimo-reason"), Some("upstream-failed"), "{reply:?}");
+        let body = String::from_utf8_lossy(&reply.body);
+        assert!(body.contains("backend default/raw") && body.contains("failed"), "{body}");
+    }
+    assert_eq!(backend.connections(), 20, "one backend connection per request: none retried");
 }
