@@ -1,0 +1,145 @@
+//! The scale-to-zero gate under pressure, against the `agimo` binary: ten
+//! thousand requests held across ten hosts (HTTP/2, a hundred streams per
+//! connection) fit the memory budget the README states, `max-pending` turns
+//! the next one away, and when the clients give up every held request is
+//! released at once.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use agimo_testkit::client::{self, Mode};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::process::{Running, spawn};
+
+const HOSTS: usize = 10;
+const PER_HOST: usize = 1000;
+const STREAMS_PER_CONNECTION: usize = 100;
+/// The README's budget for ten thousand held requests (resident memory
+/// added to the process).
+const BUDGET_MIB: u64 = 64;
+
+fn config(ip: &str) -> String {
+    let mut yaml = support::base_yaml(&[]).replace("{{ip}}", ip) + &support::service_without_endpoints("app");
+    for i in 0..HOSTS {
+        yaml.push_str(&format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: r{i}
+  namespace: default
+  annotations: {{agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 5m, agimo.dev/max-pending: '{PER_HOST}'}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [host-{i}.example]
+  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+"
+        ));
+    }
+    yaml
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The sum of `pending_requests_total` over every host.
+async fn pending(agimo: &Running) -> f64 {
+    let metrics = agimo.admin;
+    let reply = client::send(metrics, Mode::Http1, client::get("admin", "/metrics")).await.expect("metrics");
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .filter(|l| l.starts_with("pending_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn eventually_pending(agimo: &Running, want: f64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = pending(agimo).await;
+        if now == want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "pending is {now}, not {want}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An h2c connection holding `STREAMS_PER_CONNECTION` requests for `host`.
+async fn hold(addr: SocketAddr, host: String) -> tokio::task::JoinHandle<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(async move {
+        let requests = (0..STREAMS_PER_CONNECTION).map(|_| {
+            let mut sender = sender.clone();
+            let req = http::Request::get(format!("http://{host}/"))
+                .version(http::Version::HTTP_2)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            async move { sender.send_request(req).await.map(|r| r.status()) }
+        });
+        tokio::select! {
+            _ = conn => {}
+            answers = futures_util::future::join_all(requests) => panic!("held requests were answered: {:?}", &answers[..3]),
+        }
+    })
+}
+
+#[tokio::test]
+async fn ten_thousand_held_requests_fit_the_budget_and_are_released_when_clients_leave() {
+    let ip = support::unique_loopback();
+    let dir = std::env::temp_dir().join(format!("agimo-gate-pressure-{}-{ip}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("agimo.yaml"), config(&ip.to_string())).unwrap();
+    let agimo = spawn(ip, dir.clone(), &dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client::send(agimo.admin, Mode::Http1, client::get("admin", "/readyz"))
+        .await
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(Instant::now() < deadline, "agimo did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rss_kib(agimo.child.id());
+
+    let mut clients = Vec::new();
+    for i in 0..HOSTS {
+        for _ in 0..PER_HOST / STREAMS_PER_CONNECTION {
+            clients.push(hold(agimo.http, format!("host-{i}.example")).await);
+        }
+    }
+    eventually_pending(&agimo, (HOSTS * PER_HOST) as f64, Duration::from_secs(60)).await;
+    let held = rss_kib(agimo.child.id());
+    let added = held.saturating_sub(before);
+    println!(
+        "{} held requests: RSS {before} KiB -> {held} KiB, {} bytes per request",
+        HOSTS * PER_HOST,
+        added * 1024 / (HOSTS * PER_HOST) as u64
+    );
+    assert!(added < BUDGET_MIB * 1024, "{added} KiB for {} held requests", HOSTS * PER_HOST);
+
+    // A full host turns the next request away; the others are unaffected.
+    let overflow = client::send(agimo.http, Mode::Http1, client::get("host-0.example", "/")).await.unwrap();
+    assert_eq!(overflow.status, 503, "{overflow:?}");
+    assert_eq!(overflow.header("x-agimo-reason"), Some("too-many-pending"));
+    assert_eq!(overflow.header("retry-after"), Some("1"));
+
+    // The clients give up: every held request goes at once.
+    for client in &clients {
+        client.abort();
+    }
+    let released = eventually_pending(&agimo, 0.0, Duration::from_secs(5)).await;
+    println!("released in {released:?}");
+    assert!(released < Duration::from_secs(2), "{released:?}");
+}
