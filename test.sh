@@ -16,6 +16,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # thousand connections.
 command -v slowhttptest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slowhttptest >/dev/null
 ulimit -n "$(ulimit -Hn)"
+# h2spec (a Go module) checks the HTTP/2 listeners.
+if [[ ! -x "$HOME/.cache/agimo/tools/bin/h2spec" ]]; then
+  GOBIN="$HOME/.cache/agimo/tools/bin" go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible
+fi
 cargo test --workspace --locked
 
 # Build what runs inside the cluster's network namespace first: there the

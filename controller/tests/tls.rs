@@ -7,23 +7,6 @@ use agimo_testkit::client::{self, Mode};
 use agimo_testkit::tls::{TestCert, self_signed};
 use support::Agimo;
 
-fn secret(name: &str, cert: &TestCert) -> String {
-    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
-    format!(
-        "---
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}, namespace: default}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}",
-        indent(&cert.cert_pem),
-        indent(&cert.key_pem)
-    )
-}
-
 struct Certs {
     wildcard: TestCert,
     exact: TestCert,
@@ -49,9 +32,9 @@ fn yaml(certs: &Certs) -> String {
 ",
     ) + &support::route_to("all", "v1")
         + &support::service_yaml("v1")
-        + &secret("wildcard", &certs.wildcard)
-        + &secret("exact", &certs.exact)
-        + &secret("fallback", &certs.fallback)
+        + &support::tls_secret("wildcard", &certs.wildcard)
+        + &support::tls_secret("exact", &certs.exact)
+        + &support::tls_secret("fallback", &certs.fallback)
 }
 
 fn certs() -> Certs {

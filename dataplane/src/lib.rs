@@ -93,7 +93,10 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
     pub(crate) upstream: upstream::Upstream,
+    /// HTTP/1.1 or h2c, told apart by the HTTP/2 preface.
     pub(crate) http: auto::Builder<TokioExecutor>,
+    /// For TLS connections that chose HTTP/2 by ALPN.
+    pub(crate) http2_only: auto::Builder<TokioExecutor>,
     ready: AtomicBool,
     draining: AtomicBool,
     /// Open client connections, upgraded ones (websockets) included.
@@ -117,6 +120,7 @@ impl Dataplane {
     pub fn new(config: Config, metrics: Metrics) -> Self {
         let upstream = upstream::Upstream::new(config.upstream_connect_timeout);
         let http = server::http_builder(&config);
+        let http2_only = http.clone().http2_only();
         Dataplane {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -124,6 +128,7 @@ impl Dataplane {
                 metrics,
                 upstream,
                 http,
+                http2_only,
                 ready: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 connections: Arc::new(AtomicUsize::new(0)),

@@ -185,7 +185,15 @@ fn serve_connection(
     let stream = Watched { inner: stream, activity: activity.clone() };
     match protocol {
         Protocol::Http => {
-            tokio::spawn(serve_http(shared.clone(), TokioIo::new(stream), conn, activity, stop.clone(), open));
+            tokio::spawn(serve_http(
+                shared.clone(),
+                TokioIo::new(stream),
+                conn,
+                activity,
+                Alpn::None,
+                stop.clone(),
+                open,
+            ));
         }
         Protocol::Https => {
             tokio::spawn(serve_tls(shared.clone(), stream, conn, activity, tls.clone(), stop.clone(), open));
@@ -212,10 +220,25 @@ async fn serve_tls(
 ) {
     let handshake = TlsAcceptor::from(tls).accept(stream);
     match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), conn, activity, stop, open).await,
+        Ok(Ok(stream)) => {
+            // ALPN decided the protocol: no sniffing for the HTTP/2 preface.
+            let alpn = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Alpn::H2,
+                _ => Alpn::None,
+            };
+            serve_http(shared, TokioIo::new(stream), conn, activity, alpn, stop, open).await
+        }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
     }
+}
+
+/// Whether a TLS client chose HTTP/2 by ALPN. (Otherwise the first bytes
+/// tell: the HTTP/2 preface or an HTTP/1.1 request.)
+#[derive(Clone, Copy)]
+enum Alpn {
+    None,
+    H2,
 }
 
 async fn serve_http<I>(
@@ -223,6 +246,7 @@ async fn serve_http<I>(
     io: TokioIo<I>,
     conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
+    alpn: Alpn,
     stop: CancellationToken,
     _open: OpenConnection,
 ) where
@@ -240,7 +264,59 @@ async fn serve_http<I>(
             Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) })
         })
     };
-    let connection = shared.http.serve_connection_with_upgrades(io, service);
+    match alpn {
+        Alpn::None => {
+            let connection = shared.http.serve_connection_with_upgrades(io, service);
+            drive(&shared, connection, &activity, peer, stop).await
+        }
+        // `serve_connection_with_upgrades` would still sniff for the HTTP/2
+        // preface; HTTP/2 has no upgrades to offer anyway.
+        Alpn::H2 => drive(&shared, shared.http2_only.serve_connection(io, service), &activity, peer, stop).await,
+    }
+}
+
+/// A hyper connection that can be asked to finish.
+trait Graceful: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, E, B> Graceful for auto::Connection<'_, I, S, E>
+where
+    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Runs a connection to its end: closed gracefully when `stop` fires or it
+/// has been idle too long, dropped when its client stopped reading.
+async fn drive(
+    shared: &Shared,
+    connection: impl Graceful,
+    activity: &Activity,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
     tokio::pin!(connection);
     // Zero turns a check off.
     let idle = shared.config.idle_timeout;

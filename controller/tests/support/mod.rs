@@ -218,3 +218,21 @@ pub async fn eventually_true(mut check: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// A `kubernetes.io/tls` Secret `default/<name>` holding `cert`.
+pub fn tls_secret(name: &str, cert: &agimo_testkit::tls::TestCert) -> String {
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: default}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}",
+        indent(&cert.cert_pem),
+        indent(&cert.key_pem)
+    )
+}
