@@ -1,0 +1,322 @@
+//! HTTP/2 abuse against the `agimo` binary, frame by frame: rapid reset,
+//! CONTINUATION flood, SETTINGS and PING floods, a stream-count flood. Each
+//! attack is cut short or absorbed with bounded memory, and an ordinary
+//! client is served throughout.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use agimo_testkit::client::{self, Mode};
+use agimo_testkit::echo::Echo;
+use support::process::{Running, spawn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK block for `GET http://<authority>/` from static-table entries
+/// and one literal, no Huffman.
+fn request_block(authority: &str) -> Vec<u8> {
+    method_block(0x82, authority)
+}
+
+/// The same for `POST` (a request whose body is read and forwarded).
+fn post_block(authority: &str) -> Vec<u8> {
+    method_block(0x83, authority)
+}
+
+/// `method` is the static-table index byte of `:method`.
+fn method_block(method: u8, authority: &str) -> Vec<u8> {
+    let mut block = vec![method, 0x86, 0x84, 0x01, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    block
+}
+
+/// A literal header `x-flood: <value>`, without indexing.
+fn filler_header(value_len: usize) -> Vec<u8> {
+    let mut out = vec![0x00, 7];
+    out.extend_from_slice(b"x-flood");
+    out.push(value_len.min(126) as u8);
+    out.extend(std::iter::repeat_n(b'a', value_len.min(126)));
+    out
+}
+
+/// How an attack ended, as the attacker saw it.
+#[derive(Debug, Default)]
+struct Ended {
+    /// The error code of a GOAWAY frame Agimo sent.
+    goaway: Option<u32>,
+    /// Agimo closed the connection.
+    closed: bool,
+    /// Bytes the attacker got written before it stopped.
+    sent: usize,
+    /// Frames received, by type.
+    received: std::collections::BTreeMap<u8, usize>,
+}
+
+/// Connects, sends the preface, then writes `frames()` batches (each call
+/// gives the next batch) for up to `period`, while reading whatever comes
+/// back.
+async fn attack(addr: SocketAddr, period: Duration, mut batch: impl FnMut(usize) -> Vec<u8> + Send) -> Ended {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let read = tokio::spawn(async move {
+        let mut ended = Ended::default();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    ended.closed = true;
+                    return ended;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // Walk the complete frames; keep the rest.
+            let mut at = 0;
+            while buf.len() >= at + 9 {
+                let len = (usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]);
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                *ended.received.entry(buf[at + 3]).or_default() += 1;
+                if buf[at + 3] == GOAWAY && len >= 8 {
+                    let p = &buf[at + 9..at + 9 + len];
+                    ended.goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                at += 9 + len;
+            }
+            buf.drain(..at);
+        }
+    });
+    let mut sent = 0;
+    let start = PREFACE.iter().copied().chain(frame(SETTINGS, 0, 0, &[])).collect::<Vec<u8>>();
+    if writer.write_all(&start).await.is_ok() {
+        sent += start.len();
+        let deadline = Instant::now() + period;
+        let mut round = 0;
+        while Instant::now() < deadline && !read.is_finished() {
+            let bytes = batch(round);
+            round += 1;
+            if bytes.is_empty() {
+                // Nothing more to send: hold on to what is open.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            match tokio::time::timeout_at(deadline.into(), writer.write_all(&bytes)).await {
+                Ok(Ok(())) => sent += bytes.len(),
+                // Agimo stopped reading (back-pressure) or closed.
+                _ => break,
+            }
+        }
+    }
+    drop(writer);
+    let mut ended = match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(ended) => ended.unwrap(),
+        Err(_) => Ended::default(),
+    };
+    ended.sent = sent;
+    ended
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+async fn start() -> (Running, Echo) {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let ip = support::unique_loopback();
+    let dir = std::env::temp_dir().join(format!("agimo-h2-floods-{}-{ip}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = (support::base_yaml(&[])
+        + &support::service_at("v1", &echo.addr.port().to_string())
+        + &support::route_to("r", "v1"))
+        .replace("{{ip}}", &ip.to_string());
+    std::fs::write(dir.join("agimo.yaml"), yaml).unwrap();
+    let running = spawn(ip, dir.clone(), &dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ordinary(running.http).await.is_err() {
+        assert!(Instant::now() < deadline, "agimo did not start serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (running, echo)
+}
+
+async fn ordinary(addr: SocketAddr) -> Result<(), String> {
+    let reply =
+        tokio::time::timeout(Duration::from_secs(2), client::send(addr, Mode::H2c, client::get("ok.example", "/")))
+            .await
+            .map_err(|_| "no answer within 2 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+    if reply.status == 200 { Ok(()) } else { Err(format!("status {}", reply.status)) }
+}
+
+/// The sum of `active_requests_total` over every host.
+async fn active_requests(agimo: &Running) -> f64 {
+    let metrics = client::send(agimo.admin, Mode::Http1, client::get("admin", "/metrics")).await.unwrap();
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .filter(|l| l.starts_with("active_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What an attack did to Agimo.
+#[derive(Debug)]
+struct Effect {
+    ended: Ended,
+    /// Resident memory added at the peak, KiB.
+    added_kib: u64,
+    /// The most requests active at once.
+    peak_active: f64,
+    /// CPU time Agimo used during the attack (the ordinary client's requests
+    /// included).
+    cpu: Duration,
+}
+
+/// User and system CPU time of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Runs an attack while an ordinary h2c client sends a request every 50 ms.
+async fn under_attack(
+    agimo: &Running,
+    period: Duration,
+    batch: impl FnMut(usize) -> Vec<u8> + Send + 'static,
+) -> Effect {
+    let pid = agimo.child.id();
+    let before = rss_kib(pid);
+    let cpu_before = cpu_time(pid);
+    let attacker = tokio::spawn(attack(agimo.http, period, batch));
+    let mut peak = before;
+    let mut peak_active: f64 = 0.0;
+    let mut failures = Vec::new();
+    let mut served = 0;
+    while !attacker.is_finished() {
+        match ordinary(agimo.http).await {
+            Ok(()) => served += 1,
+            Err(e) => failures.push(e),
+        }
+        peak = peak.max(rss_kib(pid));
+        peak_active = peak_active.max(active_requests(agimo).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = attacker.await.unwrap();
+    peak = peak.max(rss_kib(pid));
+    assert!(failures.is_empty(), "the ordinary client failed {} times: {failures:?}", failures.len());
+    assert!(served > 0 || period < Duration::from_secs(1), "the ordinary client was never served");
+    assert_eq!(ordinary(agimo.http).await, Ok(()), "served after the attack");
+    Effect { ended, added_kib: peak.saturating_sub(before), peak_active, cpu: cpu_time(pid) - cpu_before }
+}
+
+const PERIOD: Duration = Duration::from_secs(4);
+/// More memory than any of these attacks may add to Agimo.
+const BOUND_KIB: u64 = 32 * 1024;
+
+#[tokio::test]
+async fn rapid_reset_is_cut_off() {
+    let (agimo, _echo) = start().await;
+    let authority = agimo.http.to_string();
+    let block = request_block(&authority);
+    let mut next_stream = 1u32;
+    let effect = under_attack(&agimo, PERIOD, move |_| {
+        let mut bytes = Vec::new();
+        for _ in 0..500 {
+            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, next_stream, &block));
+            bytes.extend(frame(RST_STREAM, 0, next_stream, &8u32.to_be_bytes()));
+            next_stream += 2;
+        }
+        bytes
+    })
+    .await;
+    println!("rapid reset: {effect:?}");
+    assert!(effect.ended.closed, "the attacker was not cut off: {effect:?}");
+    assert!(effect.added_kib < BOUND_KIB, "{effect:?}");
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_off() {
+    let (agimo, _echo) = start().await;
+    let authority = agimo.http.to_string();
+    let block = request_block(&authority);
+    let filler: Vec<u8> = (0..100).flat_map(|_| filler_header(100)).collect();
+    let effect = under_attack(&agimo, PERIOD, move |round| {
+        let mut bytes = Vec::new();
+        if round == 0 {
+            bytes.extend(frame(HEADERS, END_STREAM, 1, &block));
+        }
+        for _ in 0..100 {
+            bytes.extend(frame(CONTINUATION, 0, 1, &filler));
+        }
+        bytes
+    })
+    .await;
+    println!("CONTINUATION flood: {effect:?}");
+    assert!(effect.ended.closed, "the attacker was not cut off: {effect:?}");
+    assert!(effect.ended.sent < 16 << 20, "{effect:?}");
+    assert!(effect.added_kib < BOUND_KIB, "{effect:?}");
+}
+
+#[tokio::test]
+async fn settings_and_ping_floods_are_absorbed() {
+    let (agimo, _echo) = start().await;
+    for (name, kind, payload) in [("SETTINGS", SETTINGS, vec![]), ("PING", PING, vec![0u8; 8])] {
+        // The attacker never reads the acknowledgements.
+        let effect =
+            under_attack(&agimo, PERIOD, move |_| (0..1000).flat_map(|_| frame(kind, 0, 0, &payload)).collect()).await;
+        println!("{name} flood: {effect:?}");
+        assert!(effect.added_kib < BOUND_KIB, "{name}: {effect:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_count_flood_gets_no_more_than_the_stream_limit() {
+    let (agimo, _echo) = start().await;
+    let authority = agimo.http.to_string();
+    let block = post_block(&authority);
+    // 300 requests at once whose bodies never end: each would hold a stream
+    // (and a backend request) open. Past the limit of 100 they are refused.
+    let effect = under_attack(&agimo, PERIOD, move |round| {
+        if round > 0 {
+            return Vec::new();
+        }
+        (0..300u32)
+            .flat_map(|i| {
+                let id = 2 * i + 1;
+                frame(HEADERS, END_HEADERS, id, &block).into_iter().chain(frame(DATA, 0, id, b"x"))
+            })
+            .collect()
+    })
+    .await;
+    println!("stream flood: {effect:?}");
+    assert_eq!(effect.peak_active, 100.0, "the stream limit is 100: {effect:?}");
+    assert!(effect.added_kib < BOUND_KIB, "{effect:?}");
+}
