@@ -24,7 +24,7 @@ cargo test --workspace --locked
 
 # Build what runs inside the cluster's network namespace first: there the
 # tests need no network.
-cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --test scale_to_zero --no-run
+cargo test --locked -p agimo-controller --features kubernetes-tests --test kubernetes --test scale_to_zero --test api_outage --no-run
 cargo test --locked -p agimo-node-agent --features kubernetes-tests --test kubernetes --no-run
 cargo test --locked -p agimo-load-balancer --features kubernetes-tests --test kubernetes --no-run
 # The scale-to-zero test runs a real Prometheus (Debian's package).
@@ -42,6 +42,10 @@ conformance/local-cluster exec -- \
 # LoadBalancer, external IPs, forwarding to ready endpoints.
 conformance/local-cluster exec -- \
   cargo test --locked --offline -p agimo-load-balancer --features kubernetes-tests --test kubernetes
+# The API server killed for two minutes under traffic, then started again:
+# alone, since it takes the API away from everything else.
+conformance/local-cluster exec -- \
+  cargo test --locked --offline -p agimo-controller --features kubernetes-tests --test api_outage
 # The Helm chart: lint, renders, values the schema refuses, and every render
 # accepted by the API server (kubectl apply --dry-run=server).
 helm/test

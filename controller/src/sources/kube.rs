@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::ApiCapabilities;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -174,6 +175,21 @@ async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
     }))
 }
 
+/// How long a failed watch waits before trying again: from 500 ms,
+/// doubling, at most 5 s (kube-rs's default goes to 30 s), back to the start
+/// after a minute without failures. An API server that comes back after an
+/// outage is seen within 5 s, and its first answer ("too old resource
+/// version": it forgot the watch) is followed by a new list as quickly.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
 async fn watch<K>(
     api: Api<DynamicObject>,
     config: watcher::Config,
@@ -184,7 +200,7 @@ async fn watch<K>(
     K: Resource + DeserializeOwned + Send + Sync + 'static,
 {
     let mut stream = watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|o: &mut DynamicObject| {
             o.metadata.managed_fields = None;
             if let Some(a) = o.metadata.annotations.as_mut() {

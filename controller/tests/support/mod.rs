@@ -2,6 +2,8 @@
 //! serving on a loopback address of its own, in front of echo backends.
 #![allow(dead_code)]
 
+#[cfg(feature = "kubernetes-tests")]
+pub mod cluster;
 pub mod process;
 
 use std::collections::BTreeMap;
