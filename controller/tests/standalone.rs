@@ -363,3 +363,100 @@ spec:
     assert_eq!(reply.echo().path, "/held");
     assert_eq!(pending().await, Some(0.0));
 }
+
+/// One client's tally under load: requests answered, requests lost on an
+/// open connection, connections refused.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    ok_after_restart: usize,
+    lost: Vec<String>,
+    refused: usize,
+}
+
+/// Sends requests on a keep-alive connection until `stop`; a request that
+/// fails on an open connection is lost, a connection that cannot be made is
+/// refused (nothing was accepted), and either way it reconnects.
+async fn load_client(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    restarted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Tally {
+    use std::sync::atomic::Ordering;
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            tally.refused += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+        else {
+            continue;
+        };
+        tokio::spawn(conn);
+        while !stop.load(Ordering::Relaxed) {
+            match sender.send_request(client::get("standalone.example", "/first?delay_ms=5")).await {
+                Ok(response) if response.status() == 200 => {
+                    use http_body_util::BodyExt;
+                    if response.into_body().collect().await.is_err() {
+                        tally.lost.push("body cut".into());
+                        break;
+                    }
+                    tally.ok += 1;
+                    if restarted.load(Ordering::Relaxed) {
+                        tally.ok_after_restart += 1;
+                    }
+                }
+                Ok(response) => {
+                    tally.lost.push(format!("status {}", response.status()));
+                    break;
+                }
+                Err(e) => {
+                    tally.lost.push(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    tally
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_only_the_requests_in_flight() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let mut first = start(echo.addr.port()).await;
+    let addr = first.http;
+    let (stop, restarted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let clients: Vec<_> = (0..8).map(|_| tokio::spawn(load_client(addr, stop.clone(), restarted.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // The same configuration, started again.
+    let dir = std::env::temp_dir().join(format!("agimo-standalone-{}-{}-again", std::process::id(), addr.ip()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["gateway.yaml", "backend.yaml", "route.yaml"] {
+        std::fs::copy(first.dir.join(file), dir.join(file)).unwrap();
+    }
+    let second = spawn(addr.ip(), dir.clone(), &dir, &[]);
+    eventually("served again after the restart", || async {
+        get(second.http, "/first").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    restarted.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut lost = 0;
+    for client in clients {
+        let tally = client.await.unwrap();
+        assert!(tally.lost.len() <= 1, "a client lost more than the request in flight: {tally:?}");
+        assert!(tally.ok_after_restart > 0, "a client was not served after the restart: {tally:?}");
+        lost += tally.lost.len();
+    }
+    eprintln!("kill -9 under load: {lost} requests in flight lost, of 8 clients");
+}
