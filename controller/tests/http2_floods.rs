@@ -1,7 +1,7 @@
 //! HTTP/2 abuse against the `agimo` binary, frame by frame: rapid reset,
-//! CONTINUATION flood, SETTINGS and PING floods, a stream-count flood. Each
-//! attack is cut short or absorbed with bounded memory, and an ordinary
-//! client is served throughout.
+//! CONTINUATION flood, SETTINGS, PING, PRIORITY and empty-frame floods, a
+//! stream-count flood. Each attack is cut short, or held to the stream limit,
+//! with bounded memory, and an ordinary client is served throughout.
 
 mod support;
 
@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
@@ -286,16 +287,32 @@ async fn a_continuation_flood_is_cut_off() {
 }
 
 #[tokio::test]
-async fn settings_and_ping_floods_are_absorbed() {
+async fn settings_ping_and_empty_frame_floods_are_cut_off() {
     let (agimo, _echo) = start().await;
-    for (name, kind, payload) in [("SETTINGS", SETTINGS, vec![]), ("PING", PING, vec![0u8; 8])] {
-        // The attacker never reads the acknowledgements.
-        let effect =
-            under_attack(&agimo, PERIOD, move |_| (0..1000).flat_map(|_| frame(kind, 0, 0, &payload)).collect()).await;
+    let floods: [(&str, u8, u8, Vec<u8>); 4] = [
+        ("SETTINGS", SETTINGS, 0, vec![]),
+        ("PING", PING, 0, vec![0u8; 8]),
+        ("PRIORITY", PRIORITY, 0, vec![0, 0, 0, 0, 16]),
+        ("empty DATA", DATA, 0, vec![]),
+    ];
+    for (name, kind, flags, payload) in floods {
+        // The attacker reads every answer, as fast as it can.
+        let stream = if kind == DATA || kind == PRIORITY { 1 } else { 0 };
+        let block = post_block(&agimo.http.to_string());
+        let effect = under_attack(&agimo, PERIOD, move |round| {
+            let mut bytes = Vec::new();
+            if round == 0 && stream == 1 {
+                bytes.extend(frame(HEADERS, END_HEADERS, 1, &block));
+            }
+            bytes.extend((0..1000).flat_map(|_| frame(kind, flags, stream, &payload)));
+            bytes
+        })
+        .await;
         println!("{name} flood: {effect:?}");
-        // The attacker reads every acknowledgement: it costs Agimo CPU at
-        // the attacker's pace, on one connection's task (one core at most).
-        println!("{name} flood: {:?} of Agimo's CPU in {PERIOD:?}", effect.cpu);
+        println!("{name} flood: {:?} of Agimo's CPU", effect.cpu);
+        assert!(effect.ended.closed, "{name}: the attacker was not cut off: {effect:?}");
+        // The budget is 1,000 such frames at once and 100 a second.
+        assert!(effect.ended.sent < 1 << 20, "{name}: {effect:?}");
         assert!(effect.added_kib < BOUND_KIB, "{name}: {effect:?}");
     }
 }

@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::RequestGuard;
+use crate::h2guard::H2Guard;
 use crate::proxy::{self, ConnInfo};
 use crate::{Config, Shared};
 
@@ -187,7 +188,7 @@ fn serve_connection(
         Protocol::Http => {
             tokio::spawn(serve_http(
                 shared.clone(),
-                TokioIo::new(stream),
+                TokioIo::new(H2Guard::new(stream)),
                 conn,
                 activity,
                 Alpn::None,
@@ -226,7 +227,7 @@ async fn serve_tls(
                 Some(b"h2") => Alpn::H2,
                 _ => Alpn::None,
             };
-            serve_http(shared, TokioIo::new(stream), conn, activity, alpn, stop, open).await
+            serve_http(shared, TokioIo::new(H2Guard::new(stream)), conn, activity, alpn, stop, open).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
