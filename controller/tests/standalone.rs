@@ -460,3 +460,32 @@ async fn kill_9_under_load_loses_only_the_requests_in_flight() {
     }
     eprintln!("kill -9 under load: {lost} requests in flight lost, of 8 clients");
 }
+
+#[tokio::test]
+async fn sigterm_ends_a_stream_that_outlasts_the_grace_period() {
+    use http_body_util::BodyExt;
+
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let mut running = start_with(echo.addr.port(), &["--shutdown-grace-period", "1s"]).await;
+    write(&running.dir, "route.yaml", &route_yaml("first", "/"));
+    eventually("the catch-all route is served", || async {
+        get(running.http, "/stream?n=1").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(running.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    // Forty lines a quarter of a second apart: ten seconds of stream.
+    let response = sender.send_request(client::get("s.example", "/stream?n=40&interval_ms=250")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let body = response.into_body().collect().await;
+    assert!(body.is_err(), "the stream was cut, not completed");
+    let status = running.child.wait().unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "exited {took:?} after SIGTERM");
+}
