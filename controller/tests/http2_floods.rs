@@ -10,54 +10,13 @@ use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
 use agimo_testkit::echo::Echo;
+use agimo_testkit::h2raw::*;
 use support::process::{Running, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK block for `GET http://<authority>/` from static-table entries
-/// and one literal, no Huffman.
-fn request_block(authority: &str) -> Vec<u8> {
-    method_block(0x82, authority)
-}
-
-/// The same for `POST` (a request whose body is read and forwarded).
-fn post_block(authority: &str) -> Vec<u8> {
-    method_block(0x83, authority)
-}
-
-/// `method` is the static-table index byte of `:method`.
-fn method_block(method: u8, authority: &str) -> Vec<u8> {
-    let mut block = vec![method, 0x86, 0x84, 0x01, authority.len() as u8];
-    block.extend_from_slice(authority.as_bytes());
-    block
-}
-
 /// A literal header `x-flood: <value>`, without indexing.
 fn filler_header(value_len: usize) -> Vec<u8> {
-    let mut out = vec![0x00, 7];
-    out.extend_from_slice(b"x-flood");
-    out.push(value_len.min(126) as u8);
-    out.extend(std::iter::repeat_n(b'a', value_len.min(126)));
-    out
+    literal(b"x-flood", &vec![b'a'; value_len.min(126)])
 }
 
 /// How an attack ended, as the attacker saw it.
@@ -246,7 +205,7 @@ const BOUND_KIB: u64 = 32 * 1024;
 async fn rapid_reset_is_cut_off() {
     let (agimo, _echo) = start().await;
     let authority = agimo.http.to_string();
-    let block = request_block(&authority);
+    let block = get_block(&authority);
     let mut next_stream = 1u32;
     let effect = under_attack(&agimo, PERIOD, move |_| {
         let mut bytes = Vec::new();
@@ -267,7 +226,7 @@ async fn rapid_reset_is_cut_off() {
 async fn a_continuation_flood_is_cut_off() {
     let (agimo, _echo) = start().await;
     let authority = agimo.http.to_string();
-    let block = request_block(&authority);
+    let block = get_block(&authority);
     let filler: Vec<u8> = (0..100).flat_map(|_| filler_header(100)).collect();
     let effect = under_attack(&agimo, PERIOD, move |round| {
         let mut bytes = Vec::new();

@@ -283,3 +283,73 @@ spec:
     assert_eq!(outcome.forwarded[0].header("host"), ["a.example"]);
     assert_eq!(outcome.forwarded[0].target(), "/x");
 }
+
+/// Sends a raw HTTP/2 request (preface, SETTINGS, then `frames`) and reads
+/// for a second; the frame types Agimo answered with.
+async fn h2_exchange(probe: &Probe, frames: Vec<u8>) -> Vec<u8> {
+    use agimo_testkit::h2raw::{PREFACE, SETTINGS, frame};
+    let mut stream = tokio::net::TcpStream::connect(probe.agimo.addr(8080)).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frames);
+    stream.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while got.len() >= at + 9 {
+        let len = (usize::from(got[at]) << 16) | (usize::from(got[at + 1]) << 8) | usize::from(got[at + 2]);
+        kinds.push(got[at + 3]);
+        at += 9 + len;
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn http2_requests_that_would_desync_an_http1_backend_are_refused() {
+    use agimo_testkit::h2raw::{DATA, END_HEADERS, END_STREAM, HEADERS, literal, post_block};
+    let probe = Probe::start().await;
+    let authority = probe.agimo.addr(8080).to_string();
+    // The control: the same request, honest, is forwarded and answered.
+    let mut block = post_block(&authority);
+    block.extend(literal(b"content-length", b"5"));
+    let mut frames = agimo_testkit::h2raw::frame(HEADERS, END_HEADERS, 1, &block);
+    frames.extend(agimo_testkit::h2raw::frame(DATA, END_STREAM, 1, b"hello"));
+    let answered = h2_exchange(&probe, frames).await;
+    assert!(answered.contains(&HEADERS), "the honest request was not answered: {answered:?}");
+    let honest = probe.recorder.requests();
+    assert_eq!(honest.len(), 1, "{honest:#?}");
+    assert_eq!(honest[0].payload, b"hello");
+    assert!(honest[0].problems.is_empty(), "{honest:#?}");
+
+    let hidden = format!("0\r\n\r\n{SMUGGLED}");
+    let cases: [(&str, Vec<u8>, Vec<u8>); 5] = [
+        // H2.TE: a connection-specific header, which HTTP/2 forbids.
+        ("transfer-encoding", literal(b"transfer-encoding", b"chunked"), hidden.clone().into_bytes()),
+        // H2.CL: a length that does not match the DATA sent.
+        ("content-length", literal(b"content-length", b"5"), format!("hello{SMUGGLED}").into_bytes()),
+        // CRLF injected into a value or a name.
+        ("crlf in a value", literal(b"x-a", b"a\r\ntransfer-encoding: chunked"), hidden.clone().into_bytes()),
+        ("crlf in a name", literal(b"x-a\r\ntransfer-encoding", b"chunked"), hidden.clone().into_bytes()),
+        ("upper-case name", literal(b"Transfer-Encoding", b"chunked"), hidden.into_bytes()),
+    ];
+    for (name, header, body) in cases {
+        let mut block = post_block(&authority);
+        block.extend(header);
+        let mut frames = agimo_testkit::h2raw::frame(HEADERS, END_HEADERS, 1, &block);
+        frames.extend(agimo_testkit::h2raw::frame(DATA, END_STREAM, 1, &body));
+        let before = probe.recorder.requests().len();
+        let answered = h2_exchange(&probe, frames).await;
+        let forwarded = probe.recorder.requests().split_off(before);
+        assert!(forwarded.is_empty(), "{name}: forwarded {forwarded:#?}");
+        // Refused by a stream reset or GOAWAY, never answered with headers.
+        assert!(!answered.contains(&HEADERS), "{name}: answered {answered:?}");
+    }
+    assert!(probe.recorder.requests().iter().all(|r| !r.target().contains("smuggled")));
+}
