@@ -265,14 +265,22 @@ async fn serve_http<I>(
             Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) })
         })
     };
+    // The connection is pinned here and lent to `drive`: moved into it, it
+    // would take its room twice in this task (as the argument and as
+    // `drive`'s pinned local), for every idle connection.
     match alpn {
         Alpn::None => {
             let connection = shared.http.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
             drive(&shared, connection, &activity, peer, stop).await
         }
         // `serve_connection_with_upgrades` would still sniff for the HTTP/2
         // preface; HTTP/2 has no upgrades to offer anyway.
-        Alpn::H2 => drive(&shared, shared.http2_only.serve_connection(io, service), &activity, peer, stop).await,
+        Alpn::H2 => {
+            let connection = shared.http2_only.serve_connection(io, service);
+            tokio::pin!(connection);
+            drive(&shared, connection, &activity, peer, stop).await
+        }
     }
 }
 
@@ -313,12 +321,11 @@ where
 /// has been idle too long, dropped when its client stopped reading.
 async fn drive(
     shared: &Shared,
-    connection: impl Graceful,
+    mut connection: Pin<&mut impl Graceful>,
     activity: &Activity,
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    tokio::pin!(connection);
     // Zero turns a check off.
     let idle = shared.config.idle_timeout;
     let send = shared.config.send_timeout;
