@@ -285,8 +285,8 @@ spec:
 }
 
 /// Sends a raw HTTP/2 request (preface, SETTINGS, then `frames`) and reads
-/// for a second; the frame types Agimo answered with.
-async fn h2_exchange(probe: &Probe, frames: Vec<u8>) -> Vec<u8> {
+/// for a second; the frames Agimo answered with: (type, flags, payload).
+async fn h2_exchange(probe: &Probe, frames: Vec<u8>) -> Vec<(u8, u8, Vec<u8>)> {
     use agimo_testkit::h2raw::{PREFACE, SETTINGS, frame};
     let mut stream = tokio::net::TcpStream::connect(probe.agimo.addr(8080)).await.unwrap();
     let mut out = PREFACE.to_vec();
@@ -301,14 +301,20 @@ async fn h2_exchange(probe: &Probe, frames: Vec<u8>) -> Vec<u8> {
         }
         got.extend_from_slice(&buf[..n]);
     }
-    let mut kinds = Vec::new();
+    let mut answered = Vec::new();
     let mut at = 0;
     while got.len() >= at + 9 {
         let len = (usize::from(got[at]) << 16) | (usize::from(got[at + 1]) << 8) | usize::from(got[at + 2]);
-        kinds.push(got[at + 3]);
+        let payload = got.get(at + 9..at + 9 + len).unwrap_or_default().to_vec();
+        answered.push((got[at + 3], got[at + 4], payload));
         at += 9 + len;
     }
-    kinds
+    answered
+}
+
+/// The frame types among `answered`.
+fn kinds(answered: &[(u8, u8, Vec<u8>)]) -> Vec<u8> {
+    answered.iter().map(|(kind, _, _)| *kind).collect()
 }
 
 #[tokio::test]
@@ -321,7 +327,7 @@ async fn http2_requests_that_would_desync_an_http1_backend_are_refused() {
     block.extend(literal(b"content-length", b"5"));
     let mut frames = agimo_testkit::h2raw::frame(HEADERS, END_HEADERS, 1, &block);
     frames.extend(agimo_testkit::h2raw::frame(DATA, END_STREAM, 1, b"hello"));
-    let answered = h2_exchange(&probe, frames).await;
+    let answered = kinds(&h2_exchange(&probe, frames).await);
     assert!(answered.contains(&HEADERS), "the honest request was not answered: {answered:?}");
     let honest = probe.recorder.requests();
     assert_eq!(honest.len(), 1, "{honest:#?}");
@@ -345,11 +351,38 @@ async fn http2_requests_that_would_desync_an_http1_backend_are_refused() {
         let mut frames = agimo_testkit::h2raw::frame(HEADERS, END_HEADERS, 1, &block);
         frames.extend(agimo_testkit::h2raw::frame(DATA, END_STREAM, 1, &body));
         let before = probe.recorder.requests().len();
-        let answered = h2_exchange(&probe, frames).await;
+        let answered = kinds(&h2_exchange(&probe, frames).await);
         let forwarded = probe.recorder.requests().split_off(before);
         assert!(forwarded.is_empty(), "{name}: forwarded {forwarded:#?}");
         // Refused by a stream reset or GOAWAY, never answered with headers.
         assert!(!answered.contains(&HEADERS), "{name}: answered {answered:?}");
     }
     assert!(probe.recorder.requests().iter().all(|r| !r.target().contains("smuggled")));
+}
+
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_is_answered_431_and_not_forwarded() {
+    use agimo_testkit::h2raw::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS, frame, get_block, literal};
+    let probe = Probe::start().await;
+    // 700 headers of 100 bytes: about 76 KB decoded, over the 64 KiB limit,
+    // in a HEADERS frame and CONTINUATIONs of 16 KB.
+    let mut block = get_block(&probe.agimo.addr(8080).to_string());
+    for i in 0..700 {
+        block.extend(literal(format!("x-h{i:03}").as_bytes(), &[b'a'; 100]));
+    }
+    let chunks: Vec<&[u8]> = block.chunks(16_000).collect();
+    let mut frames = frame(HEADERS, END_STREAM, 1, chunks[0]);
+    for (i, chunk) in chunks.iter().enumerate().skip(1) {
+        let flags = if i == chunks.len() - 1 { END_HEADERS } else { 0 };
+        frames.extend(frame(CONTINUATION, flags, 1, chunk));
+    }
+    let answered = h2_exchange(&probe, frames).await;
+    let (_, flags, status) =
+        answered.iter().find(|(kind, _, _)| *kind == HEADERS).unwrap_or_else(|| panic!("no response: {answered:?}"));
+    assert_eq!(flags & END_STREAM, END_STREAM, "{answered:?}");
+    // `:status` as a literal with the name indexed (8) and the value
+    // Huffman-coded "431" (0x69 0x90 0xff), as the h2 crate writes it; a
+    // 200 would be the indexed 0x88.
+    assert_eq!(&status[..], &[0x48, 0x83, 0x69, 0x90, 0xff], "{answered:?}");
+    assert!(probe.recorder.requests().is_empty(), "forwarded: {:#?}", probe.recorder.requests());
 }
