@@ -13,7 +13,7 @@ use agimo_testkit::client::{self, Mode};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::process::{Running, spawn};
+use support::process::{Running, serve_config};
 
 const HOSTS: usize = 10;
 const PER_HOST: usize = 1000;
@@ -22,8 +22,8 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// added to the process).
 const BUDGET_MIB: u64 = 64;
 
-fn config(ip: &str) -> String {
-    let mut yaml = support::base_yaml(&[]).replace("{{ip}}", ip) + &support::service_without_endpoints("app");
+fn config() -> String {
+    let mut yaml = support::base_yaml(&[]) + &support::service_without_endpoints("app");
     for i in 0..HOSTS {
         yaml.push_str(&format!(
             "---
@@ -43,30 +43,10 @@ spec:
     yaml
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// The sum of `pending_requests_total` over every host.
-async fn pending(agimo: &Running) -> f64 {
-    let metrics = agimo.admin;
-    let reply = client::send(metrics, Mode::Http1, client::get("admin", "/metrics")).await.expect("metrics");
-    String::from_utf8_lossy(&reply.body)
-        .lines()
-        .filter(|l| l.starts_with("pending_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn eventually_pending(agimo: &Running, want: f64, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let now = pending(agimo).await;
+        let now = agimo.metric_total("pending_requests_total").await;
         if now == want {
             return started.elapsed();
         }
@@ -98,20 +78,8 @@ async fn hold(addr: SocketAddr, host: String) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn ten_thousand_held_requests_fit_the_budget_and_are_released_when_clients_leave() {
-    let ip = support::unique_loopback();
-    let dir = std::env::temp_dir().join(format!("agimo-gate-pressure-{}-{ip}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("agimo.yaml"), config(&ip.to_string())).unwrap();
-    let agimo = spawn(ip, dir.clone(), &dir, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client::send(agimo.admin, Mode::Http1, client::get("admin", "/readyz"))
-        .await
-        .map_or(true, |r| r.status != 200)
-    {
-        assert!(Instant::now() < deadline, "agimo did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before = rss_kib(agimo.child.id());
+    let agimo = serve_config(&config(), &[]).await;
+    let before = agimo.rss_kib();
 
     let mut clients = Vec::new();
     for i in 0..HOSTS {
@@ -120,7 +88,7 @@ async fn ten_thousand_held_requests_fit_the_budget_and_are_released_when_clients
         }
     }
     eventually_pending(&agimo, (HOSTS * PER_HOST) as f64, Duration::from_secs(60)).await;
-    let held = rss_kib(agimo.child.id());
+    let held = agimo.rss_kib();
     let added = held.saturating_sub(before);
     println!(
         "{} held requests: RSS {before} KiB -> {held} KiB, {} bytes per request",

@@ -9,28 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
-use agimo_testkit::echo::Echo;
-use support::process::{Running, spawn};
-
-/// `agimo standalone ARGS` in front of an echo backend, serving `/`.
-async fn start(args: &[&str]) -> (Running, Echo) {
-    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
-    let ip = support::unique_loopback();
-    let dir = std::env::temp_dir().join(format!("agimo-hostile-{}-{ip}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = (support::base_yaml(&[])
-        + &support::service_at("v1", &echo.addr.port().to_string())
-        + &support::route_to("r", "v1"))
-        .replace("{{ip}}", &ip.to_string());
-    std::fs::write(dir.join("agimo.yaml"), yaml).unwrap();
-    let running = spawn(ip, dir.clone(), &dir, args);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ordinary_request(running.http).await.is_ok_and(|_| true) {
-        assert!(Instant::now() < deadline, "agimo did not start serving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (running, echo)
-}
+use support::process::serve_echo;
 
 /// One request on a new connection; its latency if answered 200.
 async fn ordinary_request(addr: SocketAddr) -> Result<Duration, String> {
@@ -112,7 +91,7 @@ async fn slowhttptest(args: &[&str]) -> Vec<Tick> {
 
 #[tokio::test]
 async fn slowloris_connections_are_cut_off_and_others_served() {
-    let (agimo, _echo) = start(&["--header-read-timeout", "2s"]).await;
+    let (agimo, _echo) = serve_echo(&["--header-read-timeout", "2s"]).await;
     let url = format!("http://{}/", agimo.http);
     // 1,000 connections that each send a header line every second, never
     // finishing their request head.
@@ -125,7 +104,7 @@ async fn slowloris_connections_are_cut_off_and_others_served() {
 
 #[tokio::test]
 async fn slow_readers_are_cut_off_and_others_served() {
-    let (agimo, _echo) = start(&["--send-timeout", "2s"]).await;
+    let (agimo, _echo) = serve_echo(&["--send-timeout", "2s"]).await;
     let baseline = open_fds(agimo.child.id());
     let url = format!("http://{}/bytes/1048576", agimo.http);
     // 300 connections asking for 1 MiB ten times each, advertising a window
@@ -151,20 +130,10 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test]
 async fn ten_thousand_idle_connections_leave_others_served() {
-    let (agimo, _echo) = start(&[]).await;
-    let before = rss_kib(agimo.child.id());
+    let (agimo, _echo) = serve_echo(&[]).await;
+    let before = agimo.rss_kib();
     let mut idle = Vec::with_capacity(10_000);
     for _ in 0..20 {
         let batch = (0..500).map(|_| tokio::net::TcpStream::connect(agimo.http));
@@ -174,7 +143,7 @@ async fn ten_thousand_idle_connections_leave_others_served() {
     }
     let served = ordinary_client(agimo.http, Duration::from_secs(3)).await;
     assert_served(&served);
-    let after = rss_kib(agimo.child.id());
+    let after = agimo.rss_kib();
     let per_connection = (after.saturating_sub(before) * 1024) / idle.len() as u64;
     println!("10,000 idle connections: RSS {before} KiB -> {after} KiB, {per_connection} bytes each");
     // A generous bound that still catches a per-connection buffer (hyper's

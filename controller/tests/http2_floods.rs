@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
-use agimo_testkit::echo::Echo;
 use agimo_testkit::h2raw::*;
-use support::process::{Running, spawn};
+use support::process::{Running, serve_echo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A literal header `x-flood: <value>`, without indexing.
@@ -97,34 +96,6 @@ async fn attack(addr: SocketAddr, period: Duration, mut batch: impl FnMut(usize)
     ended
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-async fn start() -> (Running, Echo) {
-    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
-    let ip = support::unique_loopback();
-    let dir = std::env::temp_dir().join(format!("agimo-h2-floods-{}-{ip}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = (support::base_yaml(&[])
-        + &support::service_at("v1", &echo.addr.port().to_string())
-        + &support::route_to("r", "v1"))
-        .replace("{{ip}}", &ip.to_string());
-    std::fs::write(dir.join("agimo.yaml"), yaml).unwrap();
-    let running = spawn(ip, dir.clone(), &dir, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ordinary(running.http).await.is_err() {
-        assert!(Instant::now() < deadline, "agimo did not start serving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (running, echo)
-}
-
 async fn ordinary(addr: SocketAddr) -> Result<(), String> {
     let reply =
         tokio::time::timeout(Duration::from_secs(2), client::send(addr, Mode::H2c, client::get("ok.example", "/")))
@@ -132,16 +103,6 @@ async fn ordinary(addr: SocketAddr) -> Result<(), String> {
             .map_err(|_| "no answer within 2 s".to_owned())?
             .map_err(|e| e.to_string())?;
     if reply.status == 200 { Ok(()) } else { Err(format!("status {}", reply.status)) }
-}
-
-/// The sum of `active_requests_total` over every host.
-async fn active_requests(agimo: &Running) -> f64 {
-    let metrics = client::send(agimo.admin, Mode::Http1, client::get("admin", "/metrics")).await.unwrap();
-    String::from_utf8_lossy(&metrics.body)
-        .lines()
-        .filter(|l| l.starts_with("active_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// What an attack did to Agimo.
@@ -173,7 +134,7 @@ async fn under_attack(
     batch: impl FnMut(usize) -> Vec<u8> + Send + 'static,
 ) -> Effect {
     let pid = agimo.child.id();
-    let before = rss_kib(pid);
+    let before = agimo.rss_kib();
     let cpu_before = cpu_time(pid);
     let attacker = tokio::spawn(attack(agimo.http, period, batch));
     let mut peak = before;
@@ -185,12 +146,12 @@ async fn under_attack(
             Ok(()) => served += 1,
             Err(e) => failures.push(e),
         }
-        peak = peak.max(rss_kib(pid));
-        peak_active = peak_active.max(active_requests(agimo).await);
+        peak = peak.max(agimo.rss_kib());
+        peak_active = peak_active.max(agimo.metric_total("active_requests_total").await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ended = attacker.await.unwrap();
-    peak = peak.max(rss_kib(pid));
+    peak = peak.max(agimo.rss_kib());
     assert!(failures.is_empty(), "the ordinary client failed {} times: {failures:?}", failures.len());
     assert!(served > 0 || period < Duration::from_secs(1), "the ordinary client was never served");
     assert_eq!(ordinary(agimo.http).await, Ok(()), "served after the attack");
@@ -203,7 +164,7 @@ const BOUND_KIB: u64 = 32 * 1024;
 
 #[tokio::test]
 async fn rapid_reset_is_cut_off() {
-    let (agimo, _echo) = start().await;
+    let (agimo, _echo) = serve_echo(&[]).await;
     let authority = agimo.http.to_string();
     let block = get_block(&authority);
     let mut next_stream = 1u32;
@@ -224,7 +185,7 @@ async fn rapid_reset_is_cut_off() {
 
 #[tokio::test]
 async fn a_continuation_flood_is_cut_off() {
-    let (agimo, _echo) = start().await;
+    let (agimo, _echo) = serve_echo(&[]).await;
     let authority = agimo.http.to_string();
     let block = get_block(&authority);
     let filler: Vec<u8> = (0..100).flat_map(|_| filler_header(100)).collect();
@@ -247,7 +208,7 @@ async fn a_continuation_flood_is_cut_off() {
 
 #[tokio::test]
 async fn settings_ping_and_empty_frame_floods_are_cut_off() {
-    let (agimo, _echo) = start().await;
+    let (agimo, _echo) = serve_echo(&[]).await;
     let floods: [(&str, u8, u8, Vec<u8>); 4] = [
         ("SETTINGS", SETTINGS, 0, vec![]),
         ("PING", PING, 0, vec![0u8; 8]),
@@ -278,7 +239,7 @@ async fn settings_ping_and_empty_frame_floods_are_cut_off() {
 
 #[tokio::test]
 async fn a_stream_count_flood_gets_no_more_than_the_stream_limit() {
-    let (agimo, _echo) = start().await;
+    let (agimo, _echo) = serve_echo(&[]).await;
     let authority = agimo.http.to_string();
     let block = post_block(&authority);
     // 300 requests at once whose bodies never end: each would hold a stream

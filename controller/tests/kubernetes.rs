@@ -152,22 +152,7 @@ async fn a_certificate_change_applies_to_new_handshakes() {
     let mut c = Cluster::new("tls").await;
     let v1 = c.backend("v1", 1).await;
     c.start_agimo();
-    let secret = |cert: &agimo_testkit::tls::TestCert| {
-        let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
-        format!(
-            "---
-apiVersion: v1
-kind: Secret
-metadata: {{name: cert, namespace: '{{ns}}'}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}",
-            indent(&cert.cert_pem),
-            indent(&cert.key_pem)
-        )
-    };
+    let secret = |cert: &agimo_testkit::tls::TestCert| support::tls_secret_in("{ns}", "cert", cert);
     let first = self_signed(&["secure.test"]);
     let second = self_signed(&["secure.test"]);
     c.apply(

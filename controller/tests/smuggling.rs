@@ -255,23 +255,8 @@ async fn an_absolute_form_target_wins_over_the_host_header() {
     let recorder = Recorder::spawn().await.unwrap();
     let yaml = base_yaml(&["other"])
         + &service_at("rec", &recorder.addr.port().to_string())
-        + "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: a, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [a.example]
-  rules: [{backendRefs: [{name: rec, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: b, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [b.example]
-  rules: [{backendRefs: [{name: other, port: 80}]}]
-";
+        + &support::route_for_host("a", "a.example", "rec")
+        + &support::route_for_host("b", "b.example", "other");
     let probe = Probe { agimo: Agimo::start(&yaml, &["other"]).await, recorder };
     // RFC 9112 3.2.2: the target's authority is the request's host; the Host
     // header is replaced by it, so the backend and Agimo agree on the host.

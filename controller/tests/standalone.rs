@@ -207,12 +207,9 @@ fn a_bad_worker_thread_count_is_a_clear_error_at_startup() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_lets_requests_in_flight_finish() {
-    use http_body_util::BodyExt;
-
-    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
-    let running = start(echo.addr.port()).await;
+/// Routes every path to the echo backend, then starts `/stream?QUERY` and
+/// returns once its response head has arrived: a stream in flight.
+async fn stream_in_flight(running: &Running, query: &str) -> http::Response<hyper::body::Incoming> {
     write(&running.dir, "route.yaml", &route_yaml("first", "/"));
     eventually("the catch-all route is served", || async {
         get(running.http, "/stream?n=1").await.is_some_and(|r| r.status == 200)
@@ -221,8 +218,18 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let stream = tokio::net::TcpStream::connect(running.http).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let response = sender.send_request(client::get("s.example", "/stream?n=4&interval_ms=250")).await.unwrap();
+    let response = sender.send_request(client::get("s.example", &format!("/stream?{query}"))).await.unwrap();
     assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish() {
+    use http_body_util::BodyExt;
+
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    let response = stream_in_flight(&running, "n=4&interval_ms=250").await;
 
     let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
     assert!(kill.success());
@@ -467,17 +474,8 @@ async fn sigterm_ends_a_stream_that_outlasts_the_grace_period() {
 
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let mut running = start_with(echo.addr.port(), &["--shutdown-grace-period", "1s"]).await;
-    write(&running.dir, "route.yaml", &route_yaml("first", "/"));
-    eventually("the catch-all route is served", || async {
-        get(running.http, "/stream?n=1").await.is_some_and(|r| r.status == 200)
-    })
-    .await;
-    let stream = tokio::net::TcpStream::connect(running.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
     // Forty lines a quarter of a second apart: ten seconds of stream.
-    let response = sender.send_request(client::get("s.example", "/stream?n=40&interval_ms=250")).await.unwrap();
-    assert_eq!(response.status(), 200);
+    let response = stream_in_flight(&running, "n=40&interval_ms=250").await;
 
     let signalled = Instant::now();
     let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();

@@ -78,6 +78,22 @@ spec:
     )
 }
 
+/// An HTTPRoute on `gw` for `hostname`, sending everything to Service
+/// `backend`, port 80.
+pub fn route_for_host(name: &str, hostname: &str, backend: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{hostname}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
+"
+    )
+}
+
 /// A Service `<name>` with one ready endpoint: the echo server `<name>`.
 pub fn service_yaml(name: &str) -> String {
     service_at(name, &format!("{{{{port:{name}}}}}"))
@@ -205,6 +221,13 @@ impl Agimo {
     }
 }
 
+/// The sum of every series of metric `name` (all label values) in the
+/// Prometheus text format.
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 /// The value of one series from the Prometheus text format, if present.
 pub fn metric(text: &str, name: &str, host: &str) -> Option<f64> {
     let prefix = format!("{name}{{host=\"{host}\"}} ");
@@ -223,12 +246,17 @@ pub async fn eventually_true(mut check: impl FnMut() -> bool) {
 
 /// A `kubernetes.io/tls` Secret `default/<name>` holding `cert`.
 pub fn tls_secret(name: &str, cert: &agimo_testkit::tls::TestCert) -> String {
+    tls_secret_in("default", name, cert)
+}
+
+/// A `kubernetes.io/tls` Secret `<namespace>/<name>` holding `cert`.
+pub fn tls_secret_in(namespace: &str, name: &str, cert: &agimo_testkit::tls::TestCert) -> String {
     let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
         "---
 apiVersion: v1
 kind: Secret
-metadata: {{name: {name}, namespace: default}}
+metadata: {{name: {name}, namespace: '{namespace}'}}
 type: kubernetes.io/tls
 stringData:
   tls.crt: |
