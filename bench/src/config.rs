@@ -147,3 +147,42 @@ pub fn wrk_script(probes: &[&Probe]) -> String {
 pub fn upload_script() -> String {
     format!("wrk.method = \"POST\"\nwrk.body = string.rep(\"u\", {})\n", crate::peers::LARGE)
 }
+
+/// A Service with no endpoint (a workload scaled to zero) and one
+/// scale-to-zero HTTPRoute per host `held-<i>.bench`, each holding at most
+/// `per_host` requests.
+pub fn held_routes(hosts: usize, per_host: usize) -> String {
+    let mut yaml = String::from(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: asleep, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: asleep, namespace: default, labels: {kubernetes.io/service-name: asleep}}
+addressType: IPv4
+ports: [{name: http, port: 1}]
+endpoints: []
+"#,
+    );
+    for i in 0..hosts {
+        write!(
+            yaml,
+            r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: held-{i}
+  namespace: default
+  annotations: {{agimo.dev/scale-to-zero: "true", agimo.dev/wait-timeout: 5m, agimo.dev/max-pending: "{per_host}"}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [held-{i}.bench]
+  rules: [{{backendRefs: [{{name: asleep, port: 80}}]}}]
+"#
+        )
+        .expect("writing to a String");
+    }
+    yaml
+}

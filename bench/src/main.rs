@@ -54,6 +54,9 @@ pub struct Opts {
     /// Websockets kept open across the swaps.
     #[arg(long, default_value_t = 100)]
     websockets: usize,
+    /// Requests held at the scale-to-zero gate, spread over ten hosts.
+    #[arg(long, default_value_t = 10_000)]
+    held: usize,
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -68,6 +71,7 @@ pub enum Scenario {
     Idle,
     Swaps,
     Bodies,
+    Held,
 }
 
 fn main() -> Result<()> {
@@ -97,6 +101,9 @@ fn main() -> Result<()> {
     }
     if wanted(Scenario::Swaps) {
         scenarios::swaps(&opts, &env, &mut peers)?;
+    }
+    if wanted(Scenario::Held) {
+        scenarios::held(&opts, &mut peers)?;
     }
     if wanted(Scenario::Routes) {
         // The sweep starts Agimo afresh at each size.

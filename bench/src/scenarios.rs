@@ -355,6 +355,64 @@ fn request_each(conns: &mut [TcpStream]) -> Result<()> {
     Ok(())
 }
 
+/// 8. Requests held at the scale-to-zero gate: the memory they take, what
+/// the request past `max-pending` gets, and how fast they are released when
+/// their clients go.
+pub fn held(opts: &Opts, peers: &mut Peers) -> Result<()> {
+    const HOSTS: usize = 10;
+    let n = opts.held - opts.held % HOSTS;
+    println!("## 8. {n} requests held at the scale-to-zero gate ({HOSTS} hosts, HTTP/1.1, one connection each)\n");
+    let file = peers.agimo_config.join("held.yaml");
+    fs::write(&file, config::held_routes(HOSTS, n / HOSTS))?;
+    let pending = || -> Result<Option<f64>> {
+        let (_, text) = load::get(peers::AGIMO_METRICS_PORT, "metrics", "/metrics", &[])?;
+        let mut series = text.lines().filter(|l| l.starts_with("pending_requests_total{host=\"held-")).peekable();
+        if series.peek().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(series.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()))
+    };
+    wait_until("the held routes are served", Duration::from_secs(10), || Ok(pending()?.is_some()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = peers.proxy(Target::Agimo).rss();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", AGIMO_PORT)).with_context(|| format!("connection {i}"))?;
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: held-{}.bench\r\n\r\n", i % HOSTS).as_bytes())?;
+        conns.push(s);
+    }
+    wait_until("every request is held", Duration::from_secs(60), || Ok(pending()? == Some(n as f64)))?;
+    let held = peers.proxy(Target::Agimo).rss();
+    let (over, _) = load::get(AGIMO_PORT, "held-0.bench", "/", &[])?;
+    peers.proxy(Target::Agimo).check_alive()?;
+    drop(conns);
+    let gone = Instant::now();
+    wait_until("the held requests are released", Duration::from_secs(30), || Ok(pending()? == Some(0.0)))?;
+    let released = gone.elapsed();
+    fs::remove_file(&file)?;
+    println!("| held | RSS before | RSS holding | bytes per held request | one more request | all released after the clients left |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {:.1} MB | {:.1} MB | {:.0} | {over} | {} ms |",
+        before as f64 / 1e6,
+        held as f64 / 1e6,
+        held.saturating_sub(before) as f64 / n as f64,
+        released.as_millis()
+    );
+    println!();
+    Ok(())
+}
+
+/// Polls `check` every 20 ms until it holds, or fails after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while !check()? {
+        ensure!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// 6. Snapshot swaps under load, with websockets open.
 pub fn swaps(opts: &Opts, env: &Env, peers: &mut Peers) -> Result<()> {
     let (n, sockets) = (opts.swaps, opts.websockets);
