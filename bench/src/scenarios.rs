@@ -355,9 +355,9 @@ fn request_each(conns: &mut [TcpStream]) -> Result<()> {
     Ok(())
 }
 
-/// 8. Requests held at the scale-to-zero gate: the memory they take, what
-/// the request past `max-pending` gets, and how fast they are released when
-/// their clients go.
+/// Scenario 8, requests held at the scale-to-zero gate: the memory they
+/// take, what the request past `max-pending` gets, and how fast they are
+/// released when their clients go.
 pub fn held(opts: &Opts, peers: &mut Peers) -> Result<()> {
     const HOSTS: usize = 10;
     let n = opts.held - opts.held % HOSTS;
@@ -390,7 +390,9 @@ pub fn held(opts: &Opts, peers: &mut Peers) -> Result<()> {
     wait_until("the held requests are released", Duration::from_secs(30), || Ok(pending()? == Some(0.0)))?;
     let released = gone.elapsed();
     fs::remove_file(&file)?;
-    println!("| held | RSS before | RSS holding | bytes per held request | one more request | all released after the clients left |");
+    println!(
+        "| held | RSS before | RSS holding | bytes per held request | one more request | all released after the clients left |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {n} | {:.1} MB | {:.1} MB | {:.0} | {over} | {} ms |",
