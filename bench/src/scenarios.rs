@@ -322,7 +322,9 @@ pub fn idle(opts: &Opts, peers: &mut Peers) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1500));
         let connected = peers.proxy(target).rss();
         request_each(&mut conns)?;
-        std::thread::sleep(Duration::from_millis(1500));
+        // Idle means idle for a while: Agimo parks an HTTP/1.1 connection
+        // (frees hyper's buffers for it) after a second without a request.
+        std::thread::sleep(Duration::from_millis(3000));
         let after_request = peers.proxy(target).rss();
         peers.proxy(target).check_alive()?;
         drop(conns);

@@ -213,6 +213,25 @@ impl ServeArgs {
     }
 }
 
+/// jemalloc, set to give memory back: an idle connection that Agimo parks
+/// frees hyper's buffers for it (see `agimo_dataplane::Config::park_idle_after`),
+/// and with the C library's allocator those pages would stay with the
+/// process. Here unused pages go back to the system after about a second,
+/// from a background thread, so the process shrinks while it is idle too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's `malloc_conf`, read at its start: a C string pointer.
+#[repr(transparent)]
+pub struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static string, never written.
+unsafe impl Sync for MallocConf {}
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -14,7 +14,7 @@ use crate::upstream::Pooled;
 /// sent in full, or dropped (client gone, connection closed).
 #[derive(Default)]
 pub struct RequestGuard {
-    pub active: Option<crate::metrics::ActiveGuard>,
+    pub active: Option<crate::metrics::GaugeGuard>,
     pub connection: Option<crate::server::InFlight>,
 }
 

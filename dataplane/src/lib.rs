@@ -24,6 +24,7 @@ mod h2guard;
 pub mod metrics;
 mod proxy;
 mod server;
+mod session;
 mod tls;
 mod upstream;
 
@@ -35,7 +36,6 @@ use agimo_shared::Snapshot;
 pub use agimo_shared::path::EscapedSlashes;
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,8 @@ pub use server::{BindError, SocketState};
 pub struct Config {
     /// Time allowed to send a complete HTTP/1.1 request head, counted from
     /// the connection's start or the end of the previous response (so it
-    /// also closes idle keep-alive connections). Zero turns it off.
+    /// also closes idle keep-alive connections), and again from the first
+    /// byte of a parked connection. Zero turns it off.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed
     /// (HTTP/2 gets a GOAWAY). Zero turns it off.
@@ -69,6 +70,11 @@ pub struct Config {
     pub escaped_slashes: EscapedSlashes,
     pub tls_handshake_timeout: Duration,
     pub upstream_connect_timeout: Duration,
+    /// An HTTP/1.1 connection with nothing in flight and nothing sent for
+    /// this long is parked: hyper's state and buffers for it are freed, and
+    /// only its socket is kept until the client sends again. Zero never
+    /// parks.
+    pub park_idle_after: Duration,
 }
 
 impl Default for Config {
@@ -84,6 +90,7 @@ impl Default for Config {
             escaped_slashes: EscapedSlashes::default(),
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(5),
+            park_idle_after: Duration::from_secs(1),
         }
     }
 }
@@ -94,10 +101,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
     pub(crate) upstream: upstream::Upstream,
-    /// HTTP/1.1 or h2c, told apart by the HTTP/2 preface.
-    pub(crate) http: auto::Builder<TokioExecutor>,
-    /// For TLS connections that chose HTTP/2 by ALPN.
-    pub(crate) http2_only: auto::Builder<TokioExecutor>,
+    pub(crate) http1: hyper::server::conn::http1::Builder,
+    pub(crate) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     ready: AtomicBool,
     draining: AtomicBool,
     /// Open client connections, upgraded ones (websockets) included.
@@ -120,16 +125,16 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn new(config: Config, metrics: Metrics) -> Self {
         let upstream = upstream::Upstream::new(config.upstream_connect_timeout);
-        let http = server::http_builder(&config);
-        let http2_only = http.clone().http2_only();
+        let http1 = server::http1_builder(&config);
+        let http2 = server::http2_builder(&config);
         Dataplane {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
                 config,
                 metrics,
                 upstream,
-                http,
-                http2_only,
+                http1,
+                http2,
                 ready: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 connections: Arc::new(AtomicUsize::new(0)),

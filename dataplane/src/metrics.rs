@@ -22,6 +22,7 @@ pub struct Metrics {
     active: IntGaugeVec,
     duration: HistogramVec,
     refused: IntCounter,
+    parked: IntGauge,
 }
 
 impl Default for Metrics {
@@ -68,8 +69,14 @@ impl Metrics {
             "Client connections refused because the connection cap was reached.",
         )
         .expect("valid metric");
+        let parked = IntGauge::new(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections parked: only their socket is kept until the client sends again.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(parked.clone()),
             Box::new(requests.clone()),
             Box::new(pending.clone()),
             Box::new(active.clone()),
@@ -77,7 +84,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metrics register once");
         }
-        Metrics { registry, requests, pending, active, duration, refused }
+        Metrics { registry, requests, pending, active, duration, refused, parked }
     }
 
     /// Creates the series of these hosts at 0, so queries (KEDA's) see them
@@ -94,6 +101,12 @@ impl Metrics {
         self.refused.inc();
     }
 
+    /// Counts a parked connection until the guard drops.
+    pub fn parked(&self) -> GaugeGuard {
+        self.parked.inc();
+        GaugeGuard(self.parked.clone())
+    }
+
     pub fn request(&self, host: &str) {
         self.requests.with_label_values(&[host]).inc();
     }
@@ -103,10 +116,10 @@ impl Metrics {
     }
 
     /// Counts a forwarded request as active until the guard drops.
-    pub fn active(&self, host: &str) -> ActiveGuard {
+    pub fn active(&self, host: &str) -> GaugeGuard {
         let gauge = self.active.with_label_values(&[host]);
         gauge.inc();
-        ActiveGuard(gauge)
+        GaugeGuard(gauge)
     }
 
     /// The pending gauge of a host (held requests; scale-to-zero).
@@ -122,10 +135,11 @@ impl Metrics {
     }
 }
 
-/// Decrements `active_requests_total` when dropped.
-pub struct ActiveGuard(IntGauge);
+/// Decrements a gauge (`active_requests_total`, `parked_connections`) when
+/// dropped.
+pub struct GaugeGuard(IntGauge);
 
-impl Drop for ActiveGuard {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

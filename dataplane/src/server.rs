@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agimo_shared::Snapshot;
 use agimo_shared::snapshot::Protocol;
-use hyper::service::service_fn;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -22,22 +24,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::RequestGuard;
+use crate::body::{Body, RequestGuard};
 use crate::h2guard::H2Guard;
 use crate::proxy::{self, ConnInfo};
+use crate::session::{self, Opening, Session};
 use crate::{Config, Shared};
 
-/// The hyper server settings for every connection.
-pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The hyper server settings for HTTP/1.1 connections.
+pub fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Some(config.header_read_timeout).filter(|t| !t.is_zero()))
         .max_headers(config.max_request_headers)
         .max_buf_size(config.max_request_header_bytes.max(8192));
     builder
-        .http2()
+}
+
+/// The hyper server settings for HTTP/2 connections.
+pub fn http2_builder(config: &Config) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(config.max_request_header_bytes).unwrap_or(u32::MAX))
@@ -186,15 +193,7 @@ fn serve_connection(
     let stream = Watched { inner: stream, activity: activity.clone() };
     match protocol {
         Protocol::Http => {
-            tokio::spawn(serve_http(
-                shared.clone(),
-                TokioIo::new(H2Guard::new(stream)),
-                conn,
-                activity,
-                Alpn::None,
-                stop.clone(),
-                open,
-            ));
+            tokio::spawn(serve_http(shared.clone(), stream, conn, activity, Alpn::None, stop.clone(), open));
         }
         Protocol::Https => {
             tokio::spawn(serve_tls(shared.clone(), stream, conn, activity, tls.clone(), stop.clone(), open));
@@ -227,7 +226,7 @@ async fn serve_tls(
                 Some(b"h2") => Alpn::H2,
                 _ => Alpn::None,
             };
-            serve_http(shared, TokioIo::new(H2Guard::new(stream)), conn, activity, alpn, stop, open).await
+            serve_http(shared, stream, conn, activity, alpn, stop, open).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
@@ -242,103 +241,189 @@ enum Alpn {
     H2,
 }
 
-async fn serve_http<I>(
+/// The proxy as a hyper service for one connection.
+#[derive(Clone)]
+struct Service {
     shared: Arc<Shared>,
-    io: TokioIo<I>,
+    conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed: hyper keeps room for one request future per connection for the
+    // connection's whole life; a box makes that room a pointer while the
+    // connection is idle.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (shared, conn) = (self.shared.clone(), self.conn.clone());
+        let guard = RequestGuard { active: None, connection: Some(self.activity.begin()) };
+        Box::pin(async move { Ok(proxy::handle(&shared, &conn, req, guard).await) })
+    }
+}
+
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    mut io: S,
     conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
     alpn: Alpn,
     stop: CancellationToken,
     _open: OpenConnection,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = {
-        let (shared, activity) = (shared.clone(), activity.clone());
-        service_fn(move |req| {
-            let (shared, conn) = (shared.clone(), conn.clone());
-            let guard = RequestGuard { active: None, connection: Some(activity.begin()) };
-            // Boxed: hyper keeps room for one request future per connection
-            // for the connection's whole life; a box makes that room a
-            // pointer while the connection is idle.
-            Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &conn, req, guard).await) })
-        })
-    };
-    // The connection is pinned here and lent to `drive`: moved into it, it
-    // would take its room twice in this task (as the argument and as
-    // `drive`'s pinned local), for every idle connection.
-    match alpn {
+    let opening = match alpn {
+        Alpn::H2 => Opening::Http2(Bytes::new()),
         Alpn::None => {
-            let connection = shared.http.serve_connection_with_upgrades(io, service);
-            tokio::pin!(connection);
-            drive(&shared, connection, &activity, peer, stop).await
+            let deadline = activity.quiet_deadline(&shared.config);
+            match session::opening(&mut io, deadline, &stop).await {
+                Some(opening) => opening,
+                None => return,
+            }
         }
-        // `serve_connection_with_upgrades` would still sniff for the HTTP/2
-        // preface; HTTP/2 has no upgrades to offer anyway.
-        Alpn::H2 => {
-            let connection = shared.http2_only.serve_connection(io, service);
-            tokio::pin!(connection);
-            drive(&shared, connection, &activity, peer, stop).await
+    };
+    let service = Service { shared: shared.clone(), conn, activity: activity.clone() };
+    match opening {
+        Opening::Http2(preface) => {
+            let io = TokioIo::new(H2Guard::new(Session::new(io, preface, activity.clone())));
+            // Boxed: an HTTP/1.1 connection's task has no room for it.
+            Box::pin(async {
+                let connection = shared.http2.serve_connection(io, service);
+                tokio::pin!(connection);
+                drive(&shared, connection, &activity, peer, &stop, None).await
+            })
+            .await;
+        }
+        Opening::Http1(read) => serve_http1(&shared, io, read, service, &activity, &stop).await,
+    }
+}
+
+/// Serves an HTTP/1.1 connection, parking it whenever it has been idle for
+/// [`Config::park_idle_after`](crate::Config::park_idle_after) (see
+/// [`session`]).
+async fn serve_http1<S>(
+    shared: &Shared,
+    mut io: S,
+    mut read: Bytes,
+    service: Service,
+    activity: &Arc<Activity>,
+    stop: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        // Boxed, so that a parked connection's task has no room for hyper.
+        let Some(parked) = Box::pin(until_parked(shared, io, read, service.clone(), activity, stop)).await else {
+            return;
+        };
+        (io, read) = parked;
+        if read.is_empty() {
+            tracing::trace!(peer = %service.conn.peer, "connection parked");
+            let _parked = shared.metrics.parked();
+            let deadline = activity.quiet_deadline(&shared.config);
+            match session::unpark(&mut io, deadline, stop).await {
+                Some(bytes) => read = bytes,
+                None => return,
+            }
         }
     }
+}
+
+/// Serves an HTTP/1.1 connection with hyper until it ends (`None`) or
+/// hyper lets go of it to park it: its socket and the bytes read from it
+/// that hyper had not used yet.
+async fn until_parked<S>(
+    shared: &Shared,
+    io: S,
+    read: Bytes,
+    service: Service,
+    activity: &Arc<Activity>,
+    stop: &CancellationToken,
+) -> Option<(S, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = service.conn.peer;
+    let session = Session::new(io, read, activity.clone());
+    let mut connection = shared.http1.serve_connection(TokioIo::new(session), service).with_upgrades();
+    let driven =
+        drive(shared, Pin::new(&mut connection), activity, peer, stop, session::park_after(&shared.config)).await;
+    activity.parked();
+    if driven == Driven::Ended {
+        return None;
+    }
+    // `None` once upgraded; the upgrade has the socket then.
+    let parts = connection.into_parts()?;
+    Some(parts.io.into_inner().into_parts(parts.read_buf))
 }
 
 /// A hyper connection that can be asked to finish.
-trait Graceful: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> {
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
+impl<I> Graceful for http1::UpgradeableConnection<I, Service>
 where
-    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: auto::HttpServerConnExec<S::Future, B>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::UpgradeableConnection::graceful_shutdown(self)
+        http1::UpgradeableConnection::graceful_shutdown(self)
     }
 }
 
-impl<I, S, E, B> Graceful for auto::Connection<'_, I, S, E>
+impl<I> Graceful for http2::Connection<I, Service, TokioExecutor>
 where
-    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: auto::HttpServerConnExec<S::Future, B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::Connection::graceful_shutdown(self)
+        http2::Connection::graceful_shutdown(self)
     }
 }
 
-/// Runs a connection to its end: closed gracefully when `stop` fires or it
-/// has been idle too long, dropped when its client stopped reading.
+/// How [`drive`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    /// The connection is over.
+    Ended,
+    /// hyper let go of an idle connection; the socket is still open.
+    Parked,
+}
+
+/// Runs a connection until it ends (closed gracefully when `stop` fires or
+/// it has been idle too long, dropped when its client stopped reading) or,
+/// with `park_after`, until it has been idle that long and hyper has let go.
 async fn drive(
     shared: &Shared,
     mut connection: Pin<&mut impl Graceful>,
     activity: &Activity,
     peer: SocketAddr,
-    stop: CancellationToken,
-) {
+    stop: &CancellationToken,
+    park_after: Option<Duration>,
+) -> Driven {
     // Zero turns a check off.
     let idle = shared.config.idle_timeout;
     let send = shared.config.send_timeout;
-    let period = [idle, send].into_iter().filter(|t| !t.is_zero()).min().map_or(Duration::from_secs(3600), |t| t / 4);
-    let mut tick = tokio::time::interval(period);
+    let period = [idle / 4, send / 4, park_after.unwrap_or_default() / 2]
+        .into_iter()
+        .filter(|t| !t.is_zero())
+        .min()
+        .unwrap_or(Duration::from_secs(900));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut closing = false;
+    let mut parking = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                match result {
+                    Ok(()) if parking => return Driven::Parked,
+                    Ok(()) => {}
+                    Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
                 }
-                return;
+                return Driven::Ended;
             }
             _ = stop.cancelled(), if !closing => {
                 closing = true;
@@ -348,10 +433,18 @@ async fn drive(
                 if !send.is_zero() && activity.write_blocked_for() >= send {
                     // The client stopped reading (slow read): drop it.
                     tracing::debug!(%peer, timeout = ?send, "connection closed: the client stopped reading");
-                    return;
+                    return Driven::Ended;
                 }
-                if !closing && !idle.is_zero() && activity.idle_for() >= idle {
+                if closing {
+                    continue;
+                }
+                if !idle.is_zero() && activity.idle_for() >= idle {
                     closing = true;
+                    connection.as_mut().graceful_shutdown();
+                } else if park_after.is_some_and(|after| activity.may_park(after)) {
+                    closing = true;
+                    parking = true;
+                    activity.parking();
                     connection.as_mut().graceful_shutdown();
                 }
             }
@@ -361,24 +454,68 @@ async fn drive(
 
 /// Requests in flight on one connection and when the last one ended, for
 /// the idle timeout; since when a write to the client has been waiting, for
-/// the send timeout.
-struct Activity {
+/// the send timeout; whether the client has sent anything since, and
+/// whether the connection is being parked, for parking.
+pub(crate) struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
     /// Milliseconds after `start`, plus one, since when the client socket has
     /// not taken a write; 0 while writes go through.
     write_blocked_since: AtomicU64,
+    /// Bytes have come from the client since the last request ended (the
+    /// start of the next request, or of a slow one).
+    read_since_idle: AtomicBool,
+    parking: AtomicBool,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            read_since_idle: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn bytes_read(&self) {
+        if !self.read_since_idle.load(Ordering::Relaxed) {
+            self.read_since_idle.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Nothing in flight or begun, nothing waiting to be sent, for `after`.
+    fn may_park(&self, after: Duration) -> bool {
+        !self.read_since_idle.load(Ordering::Relaxed)
+            && self.write_blocked_since.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.idle_for() >= after
+    }
+
+    fn parking(&self) {
+        self.parking.store(true, Ordering::Relaxed);
+    }
+
+    fn parked(&self) {
+        self.parking.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
+    }
+
+    /// When a connection with nothing in flight, waiting for a request, is
+    /// closed: the idle timeout or the header read timeout, whichever comes
+    /// first, after the connection's start or its last request.
+    pub(crate) fn quiet_deadline(&self, config: &Config) -> tokio::time::Instant {
+        let since = self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        let quiet = [config.idle_timeout, config.header_read_timeout].into_iter().filter(|t| !t.is_zero()).min();
+        // Far enough for "never", near enough not to overflow.
+        let quiet = quiet.unwrap_or(Duration::from_secs(10 * 365 * 24 * 3600));
+        tokio::time::Instant::from_std(since + quiet)
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -472,6 +609,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.0.start.elapsed().as_millis() as u64;
         self.0.idle_since_ms.store(now, Ordering::Relaxed);
+        self.0.read_since_idle.store(false, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
