@@ -15,8 +15,9 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// Threads that serve traffic and run the controller (default: one per
-    /// CPU the process may use).
+    /// Threads that serve traffic (default: one per CPU the process may
+    /// use). The controller (watches, compiles, statuses, the admin and
+    /// metrics endpoints) runs on a thread of its own.
     #[arg(long, global = true, env = "AGIMO_WORKER_THREADS")]
     worker_threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
@@ -187,9 +188,10 @@ fn parse_escaped_slashes(s: &str) -> Result<EscapedSlashes, String> {
 }
 
 impl ServeArgs {
-    fn options(&self) -> agimo_controller::runtime::ServeOptions {
+    fn options(&self, dataplane_runtime: &tokio::runtime::Handle) -> agimo_controller::runtime::ServeOptions {
         agimo_controller::runtime::ServeOptions {
             dataplane: self.dataplane(),
+            dataplane_runtime: Some(dataplane_runtime.clone()),
             bind_address: self.bind_address,
             metrics_address: self.metrics_address,
             admin_address: self.admin_address,
@@ -234,14 +236,38 @@ pub static MALLOC_CONF: MallocConf =
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.worker_threads {
-        runtime.worker_threads(threads.get());
-    }
-    runtime.enable_all().build()?.block_on(serve(cli))
+    let dataplane = dataplane_runtime(cli.worker_threads)?;
+    // The controller runs here, apart from traffic: a compile or a burst of
+    // watch events never holds up a request, and the reverse.
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(cli, dataplane))
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+/// Starts the runtime that serves traffic, on threads of its own. With one
+/// thread it is tokio's current-thread runtime, as an nginx worker is one
+/// event loop: none of the work-stealing scheduler's cross-thread
+/// bookkeeping on every wake-up.
+fn dataplane_runtime(threads: Option<std::num::NonZeroUsize>) -> anyhow::Result<tokio::runtime::Handle> {
+    let runtime = match threads.map(std::num::NonZeroUsize::get) {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = threads {
+                builder.worker_threads(threads);
+            }
+            builder.thread_name("agimo-worker").enable_all().build()?
+        }
+    };
+    let handle = runtime.handle().clone();
+    // A current-thread runtime runs its tasks on the thread that blocks on
+    // it; a multi-thread one has its workers, and this thread just keeps
+    // the runtime alive.
+    std::thread::Builder::new()
+        .name("agimo-dataplane".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
+async fn serve(cli: Cli, dataplane: tokio::runtime::Handle) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -253,8 +279,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Standalone { config, serve } => {
-            agimo_controller::standalone::run(agimo_controller::standalone::Options { config, serve: serve.options() })
-                .await
+            agimo_controller::standalone::run(agimo_controller::standalone::Options {
+                config,
+                serve: serve.options(&dataplane),
+            })
+            .await
         }
         Command::Run {
             controller_name,
@@ -273,7 +302,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 retry: Duration::from_secs(2),
             });
             agimo_controller::kubernetes::run(agimo_controller::kubernetes::Options {
-                serve: serve.options(),
+                serve: serve.options(&dataplane),
                 controller_name,
                 gateway_address_pool,
                 exposure: gateway_services.exposure(),

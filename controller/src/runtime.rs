@@ -28,6 +28,9 @@ use crate::world::World;
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub dataplane: agimo_dataplane::Config,
+    /// Where the dataplane's tasks (listeners, connections, requests) run;
+    /// `None`: the runtime the controller runs on.
+    pub dataplane_runtime: Option<tokio::runtime::Handle>,
     /// Where Gateways without `spec.addresses` (or an assigned address) listen.
     pub bind_address: IpAddr,
     pub metrics_address: SocketAddr,
@@ -81,7 +84,11 @@ impl Runtime {
         let (snapshots, receiver) = watch::channel(first);
         let stop = CancellationToken::new();
         let (runner, run_stop) = (dataplane.clone(), stop.clone());
-        let dataplane_task = tokio::spawn(async move { runner.run(receiver, run_stop).await });
+        let run = async move { runner.run(receiver, run_stop).await };
+        let dataplane_task = match &options.dataplane_runtime {
+            Some(runtime) => runtime.spawn(run),
+            None => tokio::spawn(run),
+        };
         Ok(Runtime {
             dataplane,
             published,

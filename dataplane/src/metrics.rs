@@ -5,10 +5,14 @@
 //! hostnames), or [`UNMATCHED`] when nothing matched, so clients cannot
 //! create label values at will.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `host` label value of requests that matched no route.
@@ -23,6 +27,22 @@ pub struct Metrics {
     duration: HistogramVec,
     refused: IntCounter,
     parked: IntGauge,
+    /// The series of each host the snapshot has, looked up once per swap:
+    /// a request finds them with one hash of its host label, where the
+    /// metric vectors would take a lock and a hash for each series (at 10k
+    /// routes, 5% of the proxy's CPU).
+    hosts: Arc<ArcSwap<HostTable>>,
+}
+
+type HostTable = HashMap<Arc<str>, HostSeries, foldhash::fast::RandomState>;
+
+/// The series of one `host` label.
+#[derive(Clone)]
+struct HostSeries {
+    requests: IntCounter,
+    pending: IntGauge,
+    active: IntGauge,
+    duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -84,16 +104,43 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metrics register once");
         }
-        Metrics { registry, requests, pending, active, duration, refused, parked }
+        Metrics { registry, requests, pending, active, duration, refused, parked, hosts: Default::default() }
     }
 
     /// Creates the series of these hosts at 0, so queries (KEDA's) see them
-    /// before the first request.
+    /// before the first request, and makes them the ones requests find
+    /// fastest.
     pub fn declare_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
-        for host in hosts {
-            self.requests.with_label_values(&[host]);
-            self.pending.with_label_values(&[host]);
-            self.active.with_label_values(&[host]);
+        let current = self.hosts.load();
+        let mut table = HostTable::default();
+        for host in hosts.into_iter().chain([UNMATCHED]) {
+            if table.contains_key(host) {
+                continue;
+            }
+            let series = match current.get_key_value(host) {
+                Some((host, series)) => (host.clone(), series.clone()),
+                None => (Arc::from(host), self.series(host)),
+            };
+            table.insert(series.0, series.1);
+        }
+        self.hosts.store(Arc::new(table));
+    }
+
+    fn series(&self, host: &str) -> HostSeries {
+        HostSeries {
+            requests: self.requests.with_label_values(&[host]),
+            pending: self.pending.with_label_values(&[host]),
+            active: self.active.with_label_values(&[host]),
+            duration: self.duration.with_label_values(&[host]),
+        }
+    }
+
+    /// Runs `f` on the series of `host`: those of the table, or (a host
+    /// of a snapshot not declared yet) looked up in the metric vectors.
+    fn with_host<R>(&self, host: &str, f: impl FnOnce(&HostSeries) -> R) -> R {
+        match self.hosts.load().get(host) {
+            Some(series) => f(series),
+            None => f(&self.series(host)),
         }
     }
 
@@ -108,23 +155,23 @@ impl Metrics {
     }
 
     pub fn request(&self, host: &str) {
-        self.requests.with_label_values(&[host]).inc();
+        self.with_host(host, |s| s.requests.inc());
     }
 
     pub fn observe_duration(&self, host: &str, elapsed: Duration) {
-        self.duration.with_label_values(&[host]).observe(elapsed.as_secs_f64());
+        self.with_host(host, |s| s.duration.observe(elapsed.as_secs_f64()));
     }
 
     /// Counts a forwarded request as active until the guard drops.
     pub fn active(&self, host: &str) -> GaugeGuard {
-        let gauge = self.active.with_label_values(&[host]);
+        let gauge = self.with_host(host, |s| s.active.clone());
         gauge.inc();
         GaugeGuard(gauge)
     }
 
     /// The pending gauge of a host (held requests; scale-to-zero).
     pub fn pending(&self, host: &str) -> IntGauge {
-        self.pending.with_label_values(&[host])
+        self.with_host(host, |s| s.pending.clone())
     }
 
     /// The text exposition format.
@@ -142,5 +189,36 @@ pub struct GaugeGuard(IntGauge);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(metrics: &Metrics, series: &str) -> Option<String> {
+        let text = metrics.render();
+        text.lines().find_map(|l| l.strip_prefix(series)).map(|v| v.trim().to_owned())
+    }
+
+    #[test]
+    fn declared_and_undeclared_hosts_are_counted_alike() {
+        let metrics = Metrics::new();
+        metrics.declare_hosts(["a.example"]);
+        assert_eq!(value(&metrics, "requests_total{host=\"a.example\"}").as_deref(), Some("0"));
+        metrics.request("a.example");
+        metrics.request("b.example");
+        let active = metrics.active("b.example");
+        assert_eq!(value(&metrics, "requests_total{host=\"a.example\"}").as_deref(), Some("1"));
+        assert_eq!(value(&metrics, "requests_total{host=\"b.example\"}").as_deref(), Some("1"));
+        assert_eq!(value(&metrics, "active_requests_total{host=\"b.example\"}").as_deref(), Some("1"));
+        drop(active);
+        assert_eq!(value(&metrics, "active_requests_total{host=\"b.example\"}").as_deref(), Some("0"));
+        // A later swap keeps the counts of hosts it still has.
+        metrics.declare_hosts(["a.example", "b.example"]);
+        metrics.request("a.example");
+        metrics.observe_duration(UNMATCHED, Duration::from_millis(3));
+        assert_eq!(value(&metrics, "requests_total{host=\"a.example\"}").as_deref(), Some("2"));
+        assert_eq!(value(&metrics, "request_duration_seconds_count{host=\"unmatched\"}").as_deref(), Some("1"));
     }
 }
