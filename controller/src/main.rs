@@ -163,6 +163,11 @@ struct ServeArgs {
     /// long (a slow or stalled reader); 0 turns it off.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     send_timeout: Duration,
+    /// Park an HTTP/1.1 connection with nothing in flight and nothing
+    /// received for this long: hyper's state and buffers for it are freed
+    /// until the client sends again; 0 never parks.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    park_idle_after: Duration,
     /// Open client connections beyond which new ones are refused (HTTP: a
     /// 503 with `Connection: close`; HTTPS: closed at once).
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -209,6 +214,7 @@ impl ServeArgs {
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
             escaped_slashes: self.escaped_slashes,
             send_timeout: self.send_timeout,
+            park_idle_after: self.park_idle_after,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             ..agimo_dataplane::Config::default()
         }

@@ -215,3 +215,18 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+#[tokio::test]
+async fn the_binary_parks_after_its_flag_and_never_with_zero() {
+    for (flag, parks) in [("200ms", true), ("0s", false)] {
+        let (agimo, _echo) = support::process::serve_echo(&["--park-idle-after", flag]).await;
+        let mut sender = keep_alive(tokio::net::TcpStream::connect(agimo.http).await.unwrap()).await;
+        assert_eq!(get(&mut sender, "/one").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let reply = client::send(agimo.admin, Mode::Http1, client::get("admin", "/metrics")).await.unwrap();
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        let parked = text.lines().find_map(|l| l.strip_prefix("parked_connections ")).expect("the gauge");
+        assert_eq!(parked.trim(), if parks { "1" } else { "0" }, "--park-idle-after {flag}");
+        assert_eq!(get(&mut sender, "/two").await.0, 200, "--park-idle-after {flag}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Sockets and connections: one accept loop per bind address, each
 //! connection served by hyper (HTTP/1.1, h2c by prior knowledge, ALPN h2 on
-//! TLS) with header-read and idle limits.
+//! TLS) with header-read, idle and send limits, idle HTTP/1.1 connections
+//! parked (see [`crate::session`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -243,13 +244,13 @@ enum Alpn {
 
 /// The proxy as a hyper service for one connection.
 #[derive(Clone)]
-struct Service {
+struct ProxyService {
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for Service {
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<Body>;
     type Error = Infallible;
     // Boxed: hyper keeps room for one request future per connection for the
@@ -286,7 +287,7 @@ async fn serve_http<S>(
             }
         }
     };
-    let service = Service { shared: shared.clone(), conn, activity: activity.clone() };
+    let service = ProxyService { shared: shared.clone(), conn, activity: activity.clone() };
     match opening {
         Opening::Http2(preface) => {
             let io = TokioIo::new(H2Guard::new(Session::new(io, preface, activity.clone())));
@@ -309,7 +310,7 @@ async fn serve_http1<S>(
     shared: &Shared,
     mut io: S,
     mut read: Bytes,
-    service: Service,
+    service: ProxyService,
     activity: &Arc<Activity>,
     stop: &CancellationToken,
 ) where
@@ -340,7 +341,7 @@ async fn until_parked<S>(
     shared: &Shared,
     io: S,
     read: Bytes,
-    service: Service,
+    service: ProxyService,
     activity: &Arc<Activity>,
     stop: &CancellationToken,
 ) -> Option<(S, Bytes)>
@@ -366,7 +367,7 @@ trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I> Graceful for http1::UpgradeableConnection<I, Service>
+impl<I> Graceful for http1::UpgradeableConnection<I, ProxyService>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -375,7 +376,7 @@ where
     }
 }
 
-impl<I> Graceful for http2::Connection<I, Service, TokioExecutor>
+impl<I> Graceful for http2::Connection<I, ProxyService, TokioExecutor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
