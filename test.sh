@@ -10,6 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# jemalloc (the allocator, built from C by tikv-jemalloc-sys) needs a C
+# compiler and make.
+command -v make >/dev/null && command -v cc >/dev/null ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q make gcc >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # Hostile-client tests run slowhttptest (Debian's package) and open ten

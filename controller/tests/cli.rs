@@ -1,4 +1,4 @@
-//! `agimo run` refuses bad Gateway Service and shutdown options at startup,
+//! `agimo run` refuses bad Gateway Service, shutdown and connection options at startup,
 //! with a usage error that names the option, before it contacts a cluster.
 
 use std::process::Command;
@@ -42,6 +42,8 @@ fn bad_gateway_service_options_are_usage_errors_that_name_the_option() {
             "--gateway-address-pool",
         ),
         (&["--shutdown-delay=soon"], "--shutdown-delay"),
+        (&["--park-idle-after=soon"], "--park-idle-after"),
+        (&["--park-idle-after=-1s"], "--park-idle-after"),
     ];
     for (args, option) in cases {
         let (code, stderr) = run(args);

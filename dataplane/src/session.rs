@@ -174,13 +174,19 @@ mod tests {
         tokio::time::Instant::now() + Duration::from_secs(10)
     }
 
-    #[tokio::test]
-    async fn an_http1_request_is_told_by_its_first_byte() {
+    /// What a connection opening with `sent` is read as, if HTTP/1.1.
+    async fn http1_opening(sent: &[u8]) -> Bytes {
         let (mut client, mut server) = tokio::io::duplex(1024);
-        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        client.write_all(sent).await.unwrap();
         let Some(Opening::Http1(bytes)) = opening(&mut server, far(), &CancellationToken::new()).await else {
             panic!("not read as HTTP/1.1");
         };
+        bytes
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_is_told_by_its_first_byte() {
+        let bytes = http1_opening(b"GET / HTTP/1.1\r\n").await;
         assert!(b"GET / HTTP/1.1\r\n".starts_with(&bytes));
     }
 
@@ -203,12 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_near_preface_is_http1_with_every_byte_kept() {
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
-        let Some(Opening::Http1(bytes)) = opening(&mut server, far(), &CancellationToken::new()).await else {
-            panic!("not read as HTTP/1.1");
-        };
-        assert_eq!(&bytes[..], b"PRI * HTTP/1.1\r\n");
+        assert_eq!(&http1_opening(b"PRI * HTTP/1.1\r\n").await[..], b"PRI * HTTP/1.1\r\n");
     }
 
     #[tokio::test]

@@ -66,21 +66,16 @@ pub fn base_yaml(backends: &[&str]) -> String {
 
 /// An HTTPRoute on `gw` sending everything to Service `backend`, port 80.
 pub fn route_to(name: &str, backend: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
-"
-    )
+    http_route(name, "", backend)
 }
 
 /// An HTTPRoute on `gw` for `hostname`, sending everything to Service
 /// `backend`, port 80.
 pub fn route_for_host(name: &str, hostname: &str, backend: &str) -> String {
+    http_route(name, &format!("  hostnames: [{hostname}]\n"), backend)
+}
+
+fn http_route(name: &str, hostnames: &str, backend: &str) -> String {
     format!(
         "---
 apiVersion: gateway.networking.k8s.io/v1
@@ -88,8 +83,7 @@ kind: HTTPRoute
 metadata: {{name: {name}, namespace: default}}
 spec:
   parentRefs: [{{name: gw}}]
-  hostnames: [{hostname}]
-  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
+{hostnames}  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
 "
     )
 }
