@@ -212,9 +212,16 @@ async fn apply(
                 let mut swaps = shared.swaps.subscribe();
                 tracing::debug!(route = %rule.route, host = %label, "no ready endpoint: holding the request");
                 let held_since = Instant::now();
-                let found =
-                    gate::wait_for_ready(gate, backends, || shared.snapshot.load_full(), &mut swaps, deadline, label)
-                        .await?;
+                // Boxed: only held requests pay for the wait's state.
+                let found = Box::pin(gate::wait_for_ready(
+                    gate,
+                    backends,
+                    || shared.snapshot.load_full(),
+                    &mut swaps,
+                    deadline,
+                    label,
+                ))
+                .await?;
                 tracing::debug!(route = %rule.route, host = %label, waited_ms = held_since.elapsed().as_millis() as u64, "endpoint ready: releasing the request");
                 found
             }
@@ -227,9 +234,10 @@ async fn apply(
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     guard.active = Some(shared.metrics.active(label));
-    let send = shared.upstream.send(backend.protocol, endpoint, req);
+    // The send is made in each arm: one made before the match would take
+    // room in this future for every arm's copy of it.
     let result = match (rule.timeouts.request, rule.timeouts.backend_request) {
-        (None, None) => Ok(send.await),
+        (None, None) => Ok(shared.upstream.send(backend.protocol, endpoint, req).await),
         (request, backend_request) => {
             // The request timeout counts from when the request arrived; the
             // backend one from when it is sent to the backend.
@@ -237,10 +245,12 @@ async fn apply(
             let request_deadline = request.map(|t| tokio::time::Instant::from_std(started + t));
             let backend_deadline = backend_request.map(|t| now + t);
             let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
-            tokio::time::timeout_at(deadline, send).await.map_err(|_| {
-                let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
-                ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
-            })
+            tokio::time::timeout_at(deadline, shared.upstream.send(backend.protocol, endpoint, req)).await.map_err(
+                |_| {
+                    let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
+                    ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
+                },
+            )
         }
     };
     let (mut response, connection) = result?.map_err(|e| match e {
@@ -362,33 +372,39 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1), including those the
 /// Connection header names. An upgrade keeps `Connection: upgrade` and
 /// `Upgrade`.
+///
+/// Every request and response passes here, and most carry none of these
+/// headers or only `Connection: keep-alive`: one pass over the names finds
+/// what is there, and only that is looked up and removed.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let found: Vec<HeaderName> = headers.keys().filter(|name| is_hop_by_hop(name)).cloned().collect();
+    if found.is_empty() {
+        // An upgrade has a Connection header: never here.
+        return;
     }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
+    let connection: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+    for token in connection.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim) {
+        if !(keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            // Looked up as a &str: no HeaderName is built; an invalid name
+            // matches nothing.
+            headers.remove(token);
+        }
+    }
+    for name in found {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
+}
+
+/// The hop-by-hop headers that are so by name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE].contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
 }
 
 fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
@@ -438,6 +454,28 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_from_every_connection_header_in_any_case() {
+        let mut h = headers(&[
+            ("connection", "X-Private, , not a name"),
+            ("connection", "close"),
+            ("x-private", "secret"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-sum"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_untouched() {
+        let mut h = headers(&[("host", "a.example"), ("x-kept", "yes"), ("x-kept", "twice")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, headers(&[("host", "a.example"), ("x-kept", "yes"), ("x-kept", "twice")]));
     }
 
     #[test]

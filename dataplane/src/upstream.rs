@@ -111,7 +111,9 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.connect_http1(endpoint).await?;
+        // Boxed, as the HTTP/2 connect below: only a request that opens a
+        // connection pays for the connect's state.
+        let mut sender = Box::pin(self.connect_http1(endpoint)).await?;
         let response = sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
         Ok((response, sender))
     }
@@ -162,6 +164,10 @@ impl Upstream {
             sender.clone().ready().await.map_err(|e| UpstreamError::Failed(e.into()))?;
             return Ok(sender);
         }
+        Box::pin(self.connect_h2c(endpoint)).await
+    }
+
+    async fn connect_h2c(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
