@@ -8,10 +8,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::peers::{AGIMO_PORT, BACKEND_PORT, ECHO_PORT};
+use crate::peers::{BACKEND_PORT, ECHO_PORT};
 
-/// Writes the Gateway, Services and EndpointSlices into `dir` (created).
-pub fn write_base(dir: &Path) -> Result<()> {
+/// Writes the Gateway (its listener on `port`), Services and EndpointSlices
+/// into `dir` (created).
+pub fn write_base(dir: &Path, port: u16) -> Result<()> {
     fs::create_dir_all(dir)?;
     let gateway = format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
@@ -25,7 +26,7 @@ metadata: {{name: bench, namespace: default}}
 spec:
   gatewayClassName: agimo
   listeners:
-  - {{name: http, protocol: HTTP, port: {AGIMO_PORT}, allowedRoutes: {{namespaces: {{from: All}}}}}}
+  - {{name: http, protocol: HTTP, port: {port}, allowedRoutes: {{namespaces: {{from: All}}}}}}
 "#
     );
     fs::write(dir.join("gateway.yaml"), gateway)?;

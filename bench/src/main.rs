@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         scenarios::held(&opts, &mut peers)?;
     }
     if wanted(Scenario::Routes) {
-        // The sweep starts Agimo afresh at each size.
+        // The sweep runs an Agimo of its own per size; this one would only take memory.
         peers.stop_agimo();
         scenarios::routes(&opts, &env)?;
     }

@@ -20,6 +20,25 @@ pub const HAPROXY_PORT: u16 = 18083;
 pub const AGIMO_ADMIN_PORT: u16 = 18091;
 pub const AGIMO_METRICS_PORT: u16 = 18090;
 
+/// The ports of one Agimo instance.
+#[derive(Clone, Copy, Debug)]
+pub struct AgimoPorts {
+    pub listener: u16,
+    pub metrics: u16,
+    pub admin: u16,
+}
+
+impl AgimoPorts {
+    /// The instance of the side-by-side scenarios.
+    pub const MAIN: AgimoPorts =
+        AgimoPorts { listener: AGIMO_PORT, metrics: AGIMO_METRICS_PORT, admin: AGIMO_ADMIN_PORT };
+
+    /// The `i`-th instance of the route-table sweep, which run side by side.
+    pub fn sweep(i: u16) -> AgimoPorts {
+        AgimoPorts { listener: 18100 + i, metrics: 18120 + i, admin: 18140 + i }
+    }
+}
+
 /// HAProxy needs two descriptors per connection, and a process may have at
 /// most 20,000 here (`ulimit -Hn`, which even root cannot raise without
 /// CAP_SYS_RESOURCE).
@@ -236,7 +255,7 @@ backend echo
 
 /// Agimo in standalone mode on the YAML in `config` (see [`crate::config`]),
 /// with one worker thread.
-pub fn start_agimo(env: &Env, config: &Path, log: &str) -> Result<Proc> {
+pub fn start_agimo(env: &Env, config: &Path, log: &str, ports: AgimoPorts) -> Result<Proc> {
     let proc = Proc::spawn(
         "agimo",
         Command::new(&env.agimo)
@@ -244,11 +263,11 @@ pub fn start_agimo(env: &Env, config: &Path, log: &str) -> Result<Proc> {
             .arg("--config")
             .arg(config)
             .args(["--bind-address", "127.0.0.1", "--log-format", "json", "--worker-threads", "1"])
-            .args(["--metrics-address", &format!("127.0.0.1:{AGIMO_METRICS_PORT}")])
-            .args(["--admin-address", &format!("127.0.0.1:{AGIMO_ADMIN_PORT}")])
+            .args(["--metrics-address", &format!("127.0.0.1:{}", ports.metrics)])
+            .args(["--admin-address", &format!("127.0.0.1:{}", ports.admin)])
             .env("RUST_LOG", "warn,agimo_controller::runtime=info"),
         &env.path(log),
     )?;
-    wait_for_port(AGIMO_ADMIN_PORT, Duration::from_secs(30))?;
+    wait_for_port(ports.admin, Duration::from_secs(30))?;
     Ok(proc)
 }

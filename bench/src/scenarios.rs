@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::Opts;
 use crate::config;
 use crate::load::{self, WrkRun};
-use crate::peers::{self, AGIMO_PORT, Env, LARGE, SMALL_BODY, Target};
+use crate::peers::{self, AGIMO_PORT, AgimoPorts, Env, LARGE, SMALL_BODY, Target};
 use crate::procs::{Proc, wait_for_port};
 
 /// The processes shared by the side-by-side scenarios.
@@ -41,9 +41,9 @@ impl Peers {
         let nginx = peers::start_nginx_proxy(env)?;
         let haproxy = peers::start_haproxy(env)?;
         let agimo_config = env.path("agimo");
-        config::write_base(&agimo_config)?;
+        config::write_base(&agimo_config, AGIMO_PORT)?;
         fs::write(agimo_config.join("routes.yaml"), config::basic_routes(0))?;
-        let agimo = peers::start_agimo(env, &agimo_config, "agimo.log")?;
+        let agimo = peers::start_agimo(env, &agimo_config, "agimo.log", AgimoPorts::MAIN)?;
         wait_for_port(AGIMO_PORT, Duration::from_secs(30))?;
         let peers = Peers {
             backend,
@@ -240,17 +240,27 @@ pub fn latency(opts: &Opts, peers: &mut Peers, throughput: Option<&ByTarget>) ->
     Ok(())
 }
 
-/// 4. Route-table sweep: Agimo alone, restarted with n HTTPRoutes.
+/// Route-table sweep (scenario 4): one Agimo per table size, all running
+/// side by side on CPU 0, measured in interleaved rounds as the peers are,
+/// so that drift on a shared machine falls on every size alike.
 pub fn routes(opts: &Opts, env: &Env) -> Result<()> {
     println!(
-        "## 4. Route-table sweep (Agimo on CPU 0; wrk -t1 -c64 on CPU 1 cycling through up to 1,000 routes spread over the table)\n"
+        "## 4. Route-table sweep (one Agimo per size, side by side on CPU 0, rounds interleaved; wrk -t1 -c64 on CPU 1 cycling through up to 1,000 routes spread over the table)\n"
     );
-    println!("| HTTPRoutes | compile ms | µs/request | × 100 routes | RSS MB | errors |\n|---|---|---|---|---|---|");
-    let mut base = None;
-    let mut raw = Vec::new();
-    for &n in &opts.routes {
+    struct Size {
+        n: usize,
+        agimo: Proc,
+        port: u16,
+        script: PathBuf,
+        compile_ms: f64,
+        micros: Vec<f64>,
+        errors: u64,
+    }
+    let mut sizes = Vec::new();
+    for (i, &n) in opts.routes.iter().enumerate() {
+        let ports = AgimoPorts::sweep(u16::try_from(i)?);
         let dir = env.path(&format!("routes-{n}"));
-        config::write_base(&dir)?;
+        config::write_base(&dir, ports.listener)?;
         let (yaml, probes) = config::route_table(n);
         fs::write(dir.join("routes.yaml"), yaml)?;
         let step = (n / 1000).max(1);
@@ -258,38 +268,42 @@ pub fn routes(opts: &Opts, env: &Env) -> Result<()> {
         let script = env.path(&format!("routes-{n}.lua"));
         fs::write(&script, config::wrk_script(&sample))?;
         let log = format!("agimo-routes-{n}.log");
-        let mut agimo = peers::start_agimo(env, &dir, &log)?;
-        wait_for_port(AGIMO_PORT, Duration::from_secs(300))?;
+        let agimo = peers::start_agimo(env, &dir, &log, ports)?;
+        wait_for_port(ports.listener, Duration::from_secs(300))?;
         let compile_ms = compile_times(&env.path(&log))?.last().copied().context("no compile in the log")?;
         for p in [sample[0], sample[sample.len() / 2], sample[sample.len() - 1]] {
-            let (status, _) = load::get(AGIMO_PORT, &p.host, &p.path, &p.headers)?;
+            let (status, _) = load::get(ports.listener, &p.host, &p.path, &p.headers)?;
             ensure!(status == 200, "route probe {}{} answered {status}", p.host, p.path);
         }
         agimo.pin("0")?;
-        let mut micros = Vec::new();
-        let mut errors = 0;
-        for _ in 0..opts.rounds {
-            let before = agimo.cpu();
+        sizes.push(Size { n, agimo, port: ports.listener, script, compile_ms, micros: Vec::new(), errors: 0 });
+    }
+    for _ in 0..opts.rounds {
+        for size in &mut sizes {
+            let before = size.agimo.cpu();
             let wrk = WrkRun {
                 threads: 1,
                 cpus: Some("1"),
-                script: Some(&script),
-                ..WrkRun::new(AGIMO_PORT, "/", opts.seconds)
+                script: Some(&size.script),
+                ..WrkRun::new(size.port, "/", opts.seconds)
             }
             .run()?;
-            micros.push((agimo.cpu() - before).as_secs_f64() * 1e6 / wrk.requests as f64);
-            errors += wrk.errors;
+            size.micros.push((size.agimo.cpu() - before).as_secs_f64() * 1e6 / wrk.requests as f64);
+            size.errors += wrk.errors;
         }
-        agimo.check_alive()?;
-        let rss_mb = agimo.rss() as f64 / (1 << 20) as f64;
-        let m = median(micros.clone());
+    }
+    println!("| HTTPRoutes | compile ms | µs/request | × 100 routes | RSS MB | errors |\n|---|---|---|---|---|---|");
+    let mut base = None;
+    for size in &mut sizes {
+        size.agimo.check_alive()?;
+        let rss_mb = size.agimo.rss() as f64 / (1 << 20) as f64;
+        let m = median(size.micros.clone());
         let base = *base.get_or_insert(m);
-        println!("| {n} | {compile_ms:.1} | {m:.2} | {:.2} | {rss_mb:.1} | {errors} |", m / base);
-        raw.push(format!("    raw µs/request at {n} routes: [{}]", fmt_list(&micros, 2)));
+        println!("| {} | {:.1} | {m:.2} | {:.2} | {rss_mb:.1} | {} |", size.n, size.compile_ms, m / base, size.errors);
     }
     println!();
-    for line in raw {
-        println!("{line}");
+    for size in &sizes {
+        println!("    raw µs/request at {} routes: [{}]", size.n, fmt_list(&size.micros, 2));
     }
     println!();
     Ok(())
