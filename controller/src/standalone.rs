@@ -131,7 +131,7 @@ fn watch_files(
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
             let relevant = match &result {
-                Ok(events) => events.iter().any(|e| changes_content(&e.kind)),
+                Ok(events) => events.iter().any(|e| changes_content(&e.kind) && touches_config(&e.paths)),
                 Err(errors) => {
                     for e in errors {
                         tracing::warn!(error = %e, "file watch error");
@@ -155,6 +155,20 @@ fn watch_files(
     };
     debouncer.watch(target, mode).with_context(|| format!("cannot watch {}", target.display()))?;
     Ok(debouncer)
+}
+
+/// Whether an event's paths can be read by a load: a config file
+/// (`.yaml`, `.yml`, `.json`), a directory, a hidden entry (a ConfigMap
+/// volume swaps its `..data` symlink), or a path without an extension. Other
+/// files in the directory (a log written there, an editor's backup) do not
+/// reload: Agimo's own log in its config directory would otherwise reload
+/// it at every line.
+fn touches_config(paths: &[PathBuf]) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| {
+            let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            hidden || p.extension().is_none() || p.is_dir() || files::is_config_file(p)
+        })
 }
 
 /// Whether a file event can change what a load reads. Reading the files

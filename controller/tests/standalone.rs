@@ -137,6 +137,35 @@ async fn edits_apply_while_serving_and_bad_files_keep_the_last_good_config() {
 }
 
 #[tokio::test]
+async fn other_files_in_the_config_directory_do_not_reload_it() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let running = start(echo.addr.port()).await;
+    let compiles = || std::fs::read_to_string(&running.log).unwrap().matches("configuration compiled").count();
+    let before = compiles();
+
+    // A log kept beside the config (Agimo's own, say) and an editor's
+    // backup, written to for a second.
+    for i in 0..20 {
+        use std::io::Write;
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(running.dir.join("agimo.log")).unwrap();
+        writeln!(log, "line {i}").unwrap();
+        std::fs::write(running.dir.join("route.yaml~"), format!("backup {i}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(compiles(), before, "no reload for files a load does not read");
+
+    // A config file still reloads.
+    write(&running.dir, "route.yaml", &route_yaml("first", "/second"));
+    eventually("the edited route is served", || async {
+        get(running.http, "/second").await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(compiles() > before);
+}
+
+#[tokio::test]
 async fn invalid_resources_get_statuses_and_the_rest_keeps_serving() {
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let running = start(echo.addr.port()).await;
