@@ -407,8 +407,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == "proxy-connection"
 }
 
+// Constants: `from_static` in a function body checks its name at every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
-    let xff = HeaderName::from_static("x-forwarded-for");
+    let xff = X_FORWARDED_FOR;
     let mut value = String::new();
     for existing in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
         if !existing.trim().is_empty() {
@@ -425,7 +429,7 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     if let Some(value) = value {
         headers.insert(xff, value);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(conn.protocol.scheme()));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.protocol.scheme()));
 }
 
 #[cfg(test)]
