@@ -40,10 +40,13 @@ impl ConnInfo {
 }
 
 /// Handles one request end to end; never fails: errors become responses.
+///
+/// The request is boxed: it passes through several futures on its way to
+/// the backend, and each would otherwise keep a copy of it.
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     mut guard: RequestGuard,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -159,7 +162,7 @@ fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 async fn apply(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     routed: &Routed,
     started: Instant,
     guard: &mut RequestGuard,
@@ -232,7 +235,7 @@ async fn apply(
     };
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
-    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     guard.active = Some(shared.metrics.active(label));
     // The send is made in each arm: one made before the match would take
     // room in this future for every arm's copy of it.

@@ -261,6 +261,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (shared, conn) = (self.shared.clone(), self.conn.clone());
         let guard = RequestGuard { active: None, connection: Some(self.activity.begin()) };
+        let req = Box::new(req);
         Box::pin(async move { Ok(proxy::handle(&shared, &conn, req, guard).await) })
     }
 }

@@ -59,7 +59,7 @@ impl Upstream {
         &self,
         protocol: BackendProtocol,
         endpoint: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Box<Request<Incoming>>,
     ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
         match protocol {
             BackendProtocol::Http1 => {
@@ -84,7 +84,7 @@ impl Upstream {
                 *req.uri_mut() = uri(&authority, &path_and_query)?;
                 *req.version_mut() = Version::HTTP_2;
                 let mut sender = self.h2c_sender(endpoint).await?;
-                let response = sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
                 Ok((response, None))
             }
         }
@@ -96,16 +96,15 @@ impl Upstream {
     async fn send_http1(
         &self,
         endpoint: SocketAddr,
-        req: Request<Incoming>,
+        mut req: Box<Request<Incoming>>,
     ) -> Result<(Response<Incoming>, http1::SendRequest<Incoming>), UpstreamError> {
-        let mut req = req;
         if let Some(mut sender) = self.idle_http1(endpoint).await {
-            match sender.try_send_request(req).await {
+            match sender.try_send_request(*req).await {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
                         tracing::debug!(%endpoint, error = %e.error(), "idle connection closed: using a new one");
-                        req = unsent;
+                        *req = unsent;
                     }
                     None => return Err(UpstreamError::Failed(e.into_error().into())),
                 },
@@ -114,7 +113,7 @@ impl Upstream {
         // Boxed, as the HTTP/2 connect below: only a request that opens a
         // connection pays for the connect's state.
         let mut sender = Box::pin(self.connect_http1(endpoint)).await?;
-        let response = sender.send_request(req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+        let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
         Ok((response, sender))
     }
 
