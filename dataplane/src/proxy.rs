@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agimo_shared::filters::RedirectRequest;
-use agimo_shared::hostname::{is_valid_authority, normalize_host};
+use agimo_shared::hostname::{normalize_host, request_host};
 use agimo_shared::matching::RequestView;
 use agimo_shared::path::{self, Normalized};
 use agimo_shared::snapshot::{Action, BackendTarget, Filters, Protocol, Rule};
@@ -129,10 +129,7 @@ fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Ro
         return Err(ProxyError::DuplicateHost);
     }
     let authority = request_authority(req).ok_or(ProxyError::MissingHost)?;
-    if !is_valid_authority(authority) {
-        return Err(ProxyError::InvalidHost { host: authority.to_owned() });
-    }
-    let host = normalize_host(authority);
+    let host = request_host(authority).ok_or_else(|| ProxyError::InvalidHost { host: authority.to_owned() })?;
     let snapshot = shared.snapshot.load();
     // A socket whose listeners changed protocol keeps its old connections
     // until they close; they no longer match any listener.
