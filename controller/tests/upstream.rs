@@ -1,7 +1,9 @@
 //! The HTTP/1.1 connections to backends, as a backend sees them: reused
 //! across requests, replaced without an error when the backend closes them,
 //! never reused after a response that was not read to its end, and never
-//! retried when the backend resets them.
+//! retried when the backend resets them. And the responses a backend may
+//! send, as the client gets them: chunked, delimited by the connection's
+//! close, after 1xx interim responses, malformed, cut short.
 
 mod support;
 
@@ -57,7 +59,15 @@ impl Backend {
                             stream.set_zero_linger().unwrap();
                             return;
                         }
-                        if request.starts_with("GET /big ") {
+                        if let Some(canned) = canned(&request) {
+                            if stream.write_all(canned).await.is_err() {
+                                return;
+                            }
+                            // These end with the connection.
+                            if ["/close", "/short", "/bad-"].iter().any(|p| request.contains(&format!(" {p}"))) {
+                                return;
+                            }
+                        } else if request.starts_with("GET /big ") {
                             let size = 4 << 20;
                             let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
                             if stream.write_all(header.as_bytes()).await.is_err() {
@@ -89,6 +99,23 @@ impl Backend {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// The answers of the raw backend to some paths, as bytes on the wire.
+fn canned(request: &str) -> Option<&'static [u8]> {
+    let path = request.split(' ').nth(1)?;
+    Some(match path {
+        "/chunked" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        }
+        "/close" => b"HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nuntil the connection closes",
+        "/early-hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/bad-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        "/bad-head" => b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        "/short" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        _ => return None,
+    })
 }
 
 async fn agimo_for(backend: &Backend) -> Agimo {
@@ -155,4 +182,86 @@ async fn a_backend_that_resets_connections_gets_a_502_with_a_reason_and_no_retry
         assert!(body.contains("backend default/raw") && body.contains("failed"), "{body}");
     }
     assert_eq!(backend.connections(), 20, "one backend connection per request: none retried");
+}
+
+#[tokio::test]
+async fn chunked_responses_arrive_whole_and_their_connection_is_reused() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    for _ in 0..3 {
+        let reply = agimo.get(8080, "x", "/chunked").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body, "hello world");
+    }
+    assert_eq!(agimo.get(8080, "x", "/").await.body, "1", "still the first connection");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_response_without_framing_ends_with_its_connection() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    let reply = agimo.get(8080, "x", "/close").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-framing"), Some("none"));
+    assert_eq!(reply.body, "until the connection closes");
+    assert_eq!(agimo.get(8080, "x", "/").await.body, "2", "a closed connection is not reused");
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    let reply = agimo.get(8080, "x", "/early-hints").await;
+    assert_eq!((reply.status.as_u16(), &reply.body[..]), (200, &b"ok"[..]), "{reply:?}");
+    assert_eq!(agimo.get(8080, "x", "/").await.body, "1");
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_and_keeps_its_connection() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    let mut client = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    client.write_all(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\n1") {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n") && text.contains("content-length: 5\r\n"), "{text}");
+    let second = text.find("\r\n\r\nhttp/1.1 200 ok\r\n").expect("the GET's response right after the HEAD's head");
+    assert!(text[second..].ends_with("\r\n\r\n1"), "{text}");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn malformed_responses_get_a_502_with_a_reason() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    for path in ["/bad-length", "/bad-head"] {
+        let reply = agimo.get(8080, "x", path).await;
+        assert_eq!(reply.status, 502, "{path}: {reply:?}");
+        assert_eq!(reply.header("x-agimo-reason"), Some("upstream-failed"), "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_cut_short_for_the_client() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    let mut client = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    client.write_all(b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    // The connection ends (hyper may not have flushed the head yet): the
+    // client never takes it for a whole response.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.expect("the connection ends");
+    let text = String::from_utf8_lossy(&got);
+    if let Some(end) = text.find("\r\n\r\n") {
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.len() - end - 4 < 10, "a whole body: {text}");
+    }
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::Pooled;
+use crate::h1;
+use crate::upstream::{BoxError, Pooled};
 
 /// Accounting that ends with the request: when its response body has been
 /// sent in full, or dropped (client gone, connection closed).
@@ -29,6 +30,9 @@ enum Kind {
     /// The backend's response body, and its HTTP/1.1 connection, given back
     /// to the pool when the body ends.
     Upstream(Incoming, Option<Pooled>),
+    /// The backend's response body read by [`h1`], which gives its
+    /// connection back itself.
+    H1(h1::ResponseBody),
 }
 
 impl Body {
@@ -44,6 +48,10 @@ impl Body {
         let mut body = Body { kind: Kind::Upstream(body, connection), guard: None };
         body.release_if_done();
         body
+    }
+
+    pub fn h1(body: h1::ResponseBody) -> Self {
+        Body { kind: Kind::H1(body), guard: None }
     }
 
     /// Gives the backend connection back once its response has been read
@@ -66,14 +74,15 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body, _) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body, _) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::H1(body) => Pin::new(body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(None) => {
@@ -91,6 +100,7 @@ impl http_body::Body for Body {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(body, _) => body.is_end_stream(),
+            Kind::H1(body) => body.is_end_stream(),
         }
     }
 
@@ -99,6 +109,7 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(body, _) => body.size_hint(),
+            Kind::H1(body) => body.size_hint(),
         }
     }
 }

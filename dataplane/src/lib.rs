@@ -20,6 +20,7 @@ pub mod admin;
 mod body;
 mod error;
 mod gate;
+mod h1;
 mod h2guard;
 pub mod metrics;
 mod proxy;

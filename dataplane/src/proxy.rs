@@ -253,7 +253,7 @@ async fn apply(
             )
         }
     };
-    let (mut response, connection) = result?.map_err(|e| match e {
+    let mut response = result?.map_err(|e| match e {
         UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
         UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
     })?;
@@ -288,7 +288,7 @@ async fn apply(
             modifier.apply(response.headers_mut());
         }
     }
-    Ok(response.map(|body| Body::upstream(body, connection)))
+    Ok(response)
 }
 
 /// Rewrites a request for the upstream, in this order: the client's

@@ -2,10 +2,12 @@
 //! endpoint, and one multiplexed cleartext HTTP/2 connection per endpoint for
 //! `kubernetes.io/h2c` backends.
 //!
-//! The HTTP/1.1 pool is ours, on hyper's connection API: a connection goes
-//! back to its endpoint's idle list when the response body has been read to
-//! its end ([`Pooled`]), so a request costs no task and no channel beyond
-//! the connection's own.
+//! A request without a body (and no upgrade) is exchanged by Agimo's own
+//! HTTP/1.1 code in the request's task ([`crate::h1`]). Requests with a body
+//! and upgrades go through hyper's client, from a second pool on hyper's
+//! connection API: a connection goes back to its endpoint's idle list when
+//! the response body has been read to its end ([`Pooled`]). Both pools keep
+//! connections idle for [`IDLE_TIMEOUT`] at most.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,10 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agimo_shared::snapshot::BackendProtocol;
-use http::{Request, Response, Uri, Version, header};
+use http::{Method, Request, Response, Uri, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::Body;
+use crate::h1;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,6 +42,7 @@ type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Incoming>, Inst
 type Idle = Arc<IdleMap>;
 
 pub struct Upstream {
+    h1: Arc<h1::Pool>,
     http1: Idle,
     reaper: std::sync::Once,
     h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
@@ -45,6 +52,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
         Upstream {
+            h1: Arc::default(),
             http1: Idle::default(),
             reaper: std::sync::Once::new(),
             h2c: Mutex::new(HashMap::new()),
@@ -53,15 +61,19 @@ impl Upstream {
     }
 
     /// Sends `req` (whose `Host` header carries the authority) to `endpoint`.
-    /// An HTTP/1.1 response comes with its connection, to be given back
-    /// through [`Pooled::release`] once the body has been read.
+    /// An HTTP/1.1 response's body gives its connection back to the pool
+    /// once it has been read to its end.
     pub async fn send(
         &self,
         protocol: BackendProtocol,
         endpoint: SocketAddr,
         mut req: Box<Request<Incoming>>,
-    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         match protocol {
+            BackendProtocol::Http1 if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) => {
+                // Boxed: only this arm pays for its state.
+                Box::pin(self.send_h1(endpoint, req)).await
+            }
             BackendProtocol::Http1 => {
                 // Origin form: the path and query only.
                 if req.uri().authority().is_some() {
@@ -71,7 +83,7 @@ impl Upstream {
                 *req.version_mut() = Version::HTTP_11;
                 let (response, sender) = self.send_http1(endpoint, req).await?;
                 let pooled = Pooled { idle: self.http1.clone(), endpoint, sender: Some(sender) };
-                Ok((response, Some(pooled)))
+                Ok(response.map(|body| Body::upstream(body, Some(pooled))))
             }
             BackendProtocol::H2c => {
                 // HTTP/2 carries the authority as :authority, from the URI.
@@ -85,9 +97,46 @@ impl Upstream {
                 *req.version_mut() = Version::HTTP_2;
                 let mut sender = self.h2c_sender(endpoint).await?;
                 let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
-                Ok((response, None))
+                Ok(response.map(|body| Body::upstream(body, None)))
             }
         }
+    }
+
+    /// Sends a request without a body with [`h1`]: on an idle connection to
+    /// `endpoint`, or a new one. A request that finds its idle connection
+    /// closed by the endpoint (no byte of a response on it) goes again on a
+    /// new connection if it is idempotent (RFC 9110 section 9.2.2).
+    async fn send_h1(
+        &self,
+        endpoint: SocketAddr,
+        req: Box<Request<Incoming>>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let head = h1::encode_head(&req);
+        let head_request = req.method() == Method::HEAD;
+        let idempotent = req.method().is_idempotent();
+        drop(req);
+        let release = || h1::Release { pool: self.h1.clone(), endpoint };
+        if let Some(conn) = self.h1.take(endpoint, IDLE_TIMEOUT) {
+            match h1::exchange(conn, &head, head_request, release()).await {
+                Ok(response) => return Ok(response.map(Body::h1)),
+                Err(e) if e.no_response && idempotent => {
+                    tracing::debug!(%endpoint, error = %e.error, "idle connection closed: using a new one");
+                }
+                Err(e) => return Err(UpstreamError::Failed(e.error)),
+            }
+        }
+        let conn = h1::Conn::new(self.connect(endpoint).await?);
+        self.start_reaper();
+        match h1::exchange(conn, &head, head_request, release()).await {
+            Ok(response) => Ok(response.map(Body::h1)),
+            Err(e) => Err(UpstreamError::Failed(e.error)),
+        }
+    }
+
+    fn start_reaper(&self) {
+        self.reaper.call_once(|| {
+            tokio::spawn(reap(Arc::downgrade(&self.http1), Arc::downgrade(&self.h1)));
+        });
     }
 
     /// Sends on an idle connection to `endpoint`, or a new one. A request
@@ -133,9 +182,7 @@ impl Upstream {
     }
 
     async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        self.reaper.call_once(|| {
-            tokio::spawn(reap(Arc::downgrade(&self.http1)));
-        });
+        self.start_reaper();
         let stream = self.connect(endpoint).await?;
         let (sender, connection) =
             http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.into()))?;
@@ -185,16 +232,17 @@ impl Upstream {
 }
 
 /// Closes idle connections that outlived [`IDLE_TIMEOUT`] (those of
-/// endpoints no longer in use among them) until the pool is gone.
-async fn reap(idle: std::sync::Weak<IdleMap>) {
+/// endpoints no longer in use among them) until the pools are gone.
+async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>) {
     let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
     loop {
         tick.tick().await;
-        let Some(idle) = idle.upgrade() else { return };
+        let (Some(idle), Some(h1)) = (idle.upgrade(), h1.upgrade()) else { return };
         lock(&idle).retain(|_, list| {
             list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
             !list.is_empty()
         });
+        h1.reap(IDLE_TIMEOUT);
     }
 }
 
