@@ -38,8 +38,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Room made in the read buffer before a read.
+/// The read buffer's size, made anew when less than [`MIN_READ`] of it is
+/// left: responses split from it share it, so it is not reused while one is
+/// in flight, and a buffer is made once for many small responses.
 const READ_SIZE: usize = 16 * 1024;
+const MIN_READ: usize = 4 * 1024;
 
 /// An open HTTP/1.1 connection to a backend, with the bytes read from it
 /// and not used yet.
@@ -66,16 +69,25 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
-        self.read.reserve(READ_SIZE);
+        self.make_room();
         self.stream.read_buf(&mut self.read).await
+    }
+
+    fn make_room(&mut self) {
+        if self.read.capacity() - self.read.len() < MIN_READ {
+            self.read.reserve(READ_SIZE);
+        }
     }
 }
 
 /// Idle connections by endpoint.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Conn, Instant)>>>,
+    idle: Mutex<IdleConns>,
 }
+
+/// Each endpoint's idle connections, with when each became idle.
+type IdleConns = HashMap<SocketAddr, Vec<(Conn, Instant)>, foldhash::fast::RandomState>;
 
 impl Pool {
     /// An idle connection to `endpoint` that is still open and was used
@@ -179,10 +191,14 @@ pub async fn exchange(
             match parse_head(&mut conn.read, head_request).map_err(ExchangeError::malformed)? {
                 Parsed::Interim => continue,
                 Parsed::Partial => {}
-                Parsed::Head(parts, framing, reusable) => {
-                    let body = ResponseBody { conn: Some(conn), framing, release: reusable.then_some(release) };
-                    let mut response = Response::from_parts(parts, body);
-                    response.body_mut().finish_if_done();
+                Parsed::Head(head) => {
+                    let release = head.reusable.then_some(release);
+                    let mut body = ResponseBody { conn: Some(conn), framing: head.framing, release };
+                    body.finish_if_done();
+                    let mut response = Response::new(body);
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
                     return Ok(response);
                 }
             }
@@ -227,21 +243,33 @@ enum Parsed {
     Partial,
     /// A 1xx response was skipped.
     Interim,
-    Head(http::response::Parts, Framing, bool),
+    Head(Head),
+}
+
+/// A response head, its body's framing, and whether the connection can
+/// carry another response after it.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
 }
 
 /// Parses a response head at the start of `read` and removes it from there.
 /// The header values share the head's bytes.
 fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(read)? {
-        httparse::Status::Partial if read.len() > MAX_HEAD_BYTES => {
-            return Err(format!("the response head is over {MAX_HEAD_BYTES} bytes").into());
-        }
-        httparse::Status::Partial => return Ok(Parsed::Partial),
-        httparse::Status::Complete(len) => len,
-    };
+    // Uninitialised: the parser writes only as many fields as there are.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, read, &mut fields)? {
+            httparse::Status::Partial if read.len() > MAX_HEAD_BYTES => {
+                return Err(format!("the response head is over {MAX_HEAD_BYTES} bytes").into());
+            }
+            httparse::Status::Partial => return Ok(Parsed::Partial),
+            httparse::Status::Complete(len) => len,
+        };
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code)?;
     if status.is_informational() {
@@ -268,11 +296,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxErro
     }
     let (framing, delimited) = framing(&headers, status, head_request)?;
     let reusable = delimited && version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Parsed::Head(response.into_parts().0, framing, reusable))
+    Ok(Parsed::Head(Head { status, version, headers, framing, reusable }))
 }
 
 /// The body's framing, and whether the connection can carry another
@@ -447,7 +471,7 @@ impl http_body::Body for ResponseBody {
                 Ok(None) => {}
             }
             let conn = this.conn.as_mut().expect("a body that has not ended has its connection");
-            conn.read.reserve(READ_SIZE);
+            conn.make_room();
             match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.read)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.conn = None;
@@ -485,10 +509,13 @@ impl http_body::Body for ResponseBody {
 mod tests {
     use super::*;
 
-    fn head(bytes: &[u8], head_request: bool) -> (http::response::Parts, Framing, bool, BytesMut) {
+    fn head(bytes: &[u8], head_request: bool) -> (Head, Framing, bool, BytesMut) {
         let mut read = BytesMut::from(bytes);
         match parse_head(&mut read, head_request).unwrap() {
-            Parsed::Head(parts, framing, reusable) => (parts, framing, reusable, read),
+            Parsed::Head(head) => {
+                let (framing, reusable) = (head.framing, head.reusable);
+                (head, framing, reusable, read)
+            }
             Parsed::Partial => panic!("partial"),
             Parsed::Interim => panic!("interim"),
         }
@@ -564,7 +591,10 @@ mod tests {
         let mut interim =
             BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
         assert!(matches!(parse_head(&mut interim, false), Ok(Parsed::Interim)));
-        assert!(matches!(parse_head(&mut interim, false), Ok(Parsed::Head(p, Framing::Done, true)) if p.status == 204));
+        assert!(matches!(
+            parse_head(&mut interim, false),
+            Ok(Parsed::Head(Head { status: StatusCode::NO_CONTENT, framing: Framing::Done, reusable: true, .. }))
+        ));
     }
 
     #[test]
