@@ -294,14 +294,15 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxErro
     for (name, from, to) in ranges {
         headers.append(name, HeaderValue::from_maybe_shared(head.slice(from..to))?);
     }
-    let (framing, delimited) = framing(&headers, status, head_request)?;
+    let (framing, delimited) = framing(&mut headers, status, head_request)?;
     let reusable = delimited && version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
     Ok(Parsed::Head(Head { status, version, headers, framing, reusable }))
 }
 
 /// The body's framing, and whether the connection can carry another
-/// response after it.
-fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Result<(Framing, bool), BoxError> {
+/// response after it. A Content-Length beside a Transfer-Encoding is
+/// removed: it does not say the body's length (RFC 9112 section 6.3).
+fn framing(headers: &mut HeaderMap, status: StatusCode, head_request: bool) -> Result<(Framing, bool), BoxError> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Done, true));
     }
@@ -313,7 +314,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Resul
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         // With a Content-Length too, the message may have been meant to
         // smuggle one: the connection is not used again.
-        let alone = !headers.contains_key(header::CONTENT_LENGTH);
+        let alone = headers.remove(header::CONTENT_LENGTH).is_none();
         return Ok(if chunked { (Framing::Chunked(Chunk::Size), alone) } else { (Framing::UntilClose, false) });
     }
     let mut length = None;
@@ -554,9 +555,10 @@ mod tests {
         assert_eq!((framing, reusable), (Framing::Done, true));
         let (_, framing, reusable, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
         assert_eq!((framing, reusable), (Framing::Chunked(Chunk::Size), true));
-        let (_, framing, reusable, _) =
+        let (parts, framing, reusable, _) =
             head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false);
         assert_eq!((framing, reusable), (Framing::Chunked(Chunk::Size), false), "TE and CL: not reused");
+        assert!(!parts.headers.contains_key("content-length"), "nor is the length passed on");
         let (_, framing, reusable, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
         assert_eq!((framing, reusable), (Framing::UntilClose, false));
         let (_, framing, reusable, _) = head(b"HTTP/1.1 200 OK\r\n\r\n", false);
