@@ -40,12 +40,13 @@ pub enum UpstreamError {
 
 type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Incoming>, Instant)>>>;
 type Idle = Arc<IdleMap>;
+type H2cMap = Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>;
 
 pub struct Upstream {
     h1: Arc<h1::Pool>,
     http1: Idle,
     reaper: std::sync::Once,
-    h2c: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    h2c: Arc<H2cMap>,
     connect_timeout: Duration,
 }
 
@@ -55,7 +56,7 @@ impl Upstream {
             h1: Arc::default(),
             http1: Idle::default(),
             reaper: std::sync::Once::new(),
-            h2c: Mutex::new(HashMap::new()),
+            h2c: Arc::default(),
             connect_timeout,
         }
     }
@@ -135,7 +136,7 @@ impl Upstream {
 
     fn start_reaper(&self) {
         self.reaper.call_once(|| {
-            tokio::spawn(reap(Arc::downgrade(&self.http1), Arc::downgrade(&self.h1)));
+            tokio::spawn(reap(Arc::downgrade(&self.http1), Arc::downgrade(&self.h1), Arc::downgrade(&self.h2c)));
         });
     }
 
@@ -214,6 +215,7 @@ impl Upstream {
     }
 
     async fn connect_h2c(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+        self.start_reaper();
         let stream = self.connect(endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -232,12 +234,15 @@ impl Upstream {
 }
 
 /// Closes idle connections that outlived [`IDLE_TIMEOUT`] (those of
-/// endpoints no longer in use among them) until the pools are gone.
-async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>) {
+/// endpoints no longer in use among them), and forgets closed HTTP/2
+/// connections (those of endpoints gone among them), until the pools are
+/// gone.
+async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>, h2c: std::sync::Weak<H2cMap>) {
     let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
     loop {
         tick.tick().await;
-        let (Some(idle), Some(h1)) = (idle.upgrade(), h1.upgrade()) else { return };
+        let (Some(idle), Some(h1), Some(h2c)) = (idle.upgrade(), h1.upgrade(), h2c.upgrade()) else { return };
+        lock(&h2c).retain(|_, sender| !sender.is_closed());
         lock(&idle).retain(|_, list| {
             list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
             !list.is_empty()
