@@ -43,6 +43,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// in flight, and a buffer is made once for many small responses.
 const READ_SIZE: usize = 16 * 1024;
 const MIN_READ: usize = 4 * 1024;
+/// The read buffer's size while a long body streams through.
+const BODY_READ_SIZE: usize = 64 * 1024;
 
 /// An open HTTP/1.1 connection to a backend, with the bytes read from it
 /// and not used yet.
@@ -69,13 +71,13 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
-        self.make_room();
+        self.make_room(READ_SIZE);
         self.stream.read_buf(&mut self.read).await
     }
 
-    fn make_room(&mut self) {
+    fn make_room(&mut self, size: usize) {
         if self.read.capacity() - self.read.len() < MIN_READ {
-            self.read.reserve(READ_SIZE);
+            self.read.reserve(size);
         }
     }
 }
@@ -161,7 +163,7 @@ pub fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    if !req.headers().contains_key(header::CONTENT_LENGTH) && expects_content(req.method()) {
+    if expects_content(req.method()) && !req.headers().contains_key(header::CONTENT_LENGTH) {
         // A method that has content says it has none (RFC 9110 section 8.6).
         head.extend_from_slice(b"content-length: 0\r\n");
     }
@@ -291,60 +293,81 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxErro
         .collect::<Result<_, http::header::InvalidHeaderName>>()?;
     let head = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(ranges.len());
+    // What framing and reuse depend on, noted on the way: no lookups after.
+    let mut fields = Fields::default();
     for (name, from, to) in ranges {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(from..to))?);
+        let value = HeaderValue::from_maybe_shared(head.slice(from..to))?;
+        if name == header::CONTENT_LENGTH {
+            fields.content_length(&value)?;
+        } else if name == header::TRANSFER_ENCODING {
+            fields.chunked = Some(is_chunked(&value));
+        } else if name == header::CONNECTION {
+            fields.close |= has_token(&value, "close");
+        }
+        headers.append(name, value);
     }
-    let (framing, delimited) = framing(&mut headers, status, head_request)?;
-    let reusable = delimited && version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let (framing, delimited) = framing(&fields, status, head_request);
+    if fields.chunked.is_some() && fields.length.is_some() {
+        // It does not say the body's length (RFC 9112 section 6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let reusable = delimited && version == Version::HTTP_11 && !fields.close;
     Ok(Parsed::Head(Head { status, version, headers, framing, reusable }))
 }
 
-/// The body's framing, and whether the connection can carry another
-/// response after it. A Content-Length beside a Transfer-Encoding is
-/// removed: it does not say the body's length (RFC 9112 section 6.3).
-fn framing(headers: &mut HeaderMap, status: StatusCode, head_request: bool) -> Result<(Framing, bool), BoxError> {
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Done, true));
-    }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        // With a Content-Length too, the message may have been meant to
-        // smuggle one: the connection is not used again.
-        let alone = headers.remove(header::CONTENT_LENGTH).is_none();
-        return Ok(if chunked { (Framing::Chunked(Chunk::Size), alone) } else { (Framing::UntilClose, false) });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+/// The fields of a response head that say how its body is delimited and
+/// whether its connection can be used again.
+#[derive(Default)]
+struct Fields {
+    /// Content-Length, all its values (fields and list items) equal.
+    length: Option<u64>,
+    /// Transfer-Encoding (the last field): whether its final coding is
+    /// chunked.
+    chunked: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl Fields {
+    fn content_length(&mut self, value: &HeaderValue) -> Result<(), BoxError> {
         for item in value.to_str().map_err(|_| "an invalid Content-Length")?.split(',') {
             let item = item.trim();
             if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("an invalid Content-Length {item:?}").into());
             }
             let n: u64 = item.parse()?;
-            if length.is_some_and(|l| l != n) {
+            if self.length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values".into());
             }
-            length = Some(n);
+            self.length = Some(n);
         }
+        Ok(())
     }
-    Ok(match length {
-        Some(0) => (Framing::Done, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::UntilClose, false),
-    })
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+fn is_chunked(value: &HeaderValue) -> bool {
+    value.to_str().ok().and_then(|v| v.rsplit(',').next()).is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The body's framing, and whether the connection can carry another
+/// response after it (RFC 9112 section 6.3).
+fn framing(fields: &Fields, status: StatusCode, head_request: bool) -> (Framing, bool) {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return (Framing::Done, true);
+    }
+    match (fields.chunked, fields.length) {
+        // With a Content-Length too, the message may have been meant to
+        // smuggle one: the connection is not used again.
+        (Some(true), length) => (Framing::Chunked(Chunk::Size), length.is_none()),
+        (Some(false), _) => (Framing::UntilClose, false),
+        (None, Some(0)) => (Framing::Done, true),
+        (None, Some(n)) => (Framing::Length(n), true),
+        (None, None) => (Framing::UntilClose, false),
+    }
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// A backend's response body, read from its connection as the client takes
@@ -472,7 +495,11 @@ impl http_body::Body for ResponseBody {
                 Ok(None) => {}
             }
             let conn = this.conn.as_mut().expect("a body that has not ended has its connection");
-            conn.make_room();
+            conn.make_room(match this.framing {
+                Framing::Length(n) | Framing::Chunked(Chunk::Data(n)) if n > READ_SIZE as u64 => BODY_READ_SIZE,
+                Framing::UntilClose => BODY_READ_SIZE,
+                _ => READ_SIZE,
+            });
             match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.read)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.conn = None;
