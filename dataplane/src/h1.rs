@@ -30,7 +30,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, lock};
 
 /// The most response header fields accepted (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -119,10 +119,6 @@ impl Pool {
             !list.is_empty()
         });
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where a connection goes when its response has ended.
@@ -391,6 +387,16 @@ impl ResponseBody {
         }
     }
 
+    /// Ends a body that cannot go on: its connection, out of step, is
+    /// closed, and the client's response is cut short (the status has gone).
+    fn broken(&mut self, error: BoxError) -> BoxError {
+        let peer = self.conn.as_ref().and_then(|c| c.stream.peer_addr().ok());
+        tracing::warn!(endpoint = ?peer, error = %error, "backend response body broken off: the response is cut short");
+        self.conn = None;
+        self.framing = Framing::Done;
+        error
+    }
+
     /// The next piece of the body from the bytes read, without reading.
     fn next_frame(&mut self) -> Result<Option<Bytes>, BoxError> {
         let conn = self.conn.as_mut().expect("a body that has not ended has its connection");
@@ -481,12 +487,7 @@ impl http_body::Body for ResponseBody {
                 return Poll::Ready(None);
             }
             match this.next_frame() {
-                Err(e) => {
-                    // The connection is out of step: closed.
-                    this.conn = None;
-                    this.framing = Framing::Done;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return Poll::Ready(Some(Err(this.broken(e)))),
                 Ok(Some(data)) => {
                     this.finish_if_done();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -506,16 +507,11 @@ impl http_body::Body for ResponseBody {
                     this.framing = Framing::Done;
                 }
                 Ok(0) => {
-                    this.conn = None;
-                    this.framing = Framing::Done;
-                    return Poll::Ready(Some(Err("the backend closed the connection before the body ended".into())));
+                    let e = "the backend closed the connection before the body ended".into();
+                    return Poll::Ready(Some(Err(this.broken(e))));
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    this.framing = Framing::Done;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return Poll::Ready(Some(Err(this.broken(e.into())))),
             }
         }
     }

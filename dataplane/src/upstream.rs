@@ -251,7 +251,7 @@ async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>, h2c
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
