@@ -497,8 +497,11 @@ async fn a_request_without_host_is_a_bad_request() {
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.0 400"), "{text}");
+    // The highest version Agimo speaks, as nginx answers too (RFC 9112
+    // section 2.3).
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("x-agimo-reason: missing-host"), "{text}");
+    assert!(text.contains("connection: close"), "an HTTP/1.0 request without keep-alive: {text}");
 }
 
 #[tokio::test]

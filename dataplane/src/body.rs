@@ -11,6 +11,40 @@ use hyper::body::Incoming;
 use crate::h1;
 use crate::upstream::{BoxError, Pooled};
 
+/// A request's body: the one hyper read from the client, or none (a request
+/// read by Agimo's own HTTP/1.1 server, [`crate::h1_server`], which takes
+/// only requests without a body).
+pub enum RequestBody {
+    Incoming(Incoming),
+    Empty,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Incoming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Accounting that ends with the request: when its response body has been
 /// sent in full, or dropped (client gone, connection closed).
 #[derive(Default)]

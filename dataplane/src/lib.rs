@@ -4,8 +4,8 @@
 //!  controller ──watch channel──► Dataplane::run ──store──► ArcSwap<Snapshot>
 //!                                   │ opens/closes sockets        │ load (per request / handshake)
 //!                                   ▼                             ▼
-//!  client ──TCP──► accept loop ──► TLS (SNI from snapshot) ──► hyper (h1, h2, h2c)
-//!                                                               │
+//!  client ──TCP──► accept loop ──► TLS (SNI from snapshot) ──► h1_server (HTTP/1.1 without a body)
+//!                                                               │ or hyper (bodies, upgrades, h2, h2c)
 //!                                            proxy::handle ◄────┘  route ─► filters ─► backend
 //!                                               │                               │
 //!                                               └── metrics (per host)          └──► upstream pool ──► endpoint
@@ -21,6 +21,7 @@ mod body;
 mod error;
 mod gate;
 mod h1;
+mod h1_server;
 mod h2guard;
 pub mod metrics;
 mod proxy;

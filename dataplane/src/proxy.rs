@@ -13,10 +13,9 @@ use agimo_shared::path::{self, Normalized};
 use agimo_shared::snapshot::{Action, BackendTarget, Filters, Protocol, Rule};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::Shared;
-use crate::body::{Body, RequestGuard};
+use crate::body::{Body, RequestBody, RequestGuard};
 use crate::error::ProxyError;
 use crate::gate;
 use crate::metrics::UNMATCHED;
@@ -46,7 +45,7 @@ impl ConnInfo {
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Box<Request<Incoming>>,
+    mut req: Box<Request<RequestBody>>,
     mut guard: RequestGuard,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -90,7 +89,7 @@ struct Routed {
 
 /// Normalises the request's path in place ([`agimo_shared::path`]): what
 /// routes match and what the backend receives.
-fn normalize_path(shared: &Shared, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+fn normalize_path(shared: &Shared, req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         // Authority-form, no path: refused by `route`.
         return Ok(());
@@ -121,7 +120,7 @@ fn normalize_path(shared: &Shared, req: &mut Request<Incoming>) -> Result<(), Pr
 
 /// Finds the rule for a request in the current snapshot. The snapshot guard
 /// is released before any await: the request keeps only the rule it needs.
-fn route(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Routed, ProxyError> {
+fn route(shared: &Shared, conn: &ConnInfo, req: &Request<RequestBody>) -> Result<Routed, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed { method: req.method().clone() });
     }
@@ -159,7 +158,7 @@ fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 async fn apply(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Box<Request<Incoming>>,
+    mut req: Box<Request<RequestBody>>,
     routed: &Routed,
     started: Instant,
     guard: &mut RequestGuard,
@@ -298,7 +297,7 @@ async fn apply(
 /// cannot undo; URL rewrites of host and path); then `X-Forwarded-*`. The
 /// target endpoint goes into the URI later ([`crate::upstream`]). Returns
 /// whether it is a websocket upgrade.
-fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, filters: &[&Filters]) -> bool {
+fn prepare_upstream_request(req: &mut Request<RequestBody>, conn: &ConnInfo, filters: &[&Filters]) -> bool {
     let upgrade = is_upgrade(req.headers());
     let from_http2 = req.version() == Version::HTTP_2;
     // Keep the client's authority as the Host header, byte for byte.

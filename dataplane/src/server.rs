@@ -1,6 +1,7 @@
 //! Sockets and connections: one accept loop per bind address, each
-//! connection served by hyper (HTTP/1.1, h2c by prior knowledge, ALPN h2 on
-//! TLS) with header-read, idle and send limits, idle HTTP/1.1 connections
+//! connection served with header-read, idle and send limits: HTTP/1.1
+//! requests without a body by [`crate::h1_server`], the others by hyper, as
+//! are h2c by prior knowledge and ALPN h2 on TLS; idle HTTP/1.1 connections
 //! parked (see [`crate::session`]).
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use agimo_shared::Snapshot;
 use agimo_shared::snapshot::Protocol;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -25,7 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, RequestGuard};
+use crate::body::{Body, RequestBody, RequestGuard};
+use crate::h1_server::{self, Served};
 use crate::h2guard::H2Guard;
 use crate::proxy::{self, ConnInfo};
 use crate::session::{self, Opening, Session};
@@ -261,7 +263,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (shared, conn) = (self.shared.clone(), self.conn.clone());
         let guard = RequestGuard { active: None, connection: Some(self.activity.begin()) };
-        let req = Box::new(req);
+        let req = Box::new(req.map(RequestBody::Incoming));
         Box::pin(async move { Ok(proxy::handle(&shared, &conn, req, guard).await) })
     }
 }
@@ -304,31 +306,48 @@ async fn serve_http<S>(
     }
 }
 
-/// Serves an HTTP/1.1 connection, parking it whenever it has been idle for
+/// Serves an HTTP/1.1 connection: requests without a body with
+/// [`h1_server`], the others with hyper, from the first of them until hyper
+/// lets go of the connection again. Parks it whenever it has been idle for
 /// [`Config::park_idle_after`](crate::Config::park_idle_after) (see
 /// [`session`]).
 async fn serve_http1<S>(
     shared: &Shared,
     mut io: S,
-    mut read: Bytes,
+    read: Bytes,
     service: ProxyService,
     activity: &Arc<Activity>,
     stop: &CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut read = BytesMut::from(&read[..]);
     loop {
-        // Boxed, so that a parked connection's task has no room for hyper.
-        let Some(parked) = Box::pin(until_parked(shared, io, read, service.clone(), activity, stop)).await else {
-            return;
-        };
-        (io, read) = parked;
+        // Boxed, so that a parked connection's task has no room for it.
+        let served = Box::pin(h1_server::serve(shared, &mut io, &mut read, &service.conn, activity, stop)).await;
+        match served {
+            Served::Ended => return,
+            Served::Park => {}
+            Served::HandOver => {
+                let unread = std::mem::take(&mut read).freeze();
+                // Boxed, as above.
+                let Some(parked) = Box::pin(until_parked(shared, io, unread, service.clone(), activity, stop)).await
+                else {
+                    return;
+                };
+                let unread;
+                (io, unread) = parked;
+                read = BytesMut::from(&unread[..]);
+            }
+        }
         if read.is_empty() {
+            // The buffer is freed while parked.
+            drop(std::mem::take(&mut read));
             tracing::trace!(peer = %service.conn.peer, "connection parked");
             let _parked = shared.metrics.parked();
             let deadline = activity.quiet_deadline(&shared.config);
             match session::unpark(&mut io, deadline, stop).await {
-                Some(bytes) => read = bytes,
+                Some(bytes) => read = BytesMut::from(&bytes[..]),
                 None => return,
             }
         }
@@ -490,11 +509,16 @@ impl Activity {
     }
 
     /// Nothing in flight or begun, nothing waiting to be sent, for `after`.
-    fn may_park(&self, after: Duration) -> bool {
+    pub(crate) fn may_park(&self, after: Duration) -> bool {
         !self.read_since_idle.load(Ordering::Relaxed)
             && self.write_blocked_since.load(Ordering::Relaxed) == 0
             && self.in_flight.load(Ordering::Relaxed) == 0
             && self.idle_for() >= after
+    }
+
+    /// Nothing in flight, and nothing read since the last request ended.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && !self.read_since_idle.load(Ordering::Relaxed)
     }
 
     fn parking(&self) {
@@ -520,12 +544,12 @@ impl Activity {
         tokio::time::Instant::from_std(since + quiet)
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Duration::ZERO;
         }
@@ -546,7 +570,7 @@ impl Activity {
         }
     }
 
-    fn write_blocked_for(&self) -> Duration {
+    pub(crate) fn write_blocked_for(&self) -> Duration {
         match self.write_blocked_since.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             since => self.start.elapsed().saturating_sub(Duration::from_millis(since - 1)),

@@ -1,10 +1,10 @@
-//! A client connection between its requests. hyper keeps an 8 KiB read
-//! buffer and an 8 KiB write buffer for each HTTP/1.1 connection it serves,
-//! for the connection's whole life. So, as nginx does for its keep-alive
-//! connections, a connection idle for a while is *parked*: its hyper state
-//! is dropped, and the task keeps only the socket until the client sends
-//! again, when a new hyper connection takes over, with the bytes already
-//! read put back in front ([`Session`]).
+//! A client connection between its requests. An HTTP/1.1 connection being
+//! served holds read and write buffers (8 KiB each with hyper, a read
+//! buffer and the response being written with [`crate::h1_server`]). So, as
+//! nginx does for its keep-alive connections, a connection idle for a while
+//! is *parked*: its buffers and server state are dropped, and the task keeps
+//! only the socket until the client sends again, when serving resumes with
+//! the bytes already read (for hyper, put back in front: [`Session`]).
 
 use std::io;
 use std::pin::Pin;

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::h1;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,9 +38,9 @@ pub enum UpstreamError {
     Failed(BoxError),
 }
 
-type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Incoming>, Instant)>>>;
+type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<RequestBody>, Instant)>>>;
 type Idle = Arc<IdleMap>;
-type H2cMap = Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>;
+type H2cMap = Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>;
 
 pub struct Upstream {
     h1: Arc<h1::Pool>,
@@ -68,7 +68,7 @@ impl Upstream {
         &self,
         protocol: BackendProtocol,
         endpoint: SocketAddr,
-        mut req: Box<Request<Incoming>>,
+        mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<Body>, UpstreamError> {
         match protocol {
             BackendProtocol::Http1 if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) => {
@@ -110,7 +110,7 @@ impl Upstream {
     async fn send_h1(
         &self,
         endpoint: SocketAddr,
-        req: Box<Request<Incoming>>,
+        req: Box<Request<RequestBody>>,
     ) -> Result<Response<Body>, UpstreamError> {
         let head = h1::encode_head(&req);
         let head_request = req.method() == Method::HEAD;
@@ -146,8 +146,8 @@ impl Upstream {
     async fn send_http1(
         &self,
         endpoint: SocketAddr,
-        mut req: Box<Request<Incoming>>,
-    ) -> Result<(Response<Incoming>, http1::SendRequest<Incoming>), UpstreamError> {
+        mut req: Box<Request<RequestBody>>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<RequestBody>), UpstreamError> {
         if let Some(mut sender) = self.idle_http1(endpoint).await {
             match sender.try_send_request(*req).await {
                 Ok(response) => return Ok((response, sender)),
@@ -168,7 +168,7 @@ impl Upstream {
     }
 
     /// An idle connection to `endpoint` that is ready for a request.
-    async fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+    async fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
         loop {
             let (mut sender, since) = lock(&self.http1).get_mut(&endpoint)?.pop()?;
             if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
@@ -182,7 +182,7 @@ impl Upstream {
         }
     }
 
-    async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         self.start_reaper();
         let stream = self.connect(endpoint).await?;
         let (sender, connection) =
@@ -205,7 +205,7 @@ impl Upstream {
     }
 
     /// The open HTTP/2 connection to `endpoint`, or a new one.
-    async fn h2c_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    async fn h2c_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let existing = lock(&self.h2c).get(&endpoint).filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = existing {
             sender.clone().ready().await.map_err(|e| UpstreamError::Failed(e.into()))?;
@@ -214,7 +214,7 @@ impl Upstream {
         Box::pin(self.connect_h2c(endpoint)).await
     }
 
-    async fn connect_h2c(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    async fn connect_h2c(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         self.start_reaper();
         let stream = self.connect(endpoint).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -262,7 +262,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Pooled {
     idle: Idle,
     endpoint: SocketAddr,
-    sender: Option<http1::SendRequest<Incoming>>,
+    sender: Option<http1::SendRequest<RequestBody>>,
 }
 
 impl Pooled {

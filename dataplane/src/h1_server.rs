@@ -1,0 +1,599 @@
+//! Agimo's own HTTP/1.1 server, for requests without a body (GET, HEAD and
+//! the like: nearly all of a gateway's traffic). The connection's task reads
+//! the request head, parses it with `httparse` (the parser hyper uses), hands
+//! the request to [`proxy::handle`], and writes the response: its head and
+//! the body bytes at hand in one write.
+//!
+//! hyper's server dispatcher, with its buffers, its per-request service
+//! future and header-read timer, was two fifths of a proxied request's
+//! instructions in the profile. A request this server does not take (one with
+//! a body, an upgrade, `Expect`, `CONNECT`) is left whole in the read buffer,
+//! and hyper serves the connection from there on ([`crate::server`]).
+//!
+//! ```text
+//!  client ──read──► parse_head ──no body──► proxy::handle ──► write_response ──► client
+//!                       │                       ▲ the client closed: the request is dropped
+//!                       └──other──► hyper (crate::server), with every byte read
+//! ```
+//!
+//! Limits are checked on a tick, as [`crate::server`] does for hyper's
+//! connections: the header-read and idle timeouts, the send timeout, parking.
+//! No timer is set per request.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, RequestBody, RequestGuard};
+use crate::proxy::{self, ConnInfo};
+use crate::server::Activity;
+use crate::upstream::BoxError;
+use crate::{Config, Shared, session};
+
+/// How a connection left this server.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// It is over: closed by the client, cut off, or answered with
+    /// `Connection: close`.
+    Ended,
+    /// A request this server does not take is at the start of the read
+    /// buffer, whole: hyper serves the connection from here.
+    HandOver,
+    /// It has been idle for the park time, nothing read ([`session`]).
+    Park,
+}
+
+/// The read buffer grows by this much when less than [`MIN_READ`] of it is
+/// free. Request heads share it, so its memory is reused once the request
+/// before has gone.
+const READ_SIZE: usize = 8 * 1024;
+const MIN_READ: usize = 1024;
+/// Header fields parsed into room on the stack; a larger configured
+/// maximum gets room on the heap.
+const STACK_HEADERS: usize = 100;
+/// Body data this long or longer is written from where it is; shorter data
+/// is copied beside the head, for one write.
+const COPY_UNDER: usize = 16 * 1024;
+/// A write buffer grown past this by a long head is not kept for the next
+/// response.
+const KEEP_OUT: usize = 64 * 1024;
+
+/// Serves HTTP/1.1 requests on `io`, the bytes read so far in `read`, until
+/// the connection ends, is to be parked, or brings a request for hyper.
+pub(crate) async fn serve<S>(
+    shared: &Shared,
+    io: &mut S,
+    read: &mut BytesMut,
+    conn: &ConnInfo,
+    activity: &Arc<Activity>,
+    stop: &CancellationToken,
+) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &shared.config;
+    let closing = AtomicBool::new(false);
+    let mut requests = pin!(requests(shared, io, read, conn, activity, &closing));
+    // Waiting for a request head: the header-read timeout or the idle
+    // timeout, the shorter, counted from the end of the last response, and
+    // anew from the first byte of a connection woken from parking.
+    let quiet = [config.idle_timeout, config.header_read_timeout].into_iter().filter(|t| !t.is_zero()).min();
+    let send = Some(config.send_timeout).filter(|t| !t.is_zero());
+    let park = session::park_after(config);
+    let period = [quiet.map(|t| t / 4), send.map(|t| t / 4), park.map(|t| t / 2)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Duration::from_secs(900));
+    let started = Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            biased;
+            served = requests.as_mut() => return served,
+            _ = stop.cancelled(), if !closing.load(Ordering::Relaxed) => {
+                if activity.is_quiet() {
+                    return Served::Ended;
+                }
+                // The request in flight is answered, with `Connection: close`.
+                closing.store(true, Ordering::Relaxed);
+            }
+            _ = tick.tick() => {
+                if let Some(send) = send
+                    && activity.write_blocked_for() >= send
+                {
+                    tracing::debug!(peer = %conn.peer, timeout = ?send, "connection closed: the client stopped reading");
+                    return Served::Ended;
+                }
+                if let Some(quiet) = quiet
+                    && activity.idle_for() >= quiet
+                    && started.elapsed() >= quiet
+                {
+                    tracing::debug!(peer = %conn.peer, timeout = ?quiet, "connection closed: no whole request head in time");
+                    return Served::Ended;
+                }
+                if park.is_some_and(|after| activity.may_park(after)) {
+                    return Served::Park;
+                }
+            }
+        }
+    }
+}
+
+/// The request loop: read a head, answer it, again.
+async fn requests<S>(
+    shared: &Shared,
+    io: &mut S,
+    read: &mut BytesMut,
+    conn: &ConnInfo,
+    activity: &Arc<Activity>,
+    closing: &AtomicBool,
+) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &shared.config;
+    let mut out = Vec::new();
+    loop {
+        let plain = loop {
+            if !read.is_empty() {
+                match parse_head(read, config) {
+                    Ok(Parsed::Plain(plain)) => break plain,
+                    Ok(Parsed::Other) => return Served::HandOver,
+                    Ok(Parsed::Partial) => {}
+                    Err(status) => {
+                        tracing::debug!(peer = %conn.peer, status = status.as_u16(), "malformed request head");
+                        refuse(io, status).await;
+                        return Served::Ended;
+                    }
+                }
+            }
+            if read.capacity() - read.len() < MIN_READ {
+                read.reserve(READ_SIZE);
+            }
+            match io.read_buf(read).await {
+                Ok(0) | Err(_) => return Served::Ended,
+                Ok(_) => activity.bytes_read(),
+            }
+        };
+        let head_request = plain.request.method() == Method::HEAD;
+        let guard = RequestGuard { active: None, connection: Some(activity.begin()) };
+        let answer = proxy::handle(shared, conn, plain.request, guard);
+        let Some(response) = until_answered(io, read, answer, config.max_request_header_bytes).await else {
+            tracing::debug!(peer = %conn.peer, "the client closed its connection before the response: request dropped");
+            return Served::Ended;
+        };
+        let keep_alive = plain.keep_alive && !closing.load(Ordering::Relaxed);
+        match write_response(io, &mut out, response, head_request, plain.http10, keep_alive).await {
+            Ok(true) if !closing.load(Ordering::Relaxed) => {}
+            Ok(_) => {
+                let _ = io.shutdown().await;
+                return Served::Ended;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "writing the response failed");
+                return Served::Ended;
+            }
+        }
+        if out.capacity() > KEEP_OUT {
+            out = Vec::new();
+        }
+        if !read.is_empty() {
+            // The start of the next request: no parking under it.
+            activity.bytes_read();
+        }
+    }
+}
+
+/// The response to a request, or `None` if the client closed its connection
+/// first (the request is dropped: a held one stops counting as pending).
+/// Bytes the client sends meanwhile (pipelined requests) are kept in `read`,
+/// up to `limit`.
+async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, answer: F, limit: usize) -> Option<Response<Body>>
+where
+    S: AsyncRead + Unpin,
+    F: Future<Output = Response<Body>>,
+{
+    let mut answer = pin!(answer);
+    loop {
+        tokio::select! {
+            biased;
+            response = answer.as_mut() => return Some(response),
+            got = io.read_buf(read), if read.len() < limit => {
+                if matches!(got, Ok(0) | Err(_)) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A request this server takes, and what its head says of the connection.
+struct Plain {
+    request: Box<Request<RequestBody>>,
+    keep_alive: bool,
+    http10: bool,
+}
+
+enum Parsed {
+    /// The buffer does not hold a whole head yet.
+    Partial,
+    Plain(Plain),
+    /// A request with a body, an upgrade, `Expect` or `CONNECT`: hyper's.
+    Other,
+}
+
+/// Parses the request head at the start of `read`. A request without a
+/// body is taken out of `read`, its header values sharing the head's bytes;
+/// any other request is left there. A malformed head is the status to refuse
+/// it with.
+fn parse_head(read: &mut BytesMut, config: &Config) -> Result<Parsed, StatusCode> {
+    let max = config.max_request_headers;
+    // Uninitialised: the parser writes only as many fields as there are.
+    let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
+        [const { MaybeUninit::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let fields: &mut [MaybeUninit<httparse::Header>] = if max <= STACK_HEADERS {
+        &mut stack[..max]
+    } else {
+        heap.resize(max, MaybeUninit::uninit());
+        &mut heap
+    };
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, read, fields) {
+        Ok(httparse::Status::Complete(len)) if len <= config.max_request_header_bytes => len,
+        Ok(httparse::Status::Partial) if read.len() <= config.max_request_header_bytes => return Ok(Parsed::Partial),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => return Err(StatusCode::BAD_REQUEST),
+    };
+    let method = parsed.method.unwrap_or_default();
+    let http10 = parsed.version == Some(0);
+    let mut keep_alive = !http10;
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
+        if is("content-length") || is("transfer-encoding") || is("upgrade") || is("expect") {
+            return Ok(Parsed::Other);
+        }
+        if is("connection") {
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    if method == "CONNECT" {
+        return Ok(Parsed::Other);
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let start = read.as_ptr() as usize;
+    let range = |part: &[u8]| {
+        let from = part.as_ptr() as usize - start;
+        from..from + part.len()
+    };
+    let target = range(parsed.path.unwrap_or("/").as_bytes());
+    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
+        .headers
+        .iter()
+        .map(|h| Ok((HeaderName::from_bytes(h.name.as_bytes())?, range(h.value))))
+        .collect::<Result<_, header::InvalidHeaderName>>()
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let head = read.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| StatusCode::BAD_REQUEST)?;
+        headers.append(name, value);
+    }
+    let mut request = Box::new(Request::new(RequestBody::Empty));
+    *request.method_mut() = method;
+    *request.uri_mut() = Uri::from_maybe_shared(head.slice(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
+    *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *request.headers_mut() = headers;
+    Ok(Parsed::Plain(Plain { request, keep_alive, http10 }))
+}
+
+/// Answers a malformed request head and closes the connection.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: StatusCode) {
+    let response = format!(
+        "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default()
+    );
+    if io.write_all(response.as_bytes()).await.is_ok() {
+        let _ = io.shutdown().await;
+    }
+}
+
+/// How a response body is delimited on the way to the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body: a response to HEAD, a 1xx, 204 or 304.
+    None,
+    /// This many bytes are left.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, no length known).
+    UntilClose,
+}
+
+/// Writes a response: its head, and its body as it comes. Returns whether
+/// the connection can carry another request: not if the client asked to
+/// close, the body could only be delimited by closing, or the body broke
+/// off or did not match its length.
+async fn write_response<S>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<Body>,
+    head_request: bool,
+    http10: bool,
+    mut keep_alive: bool,
+) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut length = None;
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            // Checked where it was read: a backend's, or a filter's.
+            length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+            if length.is_none() {
+                keep_alive = false;
+            }
+        } else if name == header::DATE {
+            dated = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut framing = if bodiless {
+        Framing::None
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else if !http10 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    if !dated {
+        date(out);
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        drop(body);
+        return send(io, out).await.map(|()| keep_alive);
+    }
+    loop {
+        // What the body has ready goes out with what is waiting; when it
+        // has nothing ready, what is waiting goes out first.
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Later),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+        })
+        .await;
+        let mut data = match next {
+            Next::Later => {
+                send(io, out).await?;
+                continue;
+            }
+            Next::Frame(None) => break,
+            Next::Frame(Some(Err(e))) => {
+                // Logged where it broke; the client's response is cut short.
+                tracing::debug!(error = %e, "response body broken off: closing the connection");
+                send(io, out).await?;
+                return Ok(false);
+            }
+            Next::Frame(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                // Trailer fields are not passed on.
+                _ => continue,
+            },
+        };
+        if let Framing::Length(left) = &mut framing {
+            if data.len() as u64 > *left {
+                tracing::debug!(over = data.len() as u64 - *left, "response body longer than its Content-Length: cut");
+                data.truncate(*left as usize);
+                keep_alive = false;
+            }
+            *left -= data.len() as u64;
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() < COPY_UNDER {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all_buf(&mut Buf::chain(&out[..], data)).await?;
+            out.clear();
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if !keep_alive {
+            break;
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(left) if left > 0 => {
+            tracing::debug!(missing = left, "response body shorter than its Content-Length: closing the connection");
+            keep_alive = false;
+        }
+        _ => {}
+    }
+    send(io, out).await?;
+    Ok(keep_alive)
+}
+
+enum Next {
+    Frame(Option<Result<Frame<Bytes>, BoxError>>),
+    /// Nothing ready yet.
+    Later,
+}
+
+/// Writes and flushes `out`, and empties it.
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.flush().await
+}
+
+/// A `Date` field (RFC 9110 section 6.6.1), formatted once a second.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second || text.is_empty() {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (Result<Parsed, StatusCode>, BytesMut) {
+        let mut read = BytesMut::from(bytes);
+        let parsed = parse_head(&mut read, &Config::default());
+        (parsed, read)
+    }
+
+    fn plain(bytes: &[u8]) -> (Plain, BytesMut) {
+        match parse(bytes) {
+            (Ok(Parsed::Plain(plain)), rest) => (plain, rest),
+            _ => panic!("not a request without a body: {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_body_is_taken_out_of_the_buffer() {
+        let (plain, rest) = plain(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next");
+        let req = &plain.request;
+        assert_eq!((req.method(), req.uri().path(), req.uri().query()), (&Method::GET, "/a", Some("b=c")));
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers().get_all("x-two").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert!(plain.keep_alive && !plain.http10);
+        assert_eq!(&rest[..], b"GET /next", "the pipelined request stays");
+    }
+
+    #[test]
+    fn requests_for_hyper_are_left_whole() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+        ] {
+            let (parsed, rest) = parse(head);
+            assert!(matches!(parsed, Ok(Parsed::Other)), "{:?}", String::from_utf8_lossy(head));
+            assert_eq!(&rest[..], head, "every byte is left for hyper");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keeps = |head: &[u8]| plain(head).0.keep_alive;
+        assert!(!keeps(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keeps(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keeps(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!keeps(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"));
+    }
+
+    #[test]
+    fn heads_are_partial_until_whole_and_bad_ones_refused() {
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Ok(Parsed::Partial)));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").0.err(), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(parse(b"GET /\x7f HTTP/1.1\r\n\r\n").0.err(), Some(StatusCode::BAD_REQUEST));
+        let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse(many.as_bytes()).0.err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        let long = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(65 * 1024));
+        assert_eq!(parse(long.as_bytes()).0.err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    }
+
+    async fn written(response: Response<Body>, head_request: bool, http10: bool) -> (String, bool) {
+        let mut io = Vec::new();
+        let mut out = Vec::new();
+        let keep = write_response(&mut io, &mut out, response, head_request, http10, true).await.unwrap();
+        (String::from_utf8(io).unwrap(), keep)
+    }
+
+    fn without_date(text: &str) -> String {
+        text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_by_length_or_chunks() {
+        let full = || Response::new(Body::full(Bytes::from_static(b"hello")));
+        let (text, keep) = written(full(), false, false).await;
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert_eq!(without_date(&text), "HTTP/1.1 200 OK\ncontent-length: 5\n\nhello");
+        assert!(keep);
+        let (text, _) = written(full(), true, false).await;
+        assert_eq!(without_date(&text), "HTTP/1.1 200 OK\n", "no body and no length made up for HEAD");
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_length_closes_the_connection() {
+        let mut response = Response::new(Body::full(Bytes::from_static(b"abc")));
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (text, keep) = written(response, false, false).await;
+        assert!(without_date(&text).ends_with("content-length: 5\n\nabc"), "{text}");
+        assert!(!keep, "the client must not read the next response as the rest of this one");
+    }
+}
