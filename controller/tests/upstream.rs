@@ -267,6 +267,37 @@ async fn a_body_cut_short_or_with_a_bad_chunk_is_cut_short_for_the_client() {
     assert_eq!(agimo.get(8080, "x", "/").await.body, "3");
 }
 
+#[tokio::test]
+async fn a_client_that_closes_after_its_response_gets_all_of_it() {
+    let backend = Backend::start(Behaviour::KeepAlive).await;
+    let agimo = agimo_for(&backend).await;
+    // `Connection: close`: the whole body, framed, then the end.
+    let text = exchange(&agimo, "GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "{text}");
+    // HTTP/1.0 has no chunked coding: the body ends with the connection.
+    let text = exchange(&agimo, "GET /chunked HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello world"), "{text}");
+    // A long body, read from the backend in many pieces.
+    let text = exchange(&agimo, "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let end = text.find("\r\n\r\n").expect("a response head");
+    assert!(text[..end].contains("content-length: 4194304"), "{}", &text[..end]);
+    assert_eq!(text.len() - end - 4, 4 << 20, "the whole body");
+}
+
+/// Sends `request` on a connection of its own and reads until Agimo closes it.
+async fn exchange(agimo: &Agimo, request: &str) -> String {
+    let mut client = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 async fn assert_cut_short(agimo: &Agimo, path: &str) {
     let mut client = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
     client.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();

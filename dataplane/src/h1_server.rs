@@ -170,21 +170,27 @@ where
             }
         };
         let head_request = plain.request.method() == Method::HEAD;
-        let guard = RequestGuard { active: None, connection: Some(activity.begin()) };
-        let answer = proxy::handle(shared, conn, plain.request, guard);
-        let Some(response) = until_answered(io, read, answer, config.max_request_header_bytes).await else {
+        // In flight until the response's last byte is written, not only
+        // until its body ends.
+        let in_flight = activity.begin();
+        let answer = proxy::handle(shared, conn, plain.request, RequestGuard::default());
+        let Some(response) = until_answered(io, read, answer).await else {
             tracing::debug!(peer = %conn.peer, "the client closed its connection before the response: request dropped");
             return Served::Ended;
         };
         let keep_alive = plain.keep_alive && !closing.load(Ordering::Relaxed);
-        match write_response(io, &mut out, response, head_request, plain.http10, keep_alive).await {
+        let written = write_response(io, &mut out, response, head_request, plain.http10, keep_alive).await;
+        drop(in_flight);
+        match written {
             Ok(true) if !closing.load(Ordering::Relaxed) => {}
             Ok(_) => {
                 let _ = io.shutdown().await;
                 return Served::Ended;
             }
             Err(e) => {
-                tracing::debug!(peer = %conn.peer, error = %e, "writing the response failed");
+                // Dropped without a shutdown (nor TLS close_notify): a body
+                // cut short is not taken for a whole one.
+                tracing::debug!(peer = %conn.peer, error = %e, "response not written whole: connection dropped");
                 return Served::Ended;
             }
         }
@@ -200,9 +206,10 @@ where
 
 /// The response to a request, or `None` if the client closed its connection
 /// first (the request is dropped: a held one stops counting as pending).
-/// Bytes the client sends meanwhile (pipelined requests) are kept in `read`,
-/// up to `limit`.
-async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, answer: F, limit: usize) -> Option<Response<Body>>
+/// The connection is watched only while no byte of a next request has come:
+/// bytes that come meanwhile (a pipelined request) are kept in `read`, and a
+/// client that pipelines and then closes its side still gets its answers.
+async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, answer: F) -> Option<Response<Body>>
 where
     S: AsyncRead + Unpin,
     F: Future<Output = Response<Body>>,
@@ -212,7 +219,7 @@ where
         tokio::select! {
             biased;
             response = answer.as_mut() => return Some(response),
-            got = io.read_buf(read), if read.len() < limit => {
+            got = io.read_buf(read), if read.is_empty() => {
                 if matches!(got, Ok(0) | Err(_)) {
                     return None;
                 }
@@ -358,15 +365,17 @@ where
     let mut length = None;
     let mut dated = false;
     for (name, value) in &parts.headers {
+        // The framing and the connection's fate are written below, from
+        // what this server does; a filter cannot set them (nor smuggle a
+        // second framing in).
         if name == header::CONTENT_LENGTH {
-            // Checked where it was read: a backend's, or a filter's.
-            length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
-            if length.is_none() {
-                keep_alive = false;
-            }
-        } else if name == header::DATE {
-            dated = true;
+            length = length.or_else(|| content_length(value));
+            continue;
         }
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION || name == "keep-alive" {
+            continue;
+        }
+        dated |= name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -376,14 +385,16 @@ where
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut framing = if bodiless {
-        Framing::None
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
+    // A response to HEAD keeps the length a GET would have had.
+    let length = length.or_else(|| body.size_hint().exact().filter(|_| !bodiless));
+    if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(n.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    let mut framing = if bodiless {
+        Framing::None
+    } else if let Some(n) = length {
         Framing::Length(n)
     } else if !http10 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -421,10 +432,10 @@ where
             }
             Next::Frame(None) => break,
             Next::Frame(Some(Err(e))) => {
-                // Logged where it broke; the client's response is cut short.
-                tracing::debug!(error = %e, "response body broken off: closing the connection");
+                // Logged where it broke. What came goes out, and the
+                // connection is dropped: the response is cut short.
                 send(io, out).await?;
-                return Ok(false);
+                return Err(io::Error::other(e));
             }
             Next::Frame(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
@@ -432,11 +443,12 @@ where
                 _ => continue,
             },
         };
+        let mut over = false;
         if let Framing::Length(left) = &mut framing {
             if data.len() as u64 > *left {
                 tracing::debug!(over = data.len() as u64 - *left, "response body longer than its Content-Length: cut");
                 data.truncate(*left as usize);
-                keep_alive = false;
+                over = true;
             }
             *left -= data.len() as u64;
         }
@@ -448,12 +460,18 @@ where
         } else {
             io.write_all_buf(&mut Buf::chain(&out[..], data)).await?;
             out.clear();
+            // TLS may hold some back until flushed.
+            io.flush().await?;
         }
         if framing == Framing::Chunked {
             out.extend_from_slice(b"\r\n");
         }
-        if !keep_alive {
-            break;
+        if over {
+            return send(io, out).await.map(|()| false);
+        }
+        if out.len() >= COPY_UNDER {
+            // A client slower than its backend holds no more than this here.
+            send(io, out).await?;
         }
     }
     match framing {
@@ -472,6 +490,16 @@ enum Next {
     Frame(Option<Result<Frame<Bytes>, BoxError>>),
     /// Nothing ready yet.
     Later,
+}
+
+/// A Content-Length value: digits only, as the response came with it (a
+/// backend's is checked where it is read; a filter's may be anything).
+fn content_length(value: &HeaderValue) -> Option<u64> {
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Writes and flushes `out`, and empties it.
@@ -586,6 +614,21 @@ mod tests {
         assert!(keep);
         let (text, _) = written(full(), true, false).await;
         assert_eq!(without_date(&text), "HTTP/1.1 200 OK\n", "no body and no length made up for HEAD");
+    }
+
+    #[tokio::test]
+    async fn framing_and_connection_fields_are_the_servers_own() {
+        // As a ResponseHeaderModifier filter could set them.
+        let mut response = Response::new(Body::full(Bytes::from_static(b"hello")));
+        for (name, value) in
+            [("transfer-encoding", "chunked"), ("connection", "keep-alive, x-a"), ("keep-alive", "timeout=5")]
+        {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
+        }
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("+5"));
+        let (text, keep) = written(response, false, false).await;
+        assert_eq!(without_date(&text), "HTTP/1.1 200 OK\ncontent-length: 5\n\nhello");
+        assert!(keep);
     }
 
     #[tokio::test]
