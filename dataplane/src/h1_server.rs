@@ -173,7 +173,9 @@ where
         // In flight until the response's last byte is written, not only
         // until its body ends.
         let in_flight = activity.begin();
-        let answer = proxy::handle(shared, conn, plain.request, RequestGuard::default());
+        // Pinned where it is made: the future is large, and each move of
+        // it a copy.
+        let answer = pin!(proxy::handle(shared, conn, plain.request, RequestGuard::default()));
         let Some(response) = until_answered(io, read, answer).await else {
             tracing::debug!(peer = %conn.peer, "the client closed its connection before the response: request dropped");
             return Served::Ended;
@@ -209,12 +211,11 @@ where
 /// The connection is watched only while no byte of a next request has come:
 /// bytes that come meanwhile (a pipelined request) are kept in `read`, and a
 /// client that pipelines and then closes its side still gets its answers.
-async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, answer: F) -> Option<Response<Body>>
+async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, mut answer: Pin<&mut F>) -> Option<Response<Body>>
 where
     S: AsyncRead + Unpin,
     F: Future<Output = Response<Body>>,
 {
-    let mut answer = pin!(answer);
     loop {
         tokio::select! {
             biased;
