@@ -264,6 +264,9 @@ fn parse_head(read: &mut BytesMut, config: &Config) -> Result<Parsed, StatusCode
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, read, fields) {
         Ok(httparse::Status::Complete(len)) if len <= config.max_request_header_bytes => len,
         Ok(httparse::Status::Partial) if read.len() <= config.max_request_header_bytes => return Ok(Parsed::Partial),
+        // Over the size: the request line alone (no line end within the
+        // limit) is a long target.
+        Ok(_) if !read[..config.max_request_header_bytes].contains(&b'\n') => return Err(StatusCode::URI_TOO_LONG),
         Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         Err(_) => return Err(StatusCode::BAD_REQUEST),
     };
@@ -593,6 +596,8 @@ mod tests {
         assert_eq!(parse(many.as_bytes()).0.err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
         let long = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(65 * 1024));
         assert_eq!(parse(long.as_bytes()).0.err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        let target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65 * 1024));
+        assert_eq!(parse(target.as_bytes()).0.err(), Some(StatusCode::URI_TOO_LONG));
     }
 
     async fn written(response: Response<Body>, head_request: bool, http10: bool) -> (String, bool) {
