@@ -164,7 +164,7 @@ struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     send_timeout: Duration,
     /// Park an HTTP/1.1 connection with nothing in flight and nothing
-    /// received for this long: hyper's state and buffers for it are freed
+    /// received for this long: its server state and buffers are freed
     /// until the client sends again; 0 never parks.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     park_idle_after: Duration,
@@ -222,7 +222,7 @@ impl ServeArgs {
 }
 
 /// jemalloc, set to give memory back: an idle connection that Agimo parks
-/// frees hyper's buffers for it (see `agimo_dataplane::Config::park_idle_after`),
+/// frees its buffers (see `agimo_dataplane::Config::park_idle_after`),
 /// and with the C library's allocator those pages would stay with the
 /// process. Here unused pages go back to the system after about a second,
 /// from a background thread, so the process shrinks while it is idle too.

@@ -73,7 +73,7 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     /// An HTTP/1.1 connection with nothing in flight and nothing sent for
-    /// this long is parked: hyper's state and buffers for it are freed, and
+    /// this long is parked: its server state and buffers are freed, and
     /// only its socket is kept until the client sends again. Zero never
     /// parks.
     pub park_idle_after: Duration,
