@@ -293,12 +293,31 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxErro
     let mut fields = Fields::default();
     for (name, from, to) in ranges {
         let value = HeaderValue::from_maybe_shared(head.slice(from..to))?;
+        // Hop-by-hop fields (RFC 9110 section 7.6.1) are read here and not
+        // passed on, so the proxy has none to look for: a `Connection`
+        // naming other fields is the exception, kept for the proxy to strip
+        // what it names.
         if name == header::CONTENT_LENGTH {
             fields.content_length(&value)?;
         } else if name == header::TRANSFER_ENCODING {
             fields.chunked = Some(is_chunked(&value));
+            continue;
         } else if name == header::CONNECTION {
+            // Nearly always one token: no list to split.
+            let only = value.as_bytes();
+            if only.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if only.eq_ignore_ascii_case(b"close") {
+                fields.close = true;
+                continue;
+            }
             fields.close |= has_token(&value, "close");
+            if only_tokens(&value, &["close", "keep-alive"]) {
+                continue;
+            }
+        } else if name == "keep-alive" || name == header::TE || name == header::TRAILER || name == header::UPGRADE {
+            continue;
         }
         headers.append(name, value);
     }
@@ -326,6 +345,16 @@ struct Fields {
 
 impl Fields {
     fn content_length(&mut self, value: &HeaderValue) -> Result<(), BoxError> {
+        let digits = value.as_bytes();
+        if !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit) {
+            // One length, the usual case: no list to split.
+            let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if self.length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values".into());
+            }
+            self.length = Some(n);
+            return Ok(());
+        }
         for item in value.to_str().map_err(|_| "an invalid Content-Length")?.split(',') {
             let item = item.trim();
             if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
@@ -360,6 +389,14 @@ fn framing(fields: &Fields, status: StatusCode, head_request: bool) -> (Framing,
         (None, Some(n)) => (Framing::Length(n), true),
         (None, None) => (Framing::UntilClose, false),
     }
+}
+
+/// Whether every item of a comma-separated field value is one of `tokens`
+/// (in any case).
+fn only_tokens(value: &HeaderValue, tokens: &[&str]) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',').map(str::trim).all(|item| item.is_empty() || tokens.iter().any(|t| item.eq_ignore_ascii_case(t)))
+    })
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -593,6 +630,25 @@ mod tests {
         assert_eq!((parts.version, reusable), (Version::HTTP_10, false));
         let (_, framing, _, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\ncontent-length: 7\r\n\r\n", false);
         assert_eq!(framing, Framing::Length(7), "repeated equal lengths are one");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_behind_unless_connection_names_others() {
+        let (parts, framing, reusable, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\
+              Trailer: x-sum\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n",
+            false,
+        );
+        let names: Vec<_> = parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!((framing, reusable), (Framing::Chunked(Chunk::Size), true), "the framing was still read");
+        let (parts, _, reusable, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nX-Private: p\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!(parts.headers["connection"], "close, X-Private", "kept for the proxy to strip what it names");
+        assert!(parts.headers.contains_key("x-private"));
+        assert!(!reusable);
     }
 
     #[test]
