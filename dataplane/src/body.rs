@@ -49,7 +49,7 @@ impl http_body::Body for RequestBody {
 /// sent in full, or dropped (client gone, connection closed).
 #[derive(Default)]
 pub struct RequestGuard {
-    pub active: Option<crate::metrics::GaugeGuard>,
+    pub active: Option<crate::metrics::Active>,
     pub connection: Option<crate::server::InFlight>,
 }
 

@@ -17,11 +17,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use agimo_shared::snapshot::{Backend, BackendTarget, Backends, Gate};
-use prometheus::IntGauge;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{HostStats, Pending};
 
 /// Held requests per `host` label, to enforce `max-pending`.
 #[derive(Default)]
@@ -34,12 +33,11 @@ pub struct Waiting {
 pub struct Held<'a> {
     waiting: &'a Waiting,
     host: Arc<str>,
-    gauge: IntGauge,
+    _pending: Pending,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.gauge.dec();
         let mut per_host = self.waiting.per_host.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_host.get_mut(&self.host) {
             *n -= 1;
@@ -52,16 +50,15 @@ impl Drop for Held<'_> {
 
 impl Waiting {
     /// Admits one more held request for `host`, or refuses it beyond `max`.
-    pub fn enter<'a>(&'a self, metrics: &Metrics, host: &Arc<str>, max: usize) -> Result<Held<'a>, ProxyError> {
+    pub fn enter<'a>(&'a self, stats: &Arc<HostStats>, max: usize) -> Result<Held<'a>, ProxyError> {
+        let host = stats.label();
         let mut per_host = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
         let n = per_host.entry(host.clone()).or_insert(0);
         if *n >= max {
             return Err(ProxyError::TooManyPending { host: host.to_string(), max });
         }
         *n += 1;
-        let gauge = metrics.pending(host);
-        gauge.inc();
-        Ok(Held { waiting: self, host: host.clone(), gauge })
+        Ok(Held { waiting: self, host: host.clone(), _pending: stats.pending() })
     }
 }
 

@@ -202,8 +202,8 @@ impl Dataplane {
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut snapshot = snapshots.borrow_and_update().clone();
+        self.shared.metrics.declare_hosts(snapshot.host_labels());
         self.shared.snapshot.store(snapshot.clone());
-        self.shared.metrics.declare_hosts(snapshot.host_labels().iter().map(|h| &**h));
         loop {
             sockets.reconcile(&self.shared, &snapshot, &stop).await;
             self.shared.sockets.send_if_modified(|state| {
@@ -228,9 +228,9 @@ impl Dataplane {
                     // Requests from now on see the new snapshot; requests in
                     // flight finish on the one they started with; held ones
                     // look again.
+                    self.shared.metrics.declare_hosts(snapshot.host_labels());
                     self.shared.snapshot.store(snapshot.clone());
                     self.shared.swaps.send_modify(|n| *n += 1);
-                    self.shared.metrics.declare_hosts(snapshot.host_labels().iter().map(|h| &**h));
                 }
             }
         }

@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::body::{Body, RequestBody, RequestGuard};
 use crate::error::ProxyError;
 use crate::gate;
-use crate::metrics::UNMATCHED;
+use crate::metrics::HostStats;
 use crate::upstream::UpstreamError;
 
 /// What a request knows about the connection it came on.
@@ -50,21 +50,21 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let routed = normalize_path(shared, &mut req).and_then(|()| route(shared, conn, &req));
-    let (label, response) = match routed {
+    let (host, response) = match routed {
         Err(e) => {
-            shared.metrics.request(UNMATCHED);
+            shared.metrics.unmatched().request();
             tracing::debug!(peer = %conn.peer, status = e.status().as_u16(), reason = e.reason(), error = %e, "request not routed");
             (None, e.into_response())
         }
         Ok(routed) => {
-            shared.metrics.request(&routed.label);
+            routed.host.request();
             let response = match apply(shared, conn, req, &routed, start, &mut guard).await {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::warn!(
                         route = %routed.rule.route,
                         rule = routed.rule.index,
-                        host = %routed.label,
+                        host = %routed.host.label(),
                         status = e.status().as_u16(),
                         reason = e.reason(),
                         error = %e,
@@ -73,16 +73,17 @@ pub async fn handle(
                     e.into_response()
                 }
             };
-            (Some(routed.label), response)
+            (Some(routed.host), response)
         }
     };
-    shared.metrics.observe_duration(label.as_deref().unwrap_or(UNMATCHED), start.elapsed());
+    host.as_deref().unwrap_or(shared.metrics.unmatched()).observe_duration(start.elapsed());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
 
 struct Routed {
-    label: Arc<str>,
+    /// The series of the matched bucket's `host` label.
+    host: Arc<HostStats>,
     rule: Arc<Rule>,
     listener_port: u16,
 }
@@ -142,7 +143,7 @@ fn route(shared: &Shared, conn: &ConnInfo, req: &Request<RequestBody>) -> Result
         .routes
         .find(&host, &view)
         .ok_or_else(|| ProxyError::NoRoute { host: host.to_string(), path: req.uri().path().to_owned() })?;
-    Ok(Routed { label: bucket.label.clone(), rule: entry.rule.clone(), listener_port: listener.port })
+    Ok(Routed { host: shared.metrics.host(&bucket.label), rule: entry.rule.clone(), listener_port: listener.port })
 }
 
 /// The request's authority: the URI's (HTTP/2 `:authority`, HTTP/1.1
@@ -163,7 +164,7 @@ async fn apply(
     started: Instant,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
-    let Routed { label, rule, listener_port } = routed;
+    let Routed { host, rule, listener_port } = routed;
     let listener_port = *listener_port;
     let backends = match &rule.action {
         Action::Reject(r) => {
@@ -203,13 +204,13 @@ async fn apply(
         let (index, backend) = match gate::pick_weighted(&ready) {
             Some(found) => found,
             None => {
-                let _held = shared.waiting.enter(&shared.metrics, label, gate.max_pending)?;
+                let _held = shared.waiting.enter(host, gate.max_pending)?;
                 let mut deadline = tokio::time::Instant::now() + gate.wait_timeout;
                 if let Some(request) = rule.timeouts.request {
                     deadline = deadline.min(tokio::time::Instant::from_std(started + request));
                 }
                 let mut swaps = shared.swaps.subscribe();
-                tracing::debug!(route = %rule.route, host = %label, "no ready endpoint: holding the request");
+                tracing::debug!(route = %rule.route, host = %host.label(), "no ready endpoint: holding the request");
                 let held_since = Instant::now();
                 // Boxed: only held requests pay for the wait's state.
                 let found = Box::pin(gate::wait_for_ready(
@@ -218,10 +219,10 @@ async fn apply(
                     || shared.snapshot.load_full(),
                     &mut swaps,
                     deadline,
-                    label,
+                    host.label(),
                 ))
                 .await?;
-                tracing::debug!(route = %rule.route, host = %label, waited_ms = held_since.elapsed().as_millis() as u64, "endpoint ready: releasing the request");
+                tracing::debug!(route = %rule.route, host = %host.label(), waited_ms = held_since.elapsed().as_millis() as u64, "endpoint ready: releasing the request");
                 found
             }
         };
@@ -232,7 +233,7 @@ async fn apply(
     let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-    guard.active = Some(shared.metrics.active(label));
+    guard.active = Some(host.active());
     // The send is made in each arm: one made before the match would take
     // room in this future for every arm's copy of it.
     let result = match (rule.timeouts.request, rule.timeouts.backend_request) {

@@ -221,13 +221,94 @@ impl RequestMatch {
     }
 
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.path.matches(req.path)
-            && self.method.as_ref().is_none_or(|m| m == req.method)
+        self.path.matches(req.path) && self.matches_besides_path(req)
+    }
+
+    /// Whether the path is the only condition.
+    fn is_path_only(&self) -> bool {
+        self.method.is_none() && self.headers.is_empty() && self.query_params.is_empty()
+    }
+
+    fn matches_besides_path(&self, req: &RequestView<'_>) -> bool {
+        self.method.as_ref().is_none_or(|m| m == req.method)
             && self.headers.iter().all(|h| h.matches(req.headers))
             && (self.query_params.is_empty() || {
                 let params = req.query_params();
                 self.query_params.iter().all(|q| q.matches(params))
             })
+    }
+}
+
+/// The path conditions of a list of matches packed into one string and one
+/// array, so that a lookup scans them without reading each match: with
+/// thousands of routes loaded, each match read (and each path string behind
+/// it) was a cache miss.
+#[derive(Debug, Default)]
+pub struct PathIndex {
+    text: String,
+    spans: Vec<PathSpan>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PathSpan {
+    start: u32,
+    len: u32,
+    kind: SpanKind,
+    path_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpanKind {
+    Exact,
+    Prefix,
+    /// Tested on the match itself (a regular expression).
+    Other,
+}
+
+impl PathIndex {
+    pub fn new<'a>(matches: impl IntoIterator<Item = &'a RequestMatch>) -> Self {
+        let mut index = PathIndex::default();
+        for m in matches {
+            let (kind, value) = match &m.path {
+                PathMatch::Exact(v) => (SpanKind::Exact, v.as_str()),
+                PathMatch::Prefix(v) => (SpanKind::Prefix, v.as_str()),
+                PathMatch::RegularExpression(_) => (SpanKind::Other, ""),
+            };
+            let span = match (u32::try_from(index.text.len()), u32::try_from(value.len())) {
+                (Ok(start), Ok(len)) if start.checked_add(len).is_some() => {
+                    index.text.push_str(value);
+                    PathSpan { start, len, kind, path_only: m.is_path_only() }
+                }
+                _ => PathSpan { start: 0, len: 0, kind: SpanKind::Other, path_only: false },
+            };
+            index.spans.push(span);
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The position of the first indexed match that `req` satisfies;
+    /// `matcher(i)` is the `i`th match as indexed, read only when its path
+    /// matches and it has other conditions, or when its path is not indexed.
+    pub fn find<'m>(&self, req: &RequestView<'_>, matcher: impl Fn(usize) -> &'m RequestMatch) -> Option<usize> {
+        self.spans.iter().enumerate().find_map(|(i, span)| {
+            let path = &self.text[span.start as usize..(span.start + span.len) as usize];
+            let found = match span.kind {
+                SpanKind::Exact => req.path == path && (span.path_only || matcher(i).matches_besides_path(req)),
+                SpanKind::Prefix => {
+                    prefix_matches(path, req.path) && (span.path_only || matcher(i).matches_besides_path(req))
+                }
+                SpanKind::Other => matcher(i).matches(req),
+            };
+            found.then_some(i)
+        })
     }
 }
 
@@ -312,6 +393,57 @@ mod tests {
 
     fn view<'a>(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
         RequestView::new(method, path, query, headers)
+    }
+
+    #[test]
+    fn the_path_index_finds_what_testing_each_match_finds() {
+        let header = |name: &str, value: &str| HeaderMatch {
+            name: HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value: ValueMatch::Exact(value.into()),
+        };
+        let with = |path: PathMatch, method: Option<Method>, headers: Vec<HeaderMatch>| RequestMatch {
+            path,
+            method,
+            headers,
+            query_params: Vec::new(),
+        };
+        let matches = vec![
+            with(PathMatch::Exact("/a/b".into()), None, vec![header("x-tenant", "t1")]),
+            with(PathMatch::Exact("/a/b".into()), None, vec![]),
+            with(PathMatch::RegularExpression(FullRegex::new("/r/[0-9]+").unwrap()), None, vec![]),
+            with(PathMatch::prefix("/a/"), Some(Method::POST), vec![]),
+            with(PathMatch::prefix("/a"), None, vec![header("x-tenant", "t2")]),
+            RequestMatch {
+                query_params: vec![QueryParamMatch { name: "q".into(), value: ValueMatch::Exact("1".into()) }],
+                ..RequestMatch::any()
+            },
+            with(PathMatch::prefix("/ab"), None, vec![]),
+            RequestMatch::any(),
+        ];
+        let index = PathIndex::new(&matches);
+        assert_eq!(index.len(), matches.len());
+        let t1: HeaderMap = [(HeaderName::from_static("x-tenant"), "t1".parse().unwrap())].into_iter().collect();
+        let t2: HeaderMap = [(HeaderName::from_static("x-tenant"), "t2".parse().unwrap())].into_iter().collect();
+        let none = HeaderMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for method in [Method::GET, Method::POST] {
+            for path in ["/a/b", "/a/bc", "/a", "/a/c", "/ab", "/abc", "/r/12", "/r/x", "/"] {
+                for query in [None, Some("q=1"), Some("q=2")] {
+                    for headers in [&none, &t1, &t2] {
+                        let req = view(&method, path, query, headers);
+                        let expected = matches.iter().position(|m| m.matches(&req));
+                        assert_eq!(
+                            index.find(&req, |i| &matches[i]),
+                            expected,
+                            "{method} {path} {query:?} {headers:?}"
+                        );
+                        seen.insert(expected);
+                    }
+                }
+            }
+        }
+        // Every match wins for some request.
+        assert_eq!(seen, (0..matches.len()).map(Some).collect(), "{seen:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::{Serialize, Serializer};
 
 use crate::filters::{HeaderModifier, Redirect, UrlRewrite};
 use crate::hostname::Hostname;
-use crate::matching::{MatchOrigin, RequestMatch, RequestView, precedence};
+use crate::matching::{MatchOrigin, PathIndex, RequestMatch, RequestView, precedence};
 
 /// Everything the dataplane serves, compiled from one consistent world.
 #[derive(Debug, Default, Serialize)]
@@ -220,6 +220,25 @@ pub struct RouteTable {
 pub struct HostRoutes {
     pub label: Arc<str>,
     pub entries: Vec<RouteEntry>,
+    /// The entries' paths, packed for the lookup ([`RouteTable::finish`]).
+    #[serde(skip)]
+    paths: PathIndex,
+}
+
+impl HostRoutes {
+    fn new(label: Arc<str>) -> Self {
+        HostRoutes { label, entries: Vec::new(), paths: PathIndex::default() }
+    }
+
+    /// The first entry, in precedence order, that `req` matches.
+    fn first_match(&self, req: &RequestView<'_>) -> Option<&RouteEntry> {
+        if self.paths.len() == self.entries.len() {
+            self.paths.find(req, |i| &self.entries[i].matcher).map(|i| &self.entries[i])
+        } else {
+            // Not indexed yet (entries added since `finish`).
+            self.entries.iter().find(|e| e.matcher.matches(req))
+        }
+    }
 }
 
 /// One `HTTPRouteMatch` of one rule: what a request is tested against.
@@ -239,21 +258,20 @@ impl RouteTable {
             Some(Hostname::Exact(name)) => (self.exact.entry(name.clone()), name.clone()),
             Some(h @ Hostname::Wildcard(suffix)) => (self.wildcard.entry(suffix.clone()), h.to_string()),
             None => {
-                self.any
-                    .get_or_insert_with(|| HostRoutes { label: Arc::from("*"), entries: Vec::new() })
-                    .entries
-                    .push(entry);
+                self.any.get_or_insert_with(|| HostRoutes::new(Arc::from("*"))).entries.push(entry);
                 return;
             }
         };
-        bucket.or_insert_with(|| HostRoutes { label: Arc::from(label), entries: Vec::new() }).entries.push(entry);
+        bucket.or_insert_with(|| HostRoutes::new(Arc::from(label))).entries.push(entry);
     }
 
-    /// Sorts every bucket by match precedence. Call once after inserting.
+    /// Sorts every bucket by match precedence and indexes its paths. Call
+    /// once after inserting.
     pub fn finish(&mut self) {
         let buckets = self.exact.values_mut().chain(self.wildcard.values_mut()).chain(self.any.as_mut());
         for bucket in buckets {
             bucket.entries.sort_by(|a, b| precedence((&a.matcher, &a.origin), (&b.matcher, &b.origin)));
+            bucket.paths = PathIndex::new(bucket.entries.iter().map(|e| &e.matcher));
         }
     }
 
@@ -263,11 +281,8 @@ impl RouteTable {
 
     /// Finds the entry that serves a request; `host` is normalised.
     pub fn find(&self, host: &str, req: &RequestView<'_>) -> Option<(&HostRoutes, &RouteEntry)> {
-        fn first_match<'t>(bucket: &'t HostRoutes, req: &RequestView<'_>) -> Option<&'t RouteEntry> {
-            bucket.entries.iter().find(|e| e.matcher.matches(req))
-        }
         if let Some(bucket) = self.exact.get(host)
-            && let Some(entry) = first_match(bucket, req)
+            && let Some(entry) = bucket.first_match(req)
         {
             return Some((bucket, entry));
         }
@@ -279,14 +294,14 @@ impl RouteTable {
                     continue;
                 }
                 if let Some(bucket) = self.wildcard.get(&host[i..])
-                    && let Some(entry) = first_match(bucket, req)
+                    && let Some(entry) = bucket.first_match(req)
                 {
                     return Some((bucket, entry));
                 }
             }
         }
         let bucket = self.any.as_ref()?;
-        first_match(bucket, req).map(|entry| (bucket, entry))
+        bucket.first_match(req).map(|entry| (bucket, entry))
     }
 
     /// The number of entries, for logs.
