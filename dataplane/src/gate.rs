@@ -10,57 +10,17 @@
 //! ```
 //!
 //! Waiters are woken by swaps (EndpointSlice changes compiled into a new
-//! snapshot), never by polling. State lives here, outside the snapshot, so it
-//! survives swaps: the per-host counts of held requests.
+//! snapshot), never by polling. The per-host count of held requests lives
+//! outside the snapshot, so it survives swaps: it is the host's
+//! `pending_requests_total` ([`crate::metrics::HostStats::hold`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use agimo_shared::snapshot::{Backend, BackendTarget, Backends, Gate};
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::metrics::{HostStats, Pending};
-
-/// Held requests per `host` label, to enforce `max-pending`.
-#[derive(Default)]
-pub struct Waiting {
-    per_host: Mutex<HashMap<Arc<str>, usize>>,
-}
-
-/// One held request; counts in `pending_requests_total` until dropped
-/// (released, timed out, or the client went away).
-pub struct Held<'a> {
-    waiting: &'a Waiting,
-    host: Arc<str>,
-    _pending: Pending,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let mut per_host = self.waiting.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_host.get_mut(&self.host) {
-            *n -= 1;
-            if *n == 0 {
-                per_host.remove(&self.host);
-            }
-        }
-    }
-}
-
-impl Waiting {
-    /// Admits one more held request for `host`, or refuses it beyond `max`.
-    pub fn enter<'a>(&'a self, stats: &Arc<HostStats>, max: usize) -> Result<Held<'a>, ProxyError> {
-        let host = stats.label();
-        let mut per_host = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_host.entry(host.clone()).or_insert(0);
-        if *n >= max {
-            return Err(ProxyError::TooManyPending { host: host.to_string(), max });
-        }
-        *n += 1;
-        Ok(Held { waiting: self, host: host.clone(), _pending: stats.pending() })
-    }
-}
 
 /// The backends of a rule that have ready endpoints in the current
 /// snapshot, with their weights; the request's rule may come from an older

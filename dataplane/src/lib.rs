@@ -114,8 +114,6 @@ pub(crate) struct Shared {
     applied: watch::Sender<Option<Arc<Snapshot>>>,
     /// Bumped at every swap: wakes requests held at the gate.
     pub(crate) swaps: watch::Sender<u64>,
-    /// Requests held at the gate, per host.
-    pub(crate) waiting: gate::Waiting,
 }
 
 /// A handle to the dataplane; cheap to clone.
@@ -143,7 +141,6 @@ impl Dataplane {
                 sockets: watch::Sender::new(SocketState::default()),
                 applied: watch::Sender::new(None),
                 swaps: watch::Sender::new(0),
-                waiting: gate::Waiting::default(),
             }),
         }
     }

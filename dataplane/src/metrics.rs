@@ -90,10 +90,13 @@ impl HostStats {
         Active(self.clone())
     }
 
-    /// Counts a held request (scale-to-zero) as pending until the guard drops.
-    pub fn pending(self: &Arc<Self>) -> Pending {
-        self.pending.fetch_add(1, Relaxed);
-        Pending(self.clone())
+    /// Counts a held request (scale-to-zero) as pending until the guard
+    /// drops, unless `max` are held for this host already: the gauge is
+    /// also the `max-pending` count.
+    pub fn hold(self: &Arc<Self>, max: usize) -> Option<Pending> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.pending.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Pending(self.clone()))
     }
 }
 
@@ -354,10 +357,14 @@ mod tests {
         metrics.host("a.example").request();
         assert_eq!(value(&metrics, "requests_total{host=\"a.example\"}").as_deref(), Some("2"));
         assert_eq!(value(&metrics, "requests_total{host=\"b.example\"}").as_deref(), Some("1"));
-        let held = metrics.host("b.example").pending();
-        assert_eq!(value(&metrics, "pending_requests_total{host=\"b.example\"}").as_deref(), Some("1"));
+        let b = metrics.host("b.example");
+        let held = [b.hold(2), b.hold(2)];
+        assert!(held.iter().all(Option::is_some));
+        assert!(b.hold(2).is_none(), "a third held request is over max-pending");
+        assert_eq!(value(&metrics, "pending_requests_total{host=\"b.example\"}").as_deref(), Some("2"));
         drop(held);
         assert_eq!(value(&metrics, "pending_requests_total{host=\"b.example\"}").as_deref(), Some("0"));
+        assert!(b.hold(2).is_some(), "room again once they are released");
     }
 
     #[test]

@@ -204,7 +204,10 @@ async fn apply(
         let (index, backend) = match gate::pick_weighted(&ready) {
             Some(found) => found,
             None => {
-                let _held = shared.waiting.enter(host, gate.max_pending)?;
+                let _held = host.hold(gate.max_pending).ok_or_else(|| ProxyError::TooManyPending {
+                    host: host.label().to_string(),
+                    max: gate.max_pending,
+                })?;
                 let mut deadline = tokio::time::Instant::now() + gate.wait_timeout;
                 if let Some(request) = rule.timeouts.request {
                     deadline = deadline.min(tokio::time::Instant::from_std(started + request));
