@@ -24,6 +24,9 @@ ulimit -n "$(ulimit -Hn)"
 if [[ ! -x "$HOME/.cache/agimo/tools/bin/h2spec" ]]; then
   GOBIN="$HOME/.cache/agimo/tools/bin" go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible
 fi
+# The node agent's enter test runs a container image made of a static
+# busybox (Debian's busybox-static).
+[[ -x /bin/busybox ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null
 cargo test --workspace --locked
 
 # Build what runs inside the cluster's network namespace first: there the

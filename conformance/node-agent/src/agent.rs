@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::Config;
+use crate::image::ImageStore;
 use crate::ipam::Ipam;
 use crate::logs::{self, LogIndex};
 use crate::node::{self, Machine};
@@ -38,6 +39,8 @@ pub struct Ctx {
     pub ipam: Mutex<Ipam>,
     pub logs: LogIndex,
     pub recorder: Recorder,
+    /// The node's images (`--image-layout`).
+    pub images: ImageStore,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -72,7 +75,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 
     let reporter = Reporter { controller: "agimo-node-agent".to_owned(), instance: Some(config.node_name.clone()) };
     let ipam = Ipam::new(config.pod_ips.0, config.pod_ips.1).map_err(anyhow::Error::msg)?;
+    let images = ImageStore::new(config.image_layouts.clone(), config.state_dir.join("images"));
     let ctx = Arc::new(Ctx {
+        images,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         ipam: Mutex::new(ipam),

@@ -6,15 +6,21 @@
 //! statuses, deletes pods once their processes are gone, and serves container
 //! logs to `kubectl logs`.
 //!
-//! There are no images: a container whose image contains a pattern given
-//! with `--program PATTERN=PATH` runs that program from the local disk, in
-//! place of the image's entrypoint (`echo-basic`, the conformance suite's
-//! backend; `agimo-dev/agimo`, Agimo itself; `agimo-node-agent/test-shell`,
-//! `/bin/sh` for our tests). Such a process gets what a kubelet gives a
-//! container, so that a program like `agimo` runs as an in-cluster client:
+//! Images come from OCI image layouts given with `--image-layout DIR`, the
+//! node's registry ([`image`]): a container whose image is named in one runs
+//! from that image's root filesystem, as containerd and runc would run it
+//! (an overlay over the unpacked layers, its own /proc, /dev and /sys, the
+//! image's Entrypoint, Cmd, Env, WorkingDir and User; [`enter`]). Else a
+//! container whose image contains a pattern given with `--program
+//! PATTERN=PATH` runs that program from the local disk, in place of the
+//! image's entrypoint (`echo-basic`, the conformance suite's backend;
+//! `agimo-dev/agimo`, Agimo itself; `agimo-node-agent/test-shell`, `/bin/sh`
+//! for our tests). Either process gets what a kubelet gives a container, so
+//! that a program like `agimo` runs as an in-cluster client:
 //!
 //! - its volumes at their mountPaths, bind-mounted in the process's own
-//!   mount namespace ([`process::prelude`]), among them the service
+//!   mount namespace ([`process::prelude`] for programs, [`enter`] inside
+//!   an image's root), among them the service
 //!   account's `kube-api-access-…` volume with a real token from the
 //!   TokenRequest API, bound to the pod and renewed at 80 % of its lifetime
 //!   ([`token`]), `ca.crt` from the ConfigMap `kube-root-ca.crt` and the
@@ -37,6 +43,8 @@
 //!                                      │ one worker per pod bound here
 //!                                      ▼
 //!                                   worker ──ip netns add, ip link add, ip netns exec──▶ the pod
+//!                                      ├──--image-layout: index.json, blobs ──unpack──▶ <state>/images/sha256-…/rootfs
+//!                                      │     ──overlay, pivot_root (agimo-node-agent enter)──▶ the container's root
 //!                                      ├──serviceaccounts/token, Secrets, ConfigMaps──▶ <pod>/volumes ──bind──▶ mountPaths
 //!                                      ├──probes (httpGet, tcpSocket from here; exec via nsenter)──▶ the pod
 //!                                      └──pods/status, events, delete (grace 0)──▶ kube-apiserver
@@ -56,7 +64,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod dns;
+pub mod enter;
 pub mod env;
+pub mod image;
 pub mod ipam;
 pub mod logs;
 pub mod node;
@@ -89,6 +100,12 @@ pub struct Config {
     pub pod_ips: (Ipv4Addr, Ipv4Addr),
     /// Programs run for images: the first whose pattern occurs in the image.
     pub programs: Vec<(String, PathBuf)>,
+    /// OCI image layouts, the node's registry ([`image`]); an image found
+    /// there runs from its own root filesystem, whatever `programs` say.
+    pub image_layouts: Vec<PathBuf>,
+    /// This agent's own binary: containers from images start through its
+    /// `enter` subcommand ([`enter`]).
+    pub self_exe: PathBuf,
     /// Per-pod directories (volumes, logs).
     pub state_dir: PathBuf,
     /// The port of the log server (the Node's kubelet endpoint).
@@ -105,6 +122,9 @@ pub struct Config {
     pub max_pods: u32,
     /// How often the Node's Ready condition is renewed.
     pub heartbeat: Duration,
+    /// The cluster DNS and domain, and the node's own resolver settings:
+    /// what pods' `/etc/resolv.conf` and `/etc/hosts` are made from.
+    pub dns: dns::NodeDns,
 }
 
 impl Config {

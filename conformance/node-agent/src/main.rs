@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!   flags ──▶ Config ──▶ agent::run(client, config, SIGTERM/SIGINT)
+//!   enter --spec FILE ──▶ enter::main (a container from an image; no runtime, no logging)
 //! ```
 
 #![forbid(unsafe_code)]
@@ -46,6 +47,13 @@ struct Args {
     /// reported running and ready.
     #[arg(long = "program", value_name = "PATTERN=PATH")]
     programs: Vec<String>,
+    /// An OCI image layout (oci-layout, index.json, blobs/): the node's
+    /// registry (repeatable; the first that has an image wins). An image
+    /// named in an index.json entry's io.containerd.image.name (or full
+    /// org.opencontainers.image.ref.name) annotation runs from its own root
+    /// filesystem, whatever --program says.
+    #[arg(long = "image-layout", value_name = "DIR")]
+    image_layouts: Vec<PathBuf>,
     /// Per-pod directories (materialised volumes, logs).
     #[arg(long, default_value = "/tmp/agimo-cluster/node")]
     state_dir: PathBuf,
@@ -79,6 +87,32 @@ struct Args {
     /// How often the Node's status is renewed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// The cluster DNS Service's address, the nameserver of pods with
+    /// dnsPolicy ClusterFirst (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain: pods search <namespace>.svc.DOMAIN,
+    /// svc.DOMAIN and DOMAIN.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The node's resolver configuration: what pods with dnsPolicy Default
+    /// get, and extra search domains for ClusterFirst ones. An empty value:
+    /// the node has none.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Sets up a container from an image in the current (pod) namespace and
+    /// execs its program; started by the agent itself.
+    #[command(hide = true)]
+    Enter {
+        #[arg(long)]
+        spec: PathBuf,
+    },
 }
 
 impl Args {
@@ -109,6 +143,16 @@ impl Args {
                 tracing::warn!(pattern, path = %path.display(), "program not found; its containers will fail to start");
             }
         }
+        let image_layouts = self
+            .image_layouts
+            .iter()
+            .map(|dir| std::path::absolute(dir).with_context(|| format!("--image-layout {}", dir.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for dir in &image_layouts {
+            if !dir.join("index.json").is_file() {
+                tracing::warn!(layout = %dir.display(), "no index.json in the image layout (yet)");
+            }
+        }
         Ok(Config {
             node_name: self.node_name,
             node_ip: self.node_ip,
@@ -116,6 +160,8 @@ impl Args {
             pod_network: self.pod_network,
             pod_ips,
             programs,
+            image_layouts,
+            self_exe: std::env::current_exe().context("the agent's own binary")?,
             // Absolute: volume directories are mounted by path.
             state_dir: std::path::absolute(&self.state_dir).context("--state-dir")?,
             logs_port: self.logs_port,
@@ -128,19 +174,38 @@ impl Args {
             kubelet_version: self.kubelet_version,
             max_pods: self.max_pods,
             heartbeat: self.heartbeat,
+            dns: agimo_node_agent::dns::NodeDns {
+                cluster_dns: self.cluster_dns,
+                cluster_domain: self.cluster_domain,
+                host: if self.resolv_conf.is_empty() {
+                    Default::default()
+                } else {
+                    let text = std::fs::read_to_string(&self.resolv_conf)
+                        .with_context(|| format!("--resolv-conf {}", self.resolv_conf))?;
+                    agimo_node_agent::dns::ResolvConf::parse(&text)
+                },
+            },
         })
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Enter { spec }) = &args.command {
+        // Before any thread starts: what it sets up is this thread's.
+        agimo_node_agent::enter::main(spec);
+    }
+    tokio::runtime::Runtime::new().context("tokio runtime")?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
-    let config = Args::parse().config()?;
+    let config = args.config()?;
     let client = kube::Client::try_default().await.context("kubeconfig")?;
     tracing::info!(node = %config.node_name, ip = %config.node_ip, "starting");
     agimo_node_agent::agent::run(client, config, shutdown()).await?;

@@ -182,6 +182,8 @@ mod tests {
             pod_network: "10.244.0.0/16".parse().unwrap(),
             pod_ips: ("10.244.1.0".parse().unwrap(), "10.244.255.254".parse().unwrap()),
             programs: vec![],
+            image_layouts: vec![],
+            self_exe: "/usr/bin/agimo-node-agent".into(),
             state_dir: "/tmp/x".into(),
             logs_port: 10250,
             tls_cert: None,
@@ -190,6 +192,7 @@ mod tests {
             kubelet_version: "v1.36.3".into(),
             max_pods: 250,
             heartbeat: Duration::from_secs(10),
+            dns: Default::default(),
         }
     }
 

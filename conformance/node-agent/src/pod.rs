@@ -14,16 +14,25 @@
 //!   deletionTimestamp ─▶ terminate: preStop, SIGTERM … grace … SIGKILL ─▶ teardown ─▶ delete (grace 0)
 //! ```
 //!
-//! A container's program stands in for its image's entrypoint: `args` are
-//! its arguments, and a `command` replaces the entrypoint, so the program
-//! takes the place of `command[0]` and `command[1..]` come before `args`
-//! (`command: [sh, -c, SCRIPT]` with a shell image runs the program with
-//! `-c SCRIPT`). `$(VAR)` references in both are expanded.
+//! What a container runs ([`Source`]): an image found in the node's image
+//! layouts ([`crate::image`]) runs from its own root filesystem, as a
+//! runtime would run it: it is pulled (unpacked once; `Pulling`/`Pulled`
+//! events, `ErrImagePull` then `ImagePullBackOff` while that fails), its
+//! Entrypoint, Cmd, Env, WorkingDir and User are combined with the
+//! container's by the Kubernetes rules ([`crate::enter::build`]) and it
+//! starts as `ip netns exec … agimo-node-agent enter --spec …`
+//! ([`crate::enter`]); its status's `imageID` is `<repository>@sha256:…`.
+//! Else a program given for the image (`--program`) stands in for its
+//! entrypoint: `args` are its arguments, and a `command` replaces the
+//! entrypoint, so the program takes the place of `command[0]` and
+//! `command[1..]` come before `args` (`command: [sh, -c, SCRIPT]` with a
+//! shell image runs the program with `-c SCRIPT`). `$(VAR)` references in
+//! both are expanded. Else nothing runs.
 //!
 //! Probes: a startup probe holds liveness and readiness probes back until
 //! it succeeds (`started`); readiness decides `ready` (without a readiness
-//! probe a container is ready once running and listening on its ports, as
-//! before); a failed liveness or startup probe sends SIGTERM, SIGKILL after
+//! probe a container is ready once started, as the kubelet has it: whether
+//! it listens yet is not looked at); a failed liveness or startup probe sends SIGTERM, SIGKILL after
 //! the grace period, and the exit is handled as any other (restartPolicy,
 //! restartCount). Containers of images without a program run nothing and
 //! are not probed: they stay ready.
@@ -50,9 +59,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 
 use crate::agent::Ctx;
+use crate::dns;
+use crate::enter;
 use crate::env::{self, PodFacts, Sources};
+use crate::image;
 use crate::probe::{self, Counter};
-use crate::process::{self, Launch, Process, Protocol};
+use crate::process::{self, Launch, Process};
 use crate::sandbox::{self, Sandbox};
 use crate::security::Security;
 use crate::status::{self, Observed, Transitions};
@@ -71,6 +83,10 @@ const FIRST_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// A process that ran this long starts its next backoff from the beginning.
 const RESET_BACKOFF_AFTER: Duration = Duration::from_secs(60);
+/// The pod's files in its directory that every container gets.
+const ETC_HOSTS: &str = "etc-hosts";
+const RESOLV_CONF: &str = "resolv.conf";
+
 /// `terminationGracePeriodSeconds` when the pod does not say.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -127,10 +143,22 @@ enum Run {
     Terminated(ContainerStateTerminated),
 }
 
+/// What a container runs.
+#[derive(Debug)]
+enum Source {
+    /// An image of the node's image layouts, from its own root filesystem
+    /// (through `enter`); `pulled` once read and unpacked.
+    Image { found: Box<image::Found>, pulled: Option<Arc<image::Pulled>> },
+    /// A local program (`--program`) in place of the image's entrypoint.
+    Program(PathBuf),
+    /// Nothing: reported running and ready.
+    Nothing,
+}
+
 #[derive(Debug)]
 struct ContainerRun {
     spec: Container,
-    program: Option<PathBuf>,
+    source: Source,
     run: Run,
     retry: Backoff,
     restart_count: i32,
@@ -138,7 +166,6 @@ struct ContainerRun {
     started_once: bool,
     last_terminated: Option<ContainerStateTerminated>,
     ready: bool,
-    ports: Vec<(u16, Protocol)>,
     /// The startup probe passed (or there is none) since the last start.
     started: bool,
     /// The probes of the running process.
@@ -180,36 +207,24 @@ struct Prepared {
     env: Vec<(String, String)>,
     args: Vec<String>,
     prelude: Option<String>,
+    /// For an image: what `enter` sets up and runs.
+    enter: Option<enter::Spec>,
     security: Security,
     probes: Vec<ProbeRun>,
     pre_stop: Option<probe::Action>,
 }
 
 impl ContainerRun {
-    fn new(spec: &Container, program: Option<PathBuf>) -> ContainerRun {
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let protocol = match p.protocol.as_deref() {
-                    Some("UDP") => Protocol::Udp,
-                    Some("SCTP") => Protocol::Sctp,
-                    _ => Protocol::Tcp,
-                };
-                Some((u16::try_from(p.container_port).ok()?, protocol))
-            })
-            .collect();
+    fn new(spec: &Container, source: Source) -> ContainerRun {
         ContainerRun {
             spec: spec.clone(),
-            program,
+            source,
             run: Run::Waiting { reason: "ContainerCreating", message: None },
             retry: Backoff::new(FIRST_RESTART_BACKOFF, MAX_RESTART_BACKOFF),
             restart_count: 0,
             started_once: false,
             last_terminated: None,
             ready: false,
-            ports,
             started: false,
             probes: Vec::new(),
             pre_stop: None,
@@ -223,10 +238,12 @@ impl ContainerRun {
         self.probes.iter().any(|p| p.kind == kind)
     }
 
-    /// Ready without a readiness probe: started and (if it has ports)
-    /// listening on them.
-    fn ready_by_ports(&self) -> bool {
-        self.program.is_some() && self.started && !self.has_probe(probe::Kind::Readiness)
+    /// Ready without a readiness probe: as the kubelet has it, once the
+    /// process runs and its startup probe (if any) passed. Whether it
+    /// listens yet is not looked at: clients of a Service must cope with a
+    /// pod that is Ready before it accepts connections, as in any cluster.
+    fn ready_without_probe(&self) -> bool {
+        self.started && !self.has_probe(probe::Kind::Readiness)
     }
 
     fn process_mut(&mut self) -> Option<&mut Process> {
@@ -262,9 +279,10 @@ impl ContainerRun {
             Run::Terminated(t) => (ContainerState { terminated: Some(t.clone()), ..Default::default() }, false),
         };
         let image = self.spec.image.clone().unwrap_or_default();
-        let image_id = match &self.program {
-            Some(program) => format!("agimo://{}", program.display()),
-            None => "agimo://none".to_owned(),
+        let image_id = match &self.source {
+            Source::Image { pulled, .. } => pulled.as_ref().map(|p| p.image_id.clone()).unwrap_or_default(),
+            Source::Program(program) => format!("agimo://{}", program.display()),
+            Source::Nothing => "agimo://none".to_owned(),
         };
         ContainerStatus {
             name: self.spec.name.clone(),
@@ -383,7 +401,16 @@ impl Worker {
         let containers = spec
             .containers
             .iter()
-            .map(|c| ContainerRun::new(c, c.image.as_deref().and_then(|i| ctx.config.program_for(i)).cloned()))
+            .map(|c| {
+                let image = c.image.as_deref().unwrap_or_default();
+                // The node's images first, then programs, as documented.
+                let source = match (ctx.images.find(image), ctx.config.program_for(image)) {
+                    (Some(found), _) => Source::Image { found: Box::new(found), pulled: None },
+                    (None, Some(program)) => Source::Program(program.clone()),
+                    (None, None) => Source::Nothing,
+                };
+                ContainerRun::new(c, source)
+            })
             .collect();
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let finished = matches!(phase, Some("Succeeded" | "Failed"));
@@ -556,7 +583,17 @@ impl Worker {
         let previous = self.pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
         let ip = self.ctx.ipam.lock().unwrap_or_else(|e| e.into_inner()).allocate(previous);
         let Some(ip) = ip else { return Err("no free pod address".to_owned()) };
-        match sandbox::create(&self.ctx.config, &self.uid, ip).await {
+        let made = match sandbox::create(&self.ctx.config, &self.uid, ip).await {
+            Ok(s) => match self.write_dns_files(s.ip) {
+                Ok(()) => Ok(s),
+                Err(e) => {
+                    sandbox::destroy(&s.netns, &s.veth).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match made {
             Ok(s) => {
                 tracing::info!(ip = %s.ip, netns = %s.netns, "network namespace ready");
                 self.sandbox = Some(s);
@@ -569,11 +606,48 @@ impl Worker {
         }
     }
 
+    /// Writes the pod's `/etc/hosts` and `/etc/resolv.conf` into its
+    /// directory, from where they are mounted into each container
+    /// ([`Worker::dns_mounts`]).
+    fn write_dns_files(&mut self, ip: std::net::Ipv4Addr) -> Result<(), String> {
+        let node = &self.ctx.config.dns;
+        let hosts = dns::hosts_file(&self.pod, ip, &node.cluster_domain);
+        let resolv = dns::resolv_conf(&self.pod, node);
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for (name, text) in [(ETC_HOSTS, &hosts), (RESOLV_CONF, &resolv.text)] {
+            let path = self.dir.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        for warning in resolv.warnings {
+            let key = format!("DNSConfigForming: {warning}");
+            if self.warned.insert(key) {
+                tracing::warn!("{warning}");
+                self.event(EventType::Warning, "DNSConfigForming", warning);
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod's `/etc/hosts` and `/etc/resolv.conf` for a container, as
+    /// the kubelet and the runtime mount them, unless the container mounts
+    /// a volume there itself.
+    fn dns_mounts(&self, spec: &Container) -> Vec<process::Mount> {
+        let own = |path: &str| spec.volume_mounts.iter().flatten().any(|m| m.mount_path.trim_end_matches('/') == path);
+        [(ETC_HOSTS, "/etc/hosts"), (RESOLV_CONF, "/etc/resolv.conf")]
+            .into_iter()
+            .filter(|(_, target)| !own(target))
+            .map(|(name, target)| process::Mount {
+                source: self.dir.join(name),
+                target: target.to_owned(),
+                read_only: false,
+                file: true,
+            })
+            .collect()
+    }
+
     async fn step_container(&mut self, i: usize) {
-        let inode = self.sandbox.as_ref().map_or(0, |s| s.netns_inode);
         let probe_tx = self.probe_tx.clone();
         let c = &mut self.containers[i];
-        let ready_by_ports = c.ready_by_ports();
         match &mut c.run {
             Run::Waiting { .. } if c.retry.due() => self.start(i).await,
             Run::Running { process: Some(p), started_at, since } => match p.child.try_wait() {
@@ -589,10 +663,6 @@ impl Worker {
                             let _ = p.child.start_kill();
                         }
                         return;
-                    }
-                    if ready_by_ports && !c.ready && process::listens(p.pid, inode, &c.ports) {
-                        c.ready = true;
-                        tracing::info!(container = %c.spec.name, "ready");
                     }
                     let (started, attempt, target) = (c.started, c.restart_count, c.target.clone());
                     let Some(target) = target else { return };
@@ -644,6 +714,7 @@ impl Worker {
             (probe::Kind::Startup, Some(true)) => {
                 tracing::info!(container = %name, "startup probe succeeded");
                 c.started = true;
+                c.ready = c.ready_without_probe();
                 let since = match &c.run {
                     Run::Running { since, .. } => *since,
                     _ => Instant::now(),
@@ -676,9 +747,65 @@ impl Worker {
         }
     }
 
+    /// Reads and unpacks container `i`'s image if it is one of the node's
+    /// images and that was not done yet (the node's layouts are its
+    /// registry: `IfNotPresent` and `Always` alike find it there). False if
+    /// that failed: the container waits with `ErrImagePull`, then
+    /// `ImagePullBackOff`, and is tried again after a backoff.
+    async fn pull(&mut self, i: usize) -> bool {
+        let c = &self.containers[i];
+        let Source::Image { found, pulled: None } = &c.source else { return true };
+        let (found, image) = (found.clone(), c.spec.image.clone().unwrap_or_default());
+        let store = self.ctx.images.clone();
+        let started = Instant::now();
+        let task = found.clone();
+        let result = tokio::task::spawn_blocking(move || store.pull(&task).map_err(|e| e.to_string()))
+            .await
+            .unwrap_or_else(|e| Err(format!("the unpacking task failed: {e}")));
+        let c = &mut self.containers[i];
+        match result {
+            Ok(pulled) => {
+                let (cached, size, id) = (pulled.cached, pulled.size, pulled.image_id.clone());
+                c.source = Source::Image { found, pulled: Some(Arc::new(pulled)) };
+                tracing::info!(image, id, cached, "image ready");
+                if cached {
+                    self.event(
+                        EventType::Normal,
+                        "Pulled",
+                        format!("Container image {image:?} already present on machine"),
+                    );
+                } else {
+                    let took = started.elapsed();
+                    self.event(EventType::Normal, "Pulling", format!("Pulling image {image:?}"));
+                    self.event(
+                        EventType::Normal,
+                        "Pulled",
+                        format!("Successfully pulled image {image:?} in {took:.3?}. Image size: {size} bytes."),
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                let delay = c.retry.fail();
+                let again = matches!(c.run, Run::Waiting { reason: "ErrImagePull" | "ImagePullBackOff", .. });
+                c.run = if again {
+                    let message = format!("Back-off pulling image {image:?}: {e}");
+                    Run::Waiting { reason: "ImagePullBackOff", message: Some(message) }
+                } else {
+                    Run::Waiting { reason: "ErrImagePull", message: Some(e.clone()) }
+                };
+                self.warn("Failed", format!("Failed to pull image {image:?}: {e}"), delay);
+                false
+            }
+        }
+    }
+
     /// Starts container `i` (or reports why it cannot start).
     async fn start(&mut self, i: usize) {
         let name = self.containers[i].spec.name.clone();
+        if !self.pull(i).await {
+            return;
+        }
         let prepared = self.prepare_launch(i).await;
         let c = &mut self.containers[i];
         let prepared = match prepared {
@@ -693,48 +820,80 @@ impl Worker {
         let attempt = if c.started_once { c.restart_count + 1 } else { 0 };
         let log = self.dir.join("logs").join(&name).join(format!("{attempt}.log"));
         let now = Time(Timestamp::now());
-        let Some(program) = c.program.clone() else {
-            // No program for this image: nothing runs, the container is up.
-            if let Err(e) = std::fs::File::create(&log) {
-                tracing::warn!(container = %name, error = %e, "cannot create the log file");
+        let program = match &c.source {
+            Source::Program(program) => Some(program.clone()),
+            Source::Image { .. } => None,
+            Source::Nothing => {
+                // No program for this image: nothing runs, the container is up.
+                if let Err(e) = std::fs::File::create(&log) {
+                    tracing::warn!(container = %name, error = %e, "cannot create the log file");
+                }
+                c.run = Run::Running { process: None, started_at: now, since: Instant::now() };
+                c.restart_count = attempt;
+                c.started_once = true;
+                c.started = true;
+                c.ready = true;
+                tracing::info!(container = %name, image = ?c.spec.image, "no program for this image; reported running");
+                return;
             }
-            c.run = Run::Running { process: None, started_at: now, since: Instant::now() };
-            c.restart_count = attempt;
-            c.started_once = true;
-            c.started = true;
-            c.ready = true;
-            tracing::info!(container = %name, image = ?c.spec.image, "no program for this image; reported running");
-            return;
         };
         let netns = self.sandbox.as_ref().map(|s| s.netns.clone()).unwrap_or_default();
         let cwd = self.dir.clone();
         let images = self.ctx.config.state_dir.join("images");
-        let launched = process::check_program(&program, c.spec.image.as_deref().unwrap_or_default()).and_then(|()| {
-            let program = process::pull(&program, &images)
-                .map_err(|e| format!("cannot copy {} to {}: {e}", program.display(), images.display()))?;
-            process::spawn(&Launch {
-                netns: &netns,
-                program: &program,
-                args: &prepared.args,
-                env: &prepared.env,
-                cwd: &cwd,
-                log: &log,
-                prelude: prepared.prelude.as_deref(),
-            })
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))
-        });
+        let launched = match (&program, &prepared.enter) {
+            (Some(program), _) => process::check_program(program, c.spec.image.as_deref().unwrap_or_default())
+                .and_then(|()| {
+                    let program = process::pull(program, &images)
+                        .map_err(|e| format!("cannot copy {} to {}: {e}", program.display(), images.display()))?;
+                    process::spawn(&Launch {
+                        netns: &netns,
+                        program: &program,
+                        args: &prepared.args,
+                        env: &prepared.env,
+                        cwd: &cwd,
+                        log: &log,
+                        prelude: prepared.prelude.as_deref(),
+                    })
+                    .map_err(|e| format!("cannot start {}: {e}", program.display()))
+                }),
+            // From an image: through `enter`, with a fresh writable layer.
+            (None, Some(spec)) => {
+                let path = spec.dir.join("spec.json");
+                let _ = std::fs::remove_dir_all(self.dir.join("containers").join(&name));
+                let agent = &self.ctx.config.self_exe;
+                std::fs::create_dir_all(&spec.dir)
+                    .and_then(|()| spec.write(&path))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                    .and_then(|()| {
+                        let args = ["enter".to_owned(), "--spec".to_owned(), path.display().to_string()];
+                        let launch = Launch {
+                            netns: &netns,
+                            program: agent,
+                            args: &args,
+                            env: &[],
+                            cwd: &cwd,
+                            log: &log,
+                            prelude: None,
+                        };
+                        process::spawn(&launch).map_err(|e| format!("cannot start {}: {e}", agent.display()))
+                    })
+            }
+            (None, None) => Err("nothing to run".to_owned()),
+        };
         match launched {
             Ok(p) => {
-                tracing::info!(container = %name, pid = p.pid, program = %program.display(), restarts = attempt, "started");
+                let program =
+                    program.map_or_else(|| c.spec.image.clone().unwrap_or_default(), |p| p.display().to_string());
+                tracing::info!(container = %name, pid = p.pid, %program, restarts = attempt, "started");
                 let pod_ip = self.sandbox.as_ref().map_or(self.ctx.config.node_ip, |s| s.ip);
                 let user = prepared.security.user.map(|u| (u, prepared.security.group.unwrap_or(0)));
                 c.target = Some(probe::Target { pod_ip, pid: p.pid, env: prepared.env, user });
-                c.prelude = prepared.prelude.is_some();
+                c.prelude = prepared.prelude.is_some() || prepared.enter.is_some();
                 c.probes = prepared.probes;
                 c.pre_stop = prepared.pre_stop;
                 c.killing = None;
                 c.started = !c.has_probe(probe::Kind::Startup);
-                c.ready = c.ready_by_ports() && c.ports.is_empty();
+                c.ready = c.ready_without_probe();
                 c.run = Run::Running { process: Some(p), started_at: now, since: Instant::now() };
                 c.restart_count = attempt;
                 c.started_once = true;
@@ -765,18 +924,35 @@ impl Worker {
         let pod_volumes = pod_spec.volumes.clone().unwrap_or_default();
         let volumes_dir = self.dir.join("volumes");
         let rewrites = volumes::mounts(spec, &pod_volumes, &volumes_dir);
-        let env: Vec<(String, String)> =
-            resolved.into_iter().map(|(k, v)| (k, env::rewrite_path(&v, &rewrites))).collect();
+        let image = match &c.source {
+            Source::Image { pulled, .. } => pulled.clone(),
+            _ => None,
+        };
+        // In an image's own root the mountPaths are where the volumes are.
+        let env: Vec<(String, String)> = match image {
+            Some(_) => resolved,
+            None => resolved.into_iter().map(|(k, v)| (k, env::rewrite_path(&v, &rewrites))).collect(),
+        };
         let args = env::program_args(spec, &env, &rewrites);
-        let mut prepared =
-            Prepared { env, args, prelude: None, security: Security::default(), probes: Vec::new(), pre_stop: None };
-        if c.program.is_none() {
+        let mut prepared = Prepared {
+            env,
+            args,
+            prelude: None,
+            enter: None,
+            security: Security::default(),
+            probes: Vec::new(),
+            pre_stop: None,
+        };
+        if matches!(c.source, Source::Nothing) {
             return Ok(prepared);
         }
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let pod_name = format!("{}/{}", self.namespace, self.name);
-        prepared.security = Security::of(&pod_name, &pod_spec, spec, &passwd).map_err(|e| e.to_string())?;
-        let mounts = volumes::bind_mounts(spec, &pod_volumes, &volumes_dir);
+        if image.is_none() {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            prepared.security = Security::of(&pod_name, &pod_spec, spec, &passwd).map_err(|e| e.to_string())?;
+        }
+        let mut mounts = volumes::bind_mounts(spec, &pod_volumes, &volumes_dir);
+        mounts.extend(self.dns_mounts(spec));
         for m in &mounts {
             // A subPath that is not there yet, or a missing hostPath: a
             // directory, as runtimes make it.
@@ -785,8 +961,25 @@ impl Worker {
                     .map_err(|e| format!("cannot create {} for {}: {e}", m.source.display(), m.target))?;
             }
         }
-        let working_dir = spec.working_dir.as_deref().filter(|d| !d.is_empty());
-        prepared.prelude = process::prelude(&mounts, &prepared.security, working_dir);
+        if let Some(pulled) = &image {
+            let attempt = if c.started_once { c.restart_count + 1 } else { 0 };
+            let dir = self.dir.join("containers").join(&spec.name).join(attempt.to_string());
+            let built = enter::build(&enter::Container {
+                pod: &pod_name,
+                pod_spec: &pod_spec,
+                container: spec,
+                env: &prepared.env,
+                mounts: &mounts,
+                image: pulled,
+                dir: &dir,
+            })?;
+            prepared.env = built.env;
+            prepared.security = built.security;
+            prepared.enter = Some(built.spec);
+        } else {
+            let working_dir = spec.working_dir.as_deref().filter(|d| !d.is_empty());
+            prepared.prelude = process::prelude(&mounts, &prepared.security, working_dir);
+        }
         let now = Instant::now();
         for kind in [probe::Kind::Startup, probe::Kind::Readiness, probe::Kind::Liveness] {
             if let Some(spec) = probe::of(spec, kind).map_err(|e| e.to_string())? {
@@ -950,10 +1143,6 @@ impl Worker {
                     if let Some(deadline) = c.killing {
                         earlier(deadline);
                         continue;
-                    }
-                    // Readiness by ports is checked every 100 ms until they listen.
-                    if c.ready_by_ports() && !c.ready {
-                        earlier(Instant::now() + Duration::from_millis(100));
                     }
                     for p in c.probes.iter().filter(|p| !p.in_flight && (p.kind == probe::Kind::Startup) != c.started) {
                         earlier(p.next_at);

@@ -1,7 +1,7 @@
 //! A container's process: the program run with `ip netns exec` in the pod's
 //! network namespace, its stdout and stderr written line by line to a log
 //! file in the CRI format the kubelet uses (`<RFC 3339 time> <stream> F
-//! <line>`), and a readiness check that reads the process's socket tables.
+//! <line>`).
 //!
 //! `ip netns exec` also gives the process a mount namespace of its own (it
 //! unshares and makes `/` a slave of the host's), so a mount made there is
@@ -24,7 +24,6 @@
 //! that fails prints `agimo-node-agent: …` to the container's log and exits
 //! with [`START_ERROR`].
 
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -242,93 +241,9 @@ pub fn cri_line(at: Timestamp, stream: &str, line: &[u8]) -> String {
     format!("{at} {stream} F {text}\n")
 }
 
-/// Transport protocols of containerPorts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-/// Whether process `pid` runs in the network namespace `netns_inode` yet
-/// (`ip netns exec` enters it just before starting the program) and
-/// listens on every port: TCP sockets in state LISTEN, UDP sockets bound.
-/// SCTP ports are not checked.
-pub fn listens(pid: u32, netns_inode: u64, ports: &[(u16, Protocol)]) -> bool {
-    let in_pod = std::fs::read_link(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .and_then(|link| namespace_inode(&link.to_string_lossy()))
-        .is_some_and(|inode| inode == netns_inode);
-    if !in_pod {
-        return false;
-    }
-    let table = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
-    let mut tcp = socket_ports(&table("tcp"), Some(TCP_LISTEN));
-    tcp.extend(socket_ports(&table("tcp6"), Some(TCP_LISTEN)));
-    let mut udp = socket_ports(&table("udp"), None);
-    udp.extend(socket_ports(&table("udp6"), None));
-    ports.iter().all(|(port, protocol)| match protocol {
-        Protocol::Tcp => tcp.contains(port),
-        Protocol::Udp => udp.contains(port),
-        Protocol::Sctp => true,
-    })
-}
-
-const TCP_LISTEN: &str = "0A";
-
-/// `net:[4026532281]` → 4026532281.
-fn namespace_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// Local ports of the sockets in a `/proc/<pid>/net/{tcp,udp}[6]` table, only
-/// those in `state` if given.
-pub fn socket_ports(table: &str, state: Option<&str>) -> HashSet<u16> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let st = fields.nth(1)?;
-            if state.is_some_and(|want| want != st) {
-                return None;
-            }
-            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41224 1 0000000000000000 100 0 0 10 0
-   1: 0701F40A:0BB9 0101F40A:D2A4 01 00000000:00000000 00:00000000 00000000     0        0 41225 1 0000000000000000 20 4 30 10 -1
-";
-    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:0BB9 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41230 1 0000000000000000 100 0 0 10 0
-";
-    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  123: 00000000:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41300 2 0000000000000000 0
-";
-
-    #[test]
-    fn reads_listening_tcp_and_bound_udp_ports() {
-        // 3000 listens; 3001 (0x0BB9) is only an established connection in
-        // the IPv4 table but listens in the IPv6 one.
-        assert_eq!(socket_ports(TCP, Some(TCP_LISTEN)), HashSet::from([3000]));
-        assert_eq!(socket_ports(TCP6, Some(TCP_LISTEN)), HashSet::from([3001]));
-        assert_eq!(socket_ports(UDP, None), HashSet::from([8080]));
-        assert_eq!(socket_ports("header only\n", None), HashSet::new());
-    }
-
-    #[test]
-    fn parses_namespace_links() {
-        assert_eq!(namespace_inode("net:[4026532281]"), Some(4026532281));
-        assert_eq!(namespace_inode("mnt:[4026532281]"), None);
-    }
 
     #[test]
     fn log_entries_are_cri_lines() {
@@ -439,11 +354,5 @@ mod tests {
         assert_eq!(quote("it's"), "'it'\\''s'");
         assert_eq!(quote(""), "''");
         assert_eq!(quote("$(x)"), "'$(x)'");
-    }
-
-    #[tokio::test]
-    async fn a_process_that_is_not_in_the_namespace_does_not_listen() {
-        // Our own process runs in some namespace, never inode 1.
-        assert!(!listens(std::process::id(), 1, &[]));
     }
 }

@@ -1,12 +1,12 @@
 //! A pod's network, made by running `ip`: a network namespace
 //! `agimo-pod-<uid>` and a veth pair, the host end `agp<uid>` on the bridge
-//! (in the agent's own network namespace), the pod end `eth0` with the pod's
-//! address, the bridge's address as default gateway, and `lo` up. Names use
+//! (in the agent's own network namespace, in hairpin mode), the pod end
+//! `eth0` with the pod's address, the bridge's address as default gateway,
+//! and `lo` up. Names use
 //! the first 12 hex digits of the pod UID (an interface name has at most 15
 //! characters).
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
@@ -23,8 +23,6 @@ pub struct Sandbox {
     pub netns: String,
     pub veth: String,
     pub ip: Ipv4Addr,
-    /// The namespace's inode, to tell whether a process already runs in it.
-    pub netns_inode: u64,
 }
 
 /// The network namespace and host veth names of the pod with `uid`.
@@ -42,14 +40,17 @@ pub async fn create(config: &Config, uid: &str, ip: Ipv4Addr) -> Result<Sandbox,
         run_ip(&["netns", "add", &netns], None).await?;
         run_ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns], None).await?;
         run_ip(&["link", "set", "dev", &veth, "master", &config.bridge, "up"], None).await?;
+        // Hairpin: a pod that reaches a Service's ClusterIP may be sent back
+        // to itself by kube-proxy, out of the port it came in by (the
+        // kubelet's hairpin-veth mode does the same).
+        run_ip(&["link", "set", "dev", &veth, "type", "bridge_slave", "hairpin", "on"], None).await?;
         let inside = format!(
             "link set lo up\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\nroute add default via {gateway} dev eth0\n",
             prefix = config.pod_network.prefix_len(),
             gateway = config.node_ip,
         );
         run_ip(&["-n", &netns, "-batch", "-"], Some(&inside)).await?;
-        let inode = std::fs::metadata(format!("/run/netns/{netns}")).map_err(|e| format!("/run/netns/{netns}: {e}"))?.ino();
-        Ok(Sandbox { netns: netns.clone(), veth: veth.clone(), ip, netns_inode: inode })
+        Ok(Sandbox { netns: netns.clone(), veth: veth.clone(), ip })
     }
     .await;
     if made.is_err() {

@@ -12,8 +12,13 @@
 //!                                          └──▶ mount -o remount,bind,ro /   (readOnlyRootFilesystem)
 //! ```
 //!
-//! A container that sets none of these runs as the agent does (root, every
-//! capability), as before: no image says otherwise.
+//! A program that sets none of these runs as the agent does (root, every
+//! capability), as before: no image says otherwise. A container run from an
+//! OCI image ([`Security::of_image`]) runs as a runtime would run it: as the
+//! image's `User` unless `runAsUser`/`runAsGroup` say otherwise (names
+//! looked up in the image's own /etc/passwd and /etc/group), with the
+//! groups the image's /etc/group gives that user, and containerd's default
+//! capabilities unless `capabilities` or `privileged` change them.
 
 use std::collections::BTreeSet;
 
@@ -66,6 +71,24 @@ pub enum SecurityError {
     RootUser { pod: String, container: String },
     #[error("{field} {value} is not a valid ID")]
     BadId { field: &'static str, value: i64 },
+    #[error(
+        "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {pod:?}, container: {container})"
+    )]
+    NonNumericUser { user: String, pod: String, container: String },
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
+}
+
+/// Who an image runs as unless the securityContext says otherwise: its
+/// config's `User` (`uid`, `uid:gid`, `name`, `name:group`, or empty for
+/// root) and the text of its /etc/passwd and /etc/group.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageUser<'a> {
+    pub user: &'a str,
+    pub passwd: &'a str,
+    pub group: &'a str,
 }
 
 impl Security {
@@ -100,15 +123,7 @@ impl Security {
             (Some(u), None) => Some(primary_group(passwd, u).unwrap_or(0)),
             (None, None) => None,
         };
-        let mut groups: Vec<u32> = Vec::new();
-        for g in p.supplemental_groups.iter().flatten().copied().chain(p.fs_group) {
-            let g = id("supplementalGroups", Some(g))?.unwrap_or_default();
-            if !groups.contains(&g) {
-                groups.push(g);
-            }
-        }
-        let supplemental_groups =
-            (p.supplemental_groups.as_ref().is_some_and(|g| !g.is_empty()) || p.fs_group.is_some()).then_some(groups);
+        let supplemental_groups = pod_groups(spec)?;
         let privileged = c.privileged == Some(true);
         let capabilities = match &c.capabilities {
             Some(caps) if !privileged => {
@@ -120,6 +135,96 @@ impl Security {
             user,
             group,
             supplemental_groups,
+            read_only_root: c.read_only_root_filesystem == Some(true),
+            capabilities,
+            no_new_privs: c.allow_privilege_escalation == Some(false),
+        })
+    }
+
+    /// The effective settings of `container` run from an image whose
+    /// default user is `image`: `runAsUser` and `runAsGroup` win, else the
+    /// image's user and group; a user without a group has its primary
+    /// group in the image's /etc/passwd (else 0). Its groups are that
+    /// group, the pod's `supplementalGroups` and `fsGroup`, and the groups
+    /// the image's /etc/group lists the user in (the kubelet's default
+    /// `Merge` policy). `runAsNonRoot` is checked as the kubelet checks it,
+    /// before names are resolved: a user name cannot be verified. Without
+    /// `capabilities` the bounding set is containerd's default one.
+    pub fn of_image(
+        pod: &str,
+        spec: &PodSpec,
+        container: &Container,
+        image: &ImageUser<'_>,
+    ) -> Result<Security, SecurityError> {
+        let p = spec.security_context.clone().unwrap_or_default();
+        let c = container.security_context.clone().unwrap_or_default();
+        let id = |field: &'static str, value: Option<i64>| -> Result<Option<u32>, SecurityError> {
+            value.map(|v| u32::try_from(v).map_err(|_| SecurityError::BadId { field, value: v })).transpose()
+        };
+        let run_as_user = id("runAsUser", c.run_as_user.or(p.run_as_user))?;
+        let run_as_group = id("runAsGroup", c.run_as_group.or(p.run_as_group))?;
+        let (image_user, image_group) = match image.user.split_once(':') {
+            Some((u, g)) => (u, Some(g).filter(|g| !g.is_empty())),
+            None => (image.user, None),
+        };
+        let numeric = image_user.parse::<u32>().ok();
+        if c.run_as_non_root.or(p.run_as_non_root) == Some(true) {
+            let (pod, container) = (pod.to_owned(), container.name.clone());
+            match (run_as_user, numeric) {
+                (Some(0), _) => return Err(SecurityError::RootUser { pod, container }),
+                (Some(_), _) => {}
+                (None, None) if !image_user.is_empty() => {
+                    return Err(SecurityError::NonNumericUser { user: image_user.to_owned(), pod, container });
+                }
+                (None, Some(0) | None) => return Err(SecurityError::WouldRunAsRoot { pod, container }),
+                (None, Some(_)) => {}
+            }
+        }
+        let (user, image_gid) = match run_as_user {
+            Some(uid) => (uid, None),
+            None if image_user.is_empty() => (0, None),
+            None => match numeric {
+                Some(uid) => (uid, None),
+                None => {
+                    let (uid, gid) = passwd_entry(image.passwd, |name, _| name == image_user)
+                        .map(|(_, uid, gid)| (uid, gid))
+                        .ok_or_else(|| SecurityError::UnknownUser(image_user.to_owned()))?;
+                    (uid, Some(gid))
+                }
+            },
+        };
+        let group = match (run_as_group, image_group.filter(|_| run_as_user.is_none())) {
+            (Some(g), _) => g,
+            (None, Some(g)) => match g.parse::<u32>() {
+                Ok(g) => g,
+                Err(_) => group_entries(image.group)
+                    .find(|(name, _, _)| *name == g)
+                    .map(|(_, gid, _)| gid)
+                    .ok_or_else(|| SecurityError::UnknownGroup(g.to_owned()))?,
+            },
+            (None, None) => image_gid.or_else(|| primary_group(image.passwd, user)).unwrap_or(0),
+        };
+        let mut groups = vec![group];
+        let name = passwd_entry(image.passwd, |_, uid| uid == user).map(|(name, _, _)| name);
+        let member_of = group_entries(image.group)
+            .filter(|(_, _, members)| name.is_some_and(|n| members.split(',').any(|m| m == n)))
+            .map(|(_, gid, _)| gid);
+        for g in pod_groups(spec)?.unwrap_or_default().into_iter().chain(member_of) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        let capabilities = match (&c.capabilities, c.privileged == Some(true)) {
+            (_, true) => None,
+            (Some(caps), false) => {
+                bounding_set(caps.add.as_deref().unwrap_or_default(), caps.drop.as_deref().unwrap_or_default())
+            }
+            (None, false) => bounding_set(&[], &[]),
+        };
+        Ok(Security {
+            user: Some(user),
+            group: Some(group),
+            supplemental_groups: Some(groups),
             read_only_root: c.read_only_root_filesystem == Some(true),
             capabilities,
             no_new_privs: c.allow_privilege_escalation == Some(false),
@@ -191,11 +296,39 @@ fn bounding_set(add: &[String], drop: &[String]) -> Option<BTreeSet<String>> {
 
 /// The primary group of `uid` in /etc/passwd text.
 pub fn primary_group(passwd: &str, uid: u32) -> Option<u32> {
+    passwd_entry(passwd, |_, u| u == uid).map(|(_, _, gid)| gid)
+}
+
+/// The first /etc/passwd entry `(name, uid, gid)` for which `want(name, uid)`.
+fn passwd_entry(passwd: &str, want: impl Fn(&str, u32) -> bool) -> Option<(&str, u32, u32)> {
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
-        let (_, _, u, g) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-        (u.parse::<u32>().ok()? == uid).then(|| g.parse().ok()).flatten()
+        let (name, _, u, g) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        let (u, g) = (u.parse::<u32>().ok()?, g.parse::<u32>().ok()?);
+        want(name, u).then_some((name, u, g))
     })
+}
+
+/// The entries `(name, gid, members)` of /etc/group text.
+fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, &str)> {
+    group.lines().filter_map(|line| {
+        let mut fields = line.split(':');
+        let (name, _, g) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((name, g.parse().ok()?, fields.next().unwrap_or("")))
+    })
+}
+
+/// The pod's `supplementalGroups` and `fsGroup`, if it sets any.
+fn pod_groups(spec: &PodSpec) -> Result<Option<Vec<u32>>, SecurityError> {
+    let p = spec.security_context.clone().unwrap_or_default();
+    let mut groups: Vec<u32> = Vec::new();
+    for g in p.supplemental_groups.iter().flatten().copied().chain(p.fs_group) {
+        let g = u32::try_from(g).map_err(|_| SecurityError::BadId { field: "supplementalGroups", value: g })?;
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    Ok((p.supplemental_groups.as_ref().is_some_and(|g| !g.is_empty()) || p.fs_group.is_some()).then_some(groups))
 }
 
 /// The user that owns files every container of the pod reads (the
@@ -315,6 +448,106 @@ mod tests {
         .unwrap();
         assert_eq!(fs_user(&spec), None);
         assert_eq!(fs_user(&mk_spec(json!({}), json!({}))), None);
+    }
+
+    const IMAGE_PASSWD: &str =
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n";
+    const IMAGE_GROUP: &str = "root:x:0:\nnonroot:x:65532:\nextra:x:4000:nonroot,other\nwheel:x:10:root\n";
+
+    fn image_security(
+        pod: serde_json::Value,
+        container: serde_json::Value,
+        user: &str,
+    ) -> Result<Security, SecurityError> {
+        let spec = mk_spec(pod, container);
+        let image = ImageUser { user, passwd: IMAGE_PASSWD, group: IMAGE_GROUP };
+        Security::of_image("ns/p", &spec, &spec.containers[0], &image)
+    }
+
+    fn identity(s: &Security) -> (u32, u32, Vec<u32>) {
+        (s.user.unwrap(), s.group.unwrap(), s.supplemental_groups.clone().unwrap())
+    }
+
+    #[test]
+    fn an_image_runs_as_its_user_unless_the_security_context_says_otherwise() {
+        // Numeric, names through the image's own files, and groups it lists the user in.
+        assert_eq!(
+            identity(&image_security(json!({}), json!({}), "65532:65532").unwrap()),
+            (65532, 65532, vec![65532, 4000])
+        );
+        assert_eq!(
+            identity(&image_security(json!({}), json!({}), "nonroot").unwrap()),
+            (65532, 65532, vec![65532, 4000])
+        );
+        assert_eq!(
+            identity(&image_security(json!({}), json!({}), "nonroot:extra").unwrap()),
+            (65532, 4000, vec![4000])
+        );
+        assert_eq!(
+            identity(&image_security(json!({}), json!({}), "65532:wheel").unwrap()),
+            (65532, 10, vec![10, 4000])
+        );
+        // Unknown to the image's passwd: group 0. No user: root.
+        assert_eq!(identity(&image_security(json!({}), json!({}), "1234").unwrap()), (1234, 0, vec![0]));
+        assert_eq!(identity(&image_security(json!({}), json!({}), "").unwrap()), (0, 0, vec![0, 10]));
+        // runAsUser and runAsGroup win; the pod's groups come before the image's.
+        let s = image_security(
+            json!({"runAsUser": 1000, "supplementalGroups": [3000], "fsGroup": 2000}),
+            json!({}),
+            "nonroot:extra",
+        )
+        .unwrap();
+        assert_eq!(identity(&s), (1000, 0, vec![0, 3000, 2000]));
+        let s =
+            image_security(json!({"runAsGroup": 3000, "supplementalGroups": [4000]}), json!({}), "nonroot").unwrap();
+        assert_eq!(identity(&s), (65532, 3000, vec![3000, 4000]));
+        assert_eq!(
+            image_security(json!({}), json!({}), "nobody").unwrap_err().to_string(),
+            "unable to find user nobody: no matching entries in passwd file"
+        );
+        assert_eq!(
+            image_security(json!({}), json!({}), "nonroot:staff").unwrap_err().to_string(),
+            "unable to find group staff: no matching entries in group file"
+        );
+    }
+
+    #[test]
+    fn run_as_non_root_checks_the_image_user_as_the_kubelet_does() {
+        let non_root = json!({"runAsNonRoot": true});
+        assert_eq!(
+            image_security(non_root.clone(), json!({}), "nonroot").unwrap_err().to_string(),
+            "container has runAsNonRoot and image has non-numeric user (nonroot), cannot verify user is non-root \
+             (pod: \"ns/p\", container: c)"
+        );
+        assert!(matches!(
+            image_security(non_root.clone(), json!({}), "nonroot:65532"),
+            Err(SecurityError::NonNumericUser { .. })
+        ));
+        assert!(matches!(image_security(non_root.clone(), json!({}), ""), Err(SecurityError::WouldRunAsRoot { .. })));
+        assert!(matches!(
+            image_security(non_root.clone(), json!({}), "0:65532"),
+            Err(SecurityError::WouldRunAsRoot { .. })
+        ));
+        assert!(matches!(
+            image_security(non_root.clone(), json!({"runAsUser": 0}), "65532"),
+            Err(SecurityError::RootUser { .. })
+        ));
+        assert_eq!(image_security(non_root.clone(), json!({}), "65532:65532").unwrap().user, Some(65532));
+        // A numeric runAsUser makes a named image user fine.
+        assert_eq!(image_security(non_root, json!({"runAsUser": 65532}), "nonroot").unwrap().user, Some(65532));
+    }
+
+    #[test]
+    fn an_image_gets_the_runtimes_default_capabilities() {
+        let caps = |container: serde_json::Value| image_security(json!({}), container, "").unwrap().capabilities;
+        let default: BTreeSet<String> = DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(caps(json!({})), Some(default));
+        assert_eq!(caps(json!({"capabilities": {"drop": ["ALL"]}})), Some(BTreeSet::new()));
+        assert_eq!(caps(json!({"privileged": true})), None);
+        let s =
+            image_security(json!({}), json!({"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false}), "")
+                .unwrap();
+        assert!(s.read_only_root && s.no_new_privs);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+mod oci;
+
 const NODE: &str = "agimo-node";
 
 /// A test namespace; deleted (without waiting) if the test fails.
@@ -263,8 +265,8 @@ async fn secret_volumes_other_images_and_pods_that_cannot_start() {
     .await;
     // An image without a program: nothing runs, but the pod is Ready.
     ns.apply(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "coredns"},
-        "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.12.2"}]}
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "placeholder"},
+        "spec": {"containers": [{"name": "echo", "image": "registry.k8s.io/gateway-api/echo-advanced:v1.5.1"}]}
     }))
     .await;
     // A reference to a ConfigMap that does not exist: cannot start.
@@ -286,21 +288,20 @@ async fn secret_volumes_other_images_and_pods_that_cannot_start() {
         }
     };
     let tls_pod = ready("tls").await;
-    let (stream, _) = client::tls_connect(
-        SocketAddr::new(IpAddr::V4(pod_ip(&tls_pod)), 8443),
-        "abc.example.com",
-        std::slice::from_ref(&cert.der),
-        &[],
-    )
-    .await
-    .expect("TLS handshake with the certificate from the Secret");
-    let reply = client::send_on(stream, Mode::Http1, client::get("abc.example.com", "/tls")).await.expect("HTTPS GET");
+    // Ready once started, as with a kubelet: it may not listen yet.
+    let tls_addr = SocketAddr::new(IpAddr::V4(pod_ip(&tls_pod)), 8443);
+    let reply = eventually("an HTTPS GET with the certificate from the Secret", Duration::from_secs(30), || async {
+        let (stream, _) =
+            client::tls_connect(tls_addr, "abc.example.com", std::slice::from_ref(&cert.der), &[]).await.ok()?;
+        client::send_on(stream, Mode::Http1, client::get("abc.example.com", "/tls")).await.ok()
+    })
+    .await;
     let echo: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!((echo["pod"].as_str(), echo["tls"]["serverName"].as_str()), (Some("tls"), Some("abc.example.com")));
 
-    let coredns = ready("coredns").await;
-    assert!(coredns["status"]["containerStatuses"][0]["state"]["running"].is_object());
-    assert_eq!(kubectl(&["logs", "-n", &ns.name, "coredns"]), "");
+    let placeholder = ready("placeholder").await;
+    assert!(placeholder["status"]["containerStatuses"][0]["state"]["running"].is_object());
+    assert_eq!(kubectl(&["logs", "-n", &ns.name, "placeholder"]), "");
 
     // The bad pod waits with a reason that names the problem, and an event.
     let bad = eventually("bad-env waits with CreateContainerConfigError", Duration::from_secs(30), || async {
@@ -669,5 +670,202 @@ async fn deletion_runs_pre_stop_sends_sigterm_and_kills_after_the_grace_period()
         "stubborn was killed once its 3 s grace period was over: {stubborn:?}"
     );
     assert_eq!(state.read("stubborn"), "TERM\n");
+    ns.delete().await;
+}
+
+/// The OCI image layout `local-cluster` gives the agent (`--image-layout`);
+/// the test writes its images there (the agent reads `index.json` whenever
+/// a pod is created).
+const IMAGE_LAYOUT: &str = "/tmp/agimo-cluster/test-images";
+
+#[tokio::test]
+async fn pods_run_from_oci_images() {
+    let ns = TestNamespace::new("agimo-node-image").await;
+    let layout = std::path::Path::new(IMAGE_LAYOUT);
+    let busybox = "example.test/agimo-node-agent/busybox:1";
+    let digest = oci::write_image(
+        layout,
+        busybox,
+        &oci::busybox_layers(),
+        json!({"User": "65532:65532", "Entrypoint": ["/bin/busybox"], "Cmd": ["sh", "-c", "echo default"],
+               "Env": ["PATH=/bin"], "WorkingDir": "/work"}),
+    );
+    let named = "example.test/agimo-node-agent/busybox-named:1";
+    oci::write_image(layout, named, &oci::busybox_layers(), json!({"User": "nonroot", "Entrypoint": ["/bin/busybox"]}));
+    // An image whose layer is not what its manifest says.
+    let broken = "example.test/agimo-node-agent/broken:1";
+    let broken_layer = oci::layer(&[("a", 0o755, 0, Some(Ok(b"#!/bin/sh\n")))]);
+    oci::write_image(layout, broken, std::slice::from_ref(&broken_layer), json!({"Cmd": ["/a"]}));
+    let mut corrupt = broken_layer.clone();
+    corrupt[4] = 0xff; // the gzip header's time
+    std::fs::write(layout.join("blobs/sha256").join(&oci::sha256(&broken_layer)[7..]), &corrupt).unwrap();
+
+    let script = "echo hello from $(cat /etc/os-release-from-image); id; pwd; cat /etc/hosts; exec sleep 3600";
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"},
+        "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+            "name": "app", "image": busybox, "args": ["sh", "-c", script],
+            "securityContext": {"runAsNonRoot": true, "readOnlyRootFilesystem": true},
+            "readinessProbe": {"exec": {"command": ["/bin/busybox", "cat", "/etc/os-release-from-image"]},
+                               "periodSeconds": 1}
+        }]}
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "named"},
+        "spec": {"securityContext": {"runAsNonRoot": true},
+                 "containers": [{"name": "named", "image": named, "args": ["sleep", "3600"]}]}
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "broken"},
+        "spec": {"containers": [{"name": "broken", "image": broken}]}
+    }))
+    .await;
+
+    let app = eventually("pod app Ready (its exec readiness probe passes)", Duration::from_secs(60), || async {
+        let pod = ns.pod("app").await;
+        (condition(&pod, "Ready").as_deref() == Some("True")).then_some(pod)
+    })
+    .await;
+    let status = &app["status"]["containerStatuses"][0];
+    assert_eq!(status["image"], busybox);
+    assert_eq!(status["imageID"], format!("example.test/agimo-node-agent/busybox@{digest}"));
+    let logs = kubectl(&["logs", "-n", &ns.name, "app"]);
+    assert!(logs.contains("hello from agimo test image"), "the image's root: {logs}");
+    assert!(logs.contains("uid=65532(nonroot) gid=65532(nonroot)"), "the image's user: {logs}");
+    assert!(logs.contains("/work"), "the image's WorkingDir: {logs}");
+    assert!(logs.contains(&pod_ip(&app).to_string()), "the pod's /etc/hosts: {logs}");
+    assert!(event_reasons(&ns.name, "app").contains(&"Pulled".to_owned()));
+
+    let waiting = |name: &'static str, reasons: &'static [&'static str]| {
+        let ns = &ns;
+        async move {
+            eventually(&format!("pod {name} waits with {reasons:?}"), Duration::from_secs(30), || async {
+                let pod = ns.pod(name).await;
+                let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+                reasons.iter().any(|r| waiting["reason"] == *r).then_some(waiting)
+            })
+            .await
+        }
+    };
+    let named = waiting("named", &["CreateContainerConfigError"]).await;
+    assert!(
+        named["message"]
+            .as_str()
+            .unwrap()
+            .contains("image has non-numeric user (nonroot), cannot verify user is non-root"),
+        "{named}"
+    );
+    let broken = waiting("broken", &["ErrImagePull", "ImagePullBackOff"]).await;
+    assert!(broken["message"].as_str().unwrap().contains("digest mismatch"), "{broken}");
+    ns.delete().await;
+}
+
+/// A kubelet marks a container without a readiness probe ready once it has
+/// started, whether or not it listens yet; its endpoint is ready in the
+/// Service's EndpointSlice from then on, and clients must cope.
+#[tokio::test]
+async fn a_pod_without_a_readiness_probe_is_ready_before_it_listens() {
+    let ns = TestNamespace::new("agimo-node-ready").await;
+    let state = HostDir::new("ready");
+    // Listens on 8080 only once the test says so.
+    let mut late = shell_container(
+        "late",
+        &format!("while [ ! -e {STATE}/listen ]; do sleep 0.1; done; exec /bin/busybox httpd -f -p 8080 -h {STATE}"),
+    );
+    late["ports"] = json!([{"containerPort": 8080}]);
+    late["volumeMounts"] = json!([{"name": "state", "mountPath": STATE}]);
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "late", "labels": {"app": "late"}},
+        "spec": {"containers": [late], "volumes": [state.volume("state")], "terminationGracePeriodSeconds": 1}
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
+        "spec": {"selector": {"app": "late"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .await;
+    let pod = eventually("late Ready", Duration::from_secs(60), || async {
+        let pod = ns.pod("late").await;
+        (condition(&pod, "Ready").as_deref() == Some("True")).then_some(pod)
+    })
+    .await;
+    let addr = SocketAddr::new(IpAddr::V4(pod_ip(&pod)), 8080);
+    let slices: Api<EndpointSlice> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually("late's endpoint ready in the EndpointSlice", Duration::from_secs(30), || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=late")).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .any(|e| e.addresses.contains(&addr.ip().to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
+        ready.then_some(())
+    })
+    .await;
+    let refused = tokio::net::TcpStream::connect(addr).await.expect_err("nothing listens yet");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+
+    std::fs::write(state.0.join("listen"), "").unwrap();
+    eventually("late listens", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// Service names resolve through the cluster DNS (CoreDNS behind
+/// kube-dns) by the pod's resolv.conf, and kube-proxy serves the ClusterIP
+/// from pods (back to the very pod that asks: hairpin) and from the
+/// cluster's namespace, and the NodePort on the node's address.
+#[tokio::test]
+async fn pods_resolve_services_by_name_and_reach_their_cluster_ips_and_node_ports() {
+    let ns = TestNamespace::new("agimo-node-dns").await;
+    // echo-basic and a client in one pod, the Service's only endpoint: the
+    // client's requests to the Service come back to its own pod.
+    let client = shell_container(
+        "client",
+        "for name in echo echo.$NS echo.$NS.svc.cluster.local; do echo \"lookup $name: $(getent hosts $name)\"; done; \
+         echo \"reply: $(curl -sS --max-time 5 --retry 60 --retry-connrefused --retry-delay 1 http://echo/from-pod)\"; \
+         exec sleep 3600",
+    );
+    let mut client = client;
+    client["env"] = json!([{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]);
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "both", "labels": {"app": "echo"}},
+        "spec": {"containers": [echo_container("echo"), client], "terminationGracePeriodSeconds": 1}
+    }))
+    .await;
+    ns.apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+        "spec": {"type": "NodePort", "selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 3000}]}
+    }))
+    .await;
+    let service: Value = serde_json::from_str(&kubectl(&["get", "service", "-n", &ns.name, "echo", "-o", "json"])).unwrap();
+    let cluster_ip: Ipv4Addr = service["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let node_port = u16::try_from(service["spec"]["ports"][0]["nodePort"].as_u64().unwrap()).unwrap();
+
+    let logs = eventually("the client's lookups and reply", Duration::from_secs(90), || async {
+        let out = Command::new("kubectl").args(["logs", "-n", &ns.name, "both", "-c", "client"]).output().ok()?;
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        logs.contains("reply:").then_some(logs)
+    })
+    .await;
+    let fqdn = format!("echo.{}.svc.cluster.local", ns.name);
+    for name in ["echo".to_owned(), format!("echo.{}", ns.name), fqdn.clone()] {
+        let line = logs.lines().find(|l| l.starts_with(&format!("lookup {name}:"))).unwrap_or_default();
+        let fields: Vec<&str> = line.split_whitespace().skip(2).collect();
+        assert_eq!(fields, [cluster_ip.to_string().as_str(), fqdn.as_str()], "{name} resolves to the ClusterIP: {logs}");
+    }
+    // echo-basic's JSON spans lines: the rest of the log.
+    let reply = logs.split_once("reply: ").map(|(_, rest)| rest).unwrap_or_default();
+    let echo: Value = serde_json::from_str(reply).unwrap_or_else(|e| panic!("echo JSON from the Service ({e}): {logs}"));
+    assert_eq!((echo["path"].as_str(), echo["pod"].as_str()), (Some("/from-pod"), Some("both")), "{logs}");
+
+    // From the cluster's namespace: the ClusterIP and the NodePort.
+    let by_cluster_ip = get_echo(cluster_ip, 80, "/from-node").await;
+    assert_eq!(by_cluster_ip["pod"], "both");
+    let by_node_port = get_echo("10.244.0.1".parse().unwrap(), node_port, "/node-port").await;
+    assert_eq!((by_node_port["pod"].as_str(), by_node_port["path"].as_str()), (Some("both"), Some("/node-port")));
     ns.delete().await;
 }
