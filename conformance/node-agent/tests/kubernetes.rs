@@ -795,11 +795,9 @@ async fn a_pod_without_a_readiness_probe_is_ready_before_it_listens() {
     let slices: Api<EndpointSlice> = Api::namespaced(ns.client.clone(), &ns.name);
     eventually("late's endpoint ready in the EndpointSlice", Duration::from_secs(30), || async {
         let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=late")).await.ok()?;
-        let ready = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter().flatten())
-            .any(|e| e.addresses.contains(&addr.ip().to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
+        let ready = list.items.iter().flat_map(|s| s.endpoints.iter().flatten()).any(|e| {
+            e.addresses.contains(&addr.ip().to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+        });
         ready.then_some(())
     })
     .await;
@@ -841,7 +839,8 @@ async fn pods_resolve_services_by_name_and_reach_their_cluster_ips_and_node_port
         "spec": {"type": "NodePort", "selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 3000}]}
     }))
     .await;
-    let service: Value = serde_json::from_str(&kubectl(&["get", "service", "-n", &ns.name, "echo", "-o", "json"])).unwrap();
+    let service: Value =
+        serde_json::from_str(&kubectl(&["get", "service", "-n", &ns.name, "echo", "-o", "json"])).unwrap();
     let cluster_ip: Ipv4Addr = service["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
     let node_port = u16::try_from(service["spec"]["ports"][0]["nodePort"].as_u64().unwrap()).unwrap();
 
@@ -855,11 +854,16 @@ async fn pods_resolve_services_by_name_and_reach_their_cluster_ips_and_node_port
     for name in ["echo".to_owned(), format!("echo.{}", ns.name), fqdn.clone()] {
         let line = logs.lines().find(|l| l.starts_with(&format!("lookup {name}:"))).unwrap_or_default();
         let fields: Vec<&str> = line.split_whitespace().skip(2).collect();
-        assert_eq!(fields, [cluster_ip.to_string().as_str(), fqdn.as_str()], "{name} resolves to the ClusterIP: {logs}");
+        assert_eq!(
+            fields,
+            [cluster_ip.to_string().as_str(), fqdn.as_str()],
+            "{name} resolves to the ClusterIP: {logs}"
+        );
     }
     // echo-basic's JSON spans lines: the rest of the log.
     let reply = logs.split_once("reply: ").map(|(_, rest)| rest).unwrap_or_default();
-    let echo: Value = serde_json::from_str(reply).unwrap_or_else(|e| panic!("echo JSON from the Service ({e}): {logs}"));
+    let echo: Value =
+        serde_json::from_str(reply).unwrap_or_else(|e| panic!("echo JSON from the Service ({e}): {logs}"));
     assert_eq!((echo["path"].as_str(), echo["pod"].as_str()), (Some("/from-pod"), Some("both")), "{logs}");
 
     // From the cluster's namespace: the ClusterIP and the NodePort.
