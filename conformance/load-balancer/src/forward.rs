@@ -1,12 +1,14 @@
 //! The data path, without Kubernetes: one TCP listener per `IP:port` of the
 //! plan, each forwarding every accepted connection to an endpoint of its
-//! [`Target`], round robin, the next endpoint if a connect fails, then
-//! copying both ways with half-close.
+//! [`Target`], round robin, then copying both ways with half-close. A
+//! connection whose endpoint refuses it (or does not answer in time) is
+//! closed: like a cloud load balancer, this one does not try another
+//! endpoint for it, so clients see what they would see in a real cluster.
 //!
 //! ```text
 //!   Listeners::update(plan) ── one writer ──▶ ArcSwap<Target> per listener
 //!                                                  │ loaded once per connection
-//!   client ──▶ accept (IP:port) ──▶ connect endpoints[n], n+1, … ──▶ copy_bidirectional
+//!   client ──▶ accept (IP:port) ──▶ connect endpoints[n] ──▶ copy_bidirectional
 //! ```
 //!
 //! A connection keeps the endpoints it was given: changing a listener's
@@ -144,14 +146,15 @@ async fn bind(addr: SocketAddr, target: &ArcSwap<Target>) -> TcpListener {
     }
 }
 
-/// Connects `client` to an endpoint of `target`, from the `first`-th on,
-/// and copies both ways until both sides are done.
+/// Connects `client` to the `n`-th endpoint of `target` (modulo their
+/// number) and copies both ways until both sides are done; closes it if that
+/// endpoint cannot be reached.
 async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
     target: Arc<Target>,
-    first: usize,
+    n: usize,
     connect_timeout: Duration,
 ) {
     let count = target.endpoints.len();
@@ -159,25 +162,17 @@ async fn forward(
         tracing::debug!(%listener, %peer, service = %target, "no ready endpoint; closing the connection");
         return;
     }
-    let mut upstream = None;
-    for i in 0..count {
-        let endpoint = target.endpoints[(first + i) % count];
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
-            Ok(Ok(stream)) => {
-                upstream = Some((endpoint, stream));
-                break;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%listener, service = %target, %endpoint, error = %e, "cannot connect; trying the next endpoint")
-            }
-            Err(_) => {
-                tracing::debug!(%listener, service = %target, %endpoint, "connect timed out; trying the next endpoint")
-            }
+    let endpoint = target.endpoints[n % count];
+    let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::info!(%listener, %peer, service = %target, %endpoint, error = %e, "cannot connect to the endpoint; closing the connection");
+            return;
         }
-    }
-    let Some((endpoint, mut upstream)) = upstream else {
-        tracing::warn!(%listener, %peer, service = %target, endpoints = count, "no endpoint accepted the connection; closing it");
-        return;
+        Err(_) => {
+            tracing::info!(%listener, %peer, service = %target, %endpoint, ?connect_timeout, "connect to the endpoint timed out; closing the connection");
+            return;
+        }
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
@@ -220,7 +215,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn round_robin_skips_dead_endpoints_and_follows_updates() {
+    async fn round_robin_does_not_skip_dead_endpoints_and_follows_updates() {
         let a = echo::spawn("127.0.0.1:0".parse().unwrap(), "a").await.unwrap();
         let b = echo::spawn("127.0.0.1:0".parse().unwrap(), "b").await.unwrap();
         let dead = free_addr();
@@ -229,17 +224,18 @@ mod tests {
         listeners.update(&BTreeMap::from([(addr, mk_target(&[a.addr, dead, b.addr]))]));
         backend_eventually(addr).await;
 
-        // Connections go round, and the one for the dead endpoint goes to
-        // the next: a, (dead→) b, b, a, b, b, …
+        // Connections go round, and the one for the dead endpoint fails:
+        // no other endpoint is tried for it (a cloud load balancer does not).
         let mut seen = Vec::new();
         for _ in 0..6 {
-            seen.push(backend_of(addr).await.unwrap());
+            seen.push(backend_of(addr).await.unwrap_or_else(|_| "failed".to_owned()));
         }
-        let a_count = seen.iter().filter(|b| *b == "a").count();
-        assert_eq!((a_count, seen.len() - a_count), (2, 4), "{seen:?}");
+        let count = |name: &str| seen.iter().filter(|b| *b == name).count();
+        assert_eq!((count("a"), count("b"), count("failed")), (2, 2, 2), "{seen:?}");
 
         // A connection opened before an update keeps its endpoint; new
         // connections use the new set.
+        listeners.update(&BTreeMap::from([(addr, mk_target(&[a.addr]))]));
         let mut held = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         listeners.update(&BTreeMap::from([(addr, mk_target(&[b.addr]))]));
@@ -251,6 +247,7 @@ mod tests {
         held.read_to_string(&mut reply).await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(reply.contains("\"path\":\"/held\""), "{reply}");
+        assert!(reply.contains("\"backend\":\"a\""), "{reply}");
     }
 
     #[tokio::test]

@@ -3,8 +3,12 @@
 //! from a pool (`--pool`), published in `status.loadBalancer.ingress`, and
 //! every load balancer address and `spec.externalIPs` entry is served: a
 //! listener per address and TCP Service port forwards each connection to a
-//! ready endpoint of the Service (round robin). There is no kube-proxy in the
-//! local cluster, so this is the only way traffic reaches a Service there.
+//! ready endpoint of the Service (round robin; one attempt, as a cloud load
+//! balancer makes). The local cluster's kube-proxy also knows these
+//! addresses (`ipMode: VIP`): traffic from pods and from the cluster's
+//! namespace is translated by its rules before it reaches these listeners,
+//! as in-cluster traffic to a load balancer IP is in any cluster; the
+//! listeners serve what kube-proxy leaves alone.
 //!
 //! ```text
 //!   kube-apiserver ──watch Services, EndpointSlices──▶ reflector stores
@@ -14,7 +18,7 @@
 //!                          │ addresses (pool)     │ statuses             │ listeners: IP:port → endpoints
 //!                          ▼                      ▼                      ▼
 //!                     log + Events       services/status (merge patch)  forward: accept ─▶ connect a ready
-//!                                                                        endpoint (next on failure) ─▶ copy both ways
+//!                                                                        endpoint (one try) ─▶ copy both ways
 //!
 //!   netns agimo:  10.245.0.0/16 is a local route on lo, so the pool
 //!                 (10.245.1.0/24) and external IPs there can be bound without
@@ -46,7 +50,8 @@ pub struct Config {
     /// `spec.loadBalancerClass` values handled besides none (Services
     /// without a class are always handled, as by a cloud provider).
     pub classes: Vec<String>,
-    /// How long a connection to one endpoint may take before the next is tried.
+    /// How long connecting to an endpoint may take before the client's
+    /// connection is closed.
     pub connect_timeout: Duration,
 }
 

@@ -30,7 +30,8 @@ struct Args {
     /// always handled.
     #[arg(long = "load-balancer-class", value_name = "CLASS")]
     classes: Vec<String>,
-    /// How long connecting to one endpoint may take before the next is tried.
+    /// How long connecting to an endpoint may take before the client's
+    /// connection is closed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
 }
