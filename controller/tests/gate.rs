@@ -231,3 +231,206 @@ async fn gateway_defaults_route_overrides_and_bad_values() {
         started.elapsed()
     );
 }
+
+/// A loopback port that is bound but does not listen: connects to it are
+/// refused, as to a pod that is Ready before its process listens (a
+/// container without a readiness probe), until [`NotListening::listen`].
+struct NotListening {
+    socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl NotListening {
+    fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        NotListening { socket, port }
+    }
+
+    /// The echo backend `name` starts listening on the port.
+    fn listen(self, name: &str) -> tokio::task::JoinHandle<()> {
+        let listener = self.socket.listen(1024).unwrap();
+        tokio::spawn(agimo_testkit::echo::serve(listener, name.to_owned()))
+    }
+}
+
+/// [`scaled_to_zero`] with the `app` endpoint ready at 127.0.0.1:`port`.
+fn ready_at(annotations: &str, port: u16) -> String {
+    scaled_to_zero(annotations)
+        .replace(&service_without_endpoints("app"), &support::service_at("app", &port.to_string()))
+}
+
+#[tokio::test]
+async fn a_released_request_waits_for_its_endpoint_to_listen() {
+    let agimo = Agimo::start(&scaled_to_zero(GATED), &[]).await;
+    let pod = NotListening::new();
+    let held = tokio::spawn(client::send(agimo.addr(8080), Mode::Http1, client::get("app.example", "/first")));
+    pending(&agimo, 1.0).await;
+    // The endpoint turns ready before anything listens on it: the request
+    // is released to it, its connects are refused, and it keeps waiting.
+    agimo.apply(&ready_at(GATED, pod.port)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the request waits for the endpoint to listen");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 1.0, "still pending while it connects");
+    assert_eq!(gauge(&agimo, "active_requests_total"), 0.0);
+    let _app = pod.listen("app");
+    let reply = held.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let echo = reply.echo();
+    assert_eq!((echo.backend.as_str(), echo.path.as_str()), ("app", "/first"));
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+    // A request that finds the endpoint ready connects at once.
+    assert_eq!(agimo.get(8080, "app.example", "/second").await.status, 200);
+}
+
+#[tokio::test]
+async fn retries_follow_the_endpoints_as_they_change() {
+    let agimo = Agimo::start(&scaled_to_zero(GATED), &["app"]).await;
+    let pod = NotListening::new();
+    let held = tokio::spawn(client::send(agimo.addr(8080), Mode::Http1, client::get("app.example", "/")));
+    pending(&agimo, 1.0).await;
+    agimo.apply(&ready_at(GATED, pod.port)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The endpoint that never listened goes away: the request waits again,
+    // still pending, until another is ready, and goes there.
+    agimo.apply(&scaled_to_zero(GATED)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!held.is_finished());
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 1.0);
+    agimo.apply(&scaled_up(GATED)).await;
+    let reply = held.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.echo().backend, "app");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+    drop(pod);
+}
+
+#[tokio::test]
+async fn a_request_gives_up_at_the_deadline_when_its_endpoint_never_listens() {
+    const ONE_SECOND: &str = "agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 1s";
+    let agimo = Agimo::start(&scaled_to_zero(ONE_SECOND), &[]).await;
+    let pod = NotListening::new();
+    let started = Instant::now();
+    let held = tokio::spawn(client::send(agimo.addr(8080), Mode::Http1, client::get("app.example", "/")));
+    pending(&agimo, 1.0).await;
+    agimo.apply(&ready_at(ONE_SECOND, pod.port)).await;
+    let reply = held.await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.header("x-agimo-reason"), Some("wait-timeout"));
+    let body = String::from_utf8_lossy(&reply.body);
+    let endpoint = format!("backend default/app:80 at 127.0.0.1:{}, failed: ", pod.port);
+    assert!(body.contains(&endpoint) && body.contains("refused"), "{body}");
+    assert!(waited >= Duration::from_millis(1000) && waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+    assert_eq!(gauge(&agimo, "active_requests_total"), 0.0);
+
+    // A request that finds the endpoint ready, but refusing, waits the same
+    // way from its arrival, counted as pending.
+    let started = Instant::now();
+    let direct = tokio::spawn(client::send(agimo.addr(8080), Mode::Http1, client::get("app.example", "/")));
+    pending(&agimo, 1.0).await;
+    assert_eq!(gauge(&agimo, "active_requests_total"), 0.0);
+    let reply = direct.await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert_eq!((reply.status.as_u16(), reply.header("x-agimo-reason")), (504, Some("wait-timeout")));
+    assert!(waited >= Duration::from_millis(1000) && waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+}
+
+#[tokio::test]
+async fn requests_of_every_protocol_wait_for_their_endpoint_to_listen() {
+    let h2_at_zero = "---
+apiVersion: v1
+kind: Service
+metadata: {name: h2app, namespace: default}
+spec: {ports: [{name: h2c, port: 80, appProtocol: kubernetes.io/h2c}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: h2app, namespace: default, labels: {kubernetes.io/service-name: h2app}}
+addressType: IPv4
+ports: [{name: h2c, port: 1}]
+endpoints: []
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: h2app, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 30s}}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [h2.example]
+  rules: [{backendRefs: [{name: h2app, port: 80}]}]
+";
+    let agimo = Agimo::start(&(scaled_to_zero(GATED) + h2_at_zero), &[]).await;
+    let addr = agimo.addr(8080);
+    let (app, h2app) = (NotListening::new(), NotListening::new());
+
+    // A POST with a body and a websocket upgrade (hyper's HTTP/1.1 client to
+    // the backend), an h2c client (Agimo's own HTTP/1.1 to the backend), and
+    // a request to an h2c backend.
+    let mut post = client::get("app.example", "/upload");
+    *post.method_mut() = http::Method::POST;
+    *post.body_mut() = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 100_000]));
+    let post = tokio::spawn(client::send(addr, Mode::Http1, post));
+    let h2 = tokio::spawn(client::send(addr, Mode::H2c, client::get("app.example", "/over-h2")));
+    let ws = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async("ws://app.example:8080/ws", stream).await
+    });
+    let to_h2c = tokio::spawn(client::send(addr, Mode::Http1, client::get("h2.example", "/to-h2c")));
+    pending(&agimo, 3.0).await;
+    let h2_pending = || metric(&agimo.dataplane.metrics().render(), "pending_requests_total", "h2.example");
+    support::eventually_true(|| h2_pending() == Some(1.0)).await;
+
+    let h2_ready = h2_at_zero.replace(
+        "port: 1}]\nendpoints: []",
+        &format!("port: {}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]", h2app.port),
+    );
+    agimo.apply(&(ready_at(GATED, app.port) + &h2_ready)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!post.is_finished() && !h2.is_finished() && !ws.is_finished() && !to_h2c.is_finished(), "they wait");
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 3.0);
+    assert_eq!(h2_pending(), Some(1.0));
+    let _servers = (app.listen("app"), h2app.listen("h2app"));
+
+    let echo = post.await.unwrap().unwrap().echo();
+    assert_eq!((echo.backend.as_str(), echo.method.as_str(), echo.body_bytes), ("app", "POST", 100_000));
+    let reply = h2.await.unwrap().unwrap();
+    assert_eq!((reply.status.as_u16(), reply.version), (200, http::Version::HTTP_2));
+    assert_eq!(reply.echo().path, "/over-h2");
+    let (mut ws, response) = ws.await.unwrap().expect("websocket upgrade after the endpoint listens");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    let echo = to_h2c.await.unwrap().unwrap().echo();
+    assert_eq!((echo.backend.as_str(), echo.proto.as_str(), echo.path.as_str()), ("h2app", "HTTP/2.0", "/to-h2c"));
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+    assert_eq!(h2_pending(), Some(0.0));
+    assert_eq!(gauge(&agimo, "active_requests_total"), 1.0, "the open websocket");
+}
+
+#[tokio::test]
+async fn ungated_routes_fail_at_once_when_the_endpoint_refuses() {
+    let pod = NotListening::new();
+    let agimo = Agimo::start(&ready_at("", pod.port), &[]).await;
+    let started = Instant::now();
+    let reply = agimo.get(8080, "app.example", "/").await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.header("x-agimo-reason"), Some("upstream-connect-failed"));
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(gauge(&agimo, "pending_requests_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_while_its_request_connects_is_no_longer_pending() {
+    use tokio::io::AsyncWriteExt;
+    let pod = NotListening::new();
+    let agimo = Agimo::start(&ready_at(GATED, pod.port), &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n").await.unwrap();
+    pending(&agimo, 1.0).await;
+    drop(stream);
+    pending(&agimo, 0.0).await;
+    assert_eq!(gauge(&agimo, "active_requests_total"), 0.0);
+}

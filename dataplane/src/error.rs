@@ -38,6 +38,10 @@ pub enum ProxyError {
     NoReadyEndpoints { backend: String },
     #[error("no backend of host {host} had a ready endpoint within {waited:?}")]
     WaitTimeout { host: String, waited: std::time::Duration },
+    /// Scale-to-zero: endpoints were ready, but none took a connection
+    /// before the gate's deadline.
+    #[error(transparent)]
+    ConnectWaitTimeout(Box<ConnectWaitTimeout>),
     #[error("{max} requests for host {host} are already waiting for a ready endpoint; retry later")]
     TooManyPending { host: String, max: usize },
     #[error("cannot connect to backend {backend} at {endpoint}: {source}")]
@@ -58,6 +62,24 @@ pub enum ProxyError {
     Timeout { backend: String, timeout: &'static str },
 }
 
+/// The last connect of a request on a gated route that no endpoint took a
+/// connection from before the gate's deadline ([`crate::gate`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no endpoint of host {host}'s backends took a connection within {waited:?} ({attempts} attempts); \
+     the last, to backend {backend} at {endpoint}, failed: {source}"
+)]
+pub struct ConnectWaitTimeout {
+    pub host: String,
+    /// Since the request reached the gate, in whole milliseconds.
+    pub waited: std::time::Duration,
+    pub attempts: u32,
+    pub backend: String,
+    pub endpoint: SocketAddr,
+    #[source]
+    pub source: crate::upstream::BoxError,
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -72,7 +94,7 @@ impl ProxyError {
             ProxyError::NoReadyEndpoints { .. }
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::TooManyPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::WaitTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -92,7 +114,7 @@ impl ProxyError {
             ProxyError::InvalidRule { .. } => "invalid-rule",
             ProxyError::InvalidBackend { .. } => "invalid-backend",
             ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",
-            ProxyError::WaitTimeout { .. } => "wait-timeout",
+            ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) => "wait-timeout",
             ProxyError::TooManyPending { .. } => "too-many-pending",
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",

@@ -1,26 +1,51 @@
 //! The scale-to-zero gate: a request whose backends have no ready endpoint
 //! waits, without a thread, until a snapshot swap brings one, then goes to
-//! it.
+//! it; and a request on a gated route goes to an endpoint only once it has
+//! a connection to it, so a pod that is Ready before it listens (a container
+//! without a readiness probe) does not fail it.
 //!
 //! ```text
 //!  request ─► no ready endpoint ─► Held (pending_requests_total +1, per-host cap)
-//!                                    │  waits on: snapshot swaps │ wait-timeout │ client gone
-//!                                    ▼
-//!        swap: a backend of the rule has endpoints ─► forward (pending −1)
+//!     │                              │  waits on: snapshot swaps │ deadline │ client gone
+//!     │                              ▼
+//!     ├──────────────► a ready endpoint ─► idle connection to it? ──yes──► forward (active)
+//!     │                    ▲                   │ no
+//!     │                    │                   ▼
+//!     │                    │              connect ──ok──► forward on it (active; pending −1 if held)
+//!     │                    │                   │ refused, reset, timed out: nothing was sent
+//!     │                    └── backoff ◄───────┘ Held if it was not (active −1, pending +1)
+//!     └─ deadline (wait-timeout, capped by the request timeout) ─► 504 wait-timeout
 //! ```
 //!
 //! Waiters are woken by swaps (EndpointSlice changes compiled into a new
-//! snapshot), never by polling. The per-host count of held requests lives
-//! outside the snapshot, so it survives swaps: it is the host's
-//! `pending_requests_total` ([`crate::metrics::HostStats::hold`]).
+//! snapshot), never by polling; a connect that failed is tried again after
+//! 10 ms, doubling to 500 ms (each with jitter: half to all of it), against
+//! the rule's ready endpoints as the snapshot has them then. The request is
+//! prepared for its backendRef and given to the upstream only once it has
+//! its connection: nothing of it has been sent when a connect fails, so
+//! every request may wait this way, whatever its method and body. The
+//! per-host count of held requests lives outside the snapshot, so it
+//! survives swaps: it is the host's `pending_requests_total`
+//! ([`crate::metrics::HostStats::hold`]).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use agimo_shared::snapshot::{Backend, BackendTarget, Backends, Gate};
+use agimo_shared::snapshot::{Backend, BackendTarget, Backends, Gate, Rule, WeightedBackend};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::error::ProxyError;
+use crate::Shared;
+use crate::error::{ConnectWaitTimeout, ProxyError};
+use crate::metrics::{Active, HostStats, Pending};
+use crate::upstream::{BoxError, UpstreamError};
+
+/// The wait before the first connect is tried again; it doubles at each
+/// failure, up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// The backends of a rule that have ready endpoints in the current
 /// snapshot, with their weights; the request's rule may come from an older
@@ -84,5 +109,241 @@ pub async fn wait_for_ready(
                 return Err(ProxyError::WaitTimeout { host: host.to_owned(), waited: gate.wait_timeout });
             }
         }
+    }
+}
+
+/// A request on a gated route, on its way to an endpoint.
+pub(crate) struct Gated<'r> {
+    pub shared: &'r Shared,
+    pub rule: &'r Rule,
+    pub gate: &'r Gate,
+    pub backends: &'r Backends,
+    pub host: &'r Arc<HostStats>,
+    /// When the request arrived: the rule's request timeout counts from here.
+    pub started: Instant,
+    /// Whether the request has a body or an `Upgrade` header: which of the
+    /// upstream's pools it would take an idle connection from (the filters
+    /// have not run yet: a hint).
+    pub hyper: bool,
+}
+
+/// Where a request on a gated route goes.
+pub(crate) struct Admitted<'r> {
+    pub chosen: &'r WeightedBackend,
+    pub backend: Arc<Backend>,
+    pub endpoint: SocketAddr,
+    /// The connection made to `endpoint` for the request; `None` when the
+    /// upstream has one open to it already.
+    pub connected: Option<TcpStream>,
+    /// The request counts as active from here.
+    pub active: Active,
+}
+
+/// The endpoint a request goes to, and its connection. `next` is the
+/// backendRef chosen by weight and one of its endpoints, if it has any
+/// ready (the caller found no connection open to it); else another
+/// backendRef's ready endpoint, else the request waits for one
+/// ([`wait_for_ready`]). A connect that fails is tried again, after a
+/// backoff, against the rule's ready endpoints at that time (waiting again
+/// if none is), until the deadline: `wait-timeout` from now, capped by the
+/// rule's request timeout. From its first failed connect to its connection,
+/// a request that was not held counts as held: as pending, and against
+/// `max-pending`.
+pub(crate) async fn admit<'r>(
+    g: &Gated<'r>,
+    mut next: Option<(&'r WeightedBackend, Arc<Backend>, SocketAddr)>,
+) -> Result<Admitted<'r>, ProxyError> {
+    let reached = Instant::now();
+    let mut deadline = tokio::time::Instant::from_std(reached + g.gate.wait_timeout);
+    if let Some(request) = g.rule.timeouts.request {
+        deadline = deadline.min(tokio::time::Instant::from_std(g.started + request));
+    }
+    let mut held: Option<Pending> = None;
+    let mut active: Option<Active> = None;
+    let mut swaps: Option<watch::Receiver<u64>> = None;
+    let mut attempts = 0;
+    let mut delay = FIRST_RETRY_DELAY;
+    // The last connect that failed: why, and to what.
+    let mut failed: Option<(BoxError, Arc<Backend>, SocketAddr)> = None;
+    let mut first_failure: Option<Instant> = None;
+    loop {
+        let (chosen, backend, endpoint) = match next.take() {
+            Some(next) => next,
+            None => {
+                // After a failed connect: the endpoint may have gone, another
+                // may have come.
+                let (chosen, backend) = match pick_weighted(&ready_backends(
+                    g.backends,
+                    &g.shared.snapshot.load().backends,
+                )) {
+                    // Another backendRef of the rule has a ready endpoint: it serves at once.
+                    Some((i, backend)) => (&g.backends.backends[i], backend),
+                    None => {
+                        if held.is_none() {
+                            held = Some(g.hold()?);
+                        }
+                        tracing::debug!(route = %g.rule.route, host = %g.host.label(), "no ready endpoint: holding the request");
+                        match g.wait(&mut swaps, deadline).await {
+                            Ok(found) => found,
+                            Err(e) => return Err(failed.map_or(e, |failed| g.give_up(reached, attempts, failed))),
+                        }
+                    }
+                };
+                let endpoint = pick_endpoint(&backend, failed.as_ref().map(|(_, _, endpoint)| *endpoint));
+                if attempts == 0 && g.shared.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
+                    let active = g.host.active();
+                    return Ok(Admitted { chosen, backend, endpoint, connected: None, active });
+                }
+                (chosen, backend, endpoint)
+            }
+        };
+        if held.is_none() && active.is_none() {
+            // A request that was not held counts as active while it
+            // connects, as on any route.
+            active = Some(g.host.active());
+        }
+        attempts += 1;
+        // Boxed: a held request waits without room for a connect's state.
+        let connect = Box::pin(tokio::time::timeout_at(deadline, g.shared.upstream.connect(endpoint)));
+        let error: BoxError = match connect.await {
+            Ok(Ok(stream)) => {
+                if let Some(since) = first_failure {
+                    tracing::info!(
+                        route = %g.rule.route,
+                        host = %g.host.label(),
+                        backend = %backend.id,
+                        %endpoint,
+                        attempts,
+                        retrying_ms = since.elapsed().as_millis() as u64,
+                        waited_ms = reached.elapsed().as_millis() as u64,
+                        "connected after failed attempts"
+                    );
+                }
+                let active = active.unwrap_or_else(|| g.host.active());
+                return Ok(Admitted { chosen, backend, endpoint, connected: Some(stream), active });
+            }
+            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e))) => e,
+            Err(_) => "still connecting at the gate's deadline".into(),
+        };
+        first_failure.get_or_insert_with(Instant::now);
+        if held.is_none() {
+            held = Some(g.hold()?);
+            active = None;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
+        }
+        let retry_in = jittered(delay).min(deadline - now);
+        tracing::debug!(
+            route = %g.rule.route,
+            host = %g.host.label(),
+            backend = %backend.id,
+            %endpoint,
+            attempt = attempts,
+            retry_in_ms = retry_in.as_millis() as u64,
+            error = %error,
+            "connect failed: trying again"
+        );
+        tokio::time::sleep(retry_in).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
+        }
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        failed = Some((error, backend, endpoint));
+    }
+}
+
+impl<'r> Gated<'r> {
+    /// Counts the request as held, within `max-pending`.
+    fn hold(&self) -> Result<Pending, ProxyError> {
+        self.host.hold(self.gate.max_pending).ok_or_else(|| ProxyError::TooManyPending {
+            host: self.host.label().to_string(),
+            max: self.gate.max_pending,
+        })
+    }
+
+    /// The error for a request that no endpoint took a connection from by
+    /// the deadline, with its last failed connect.
+    fn give_up(
+        &self,
+        reached: Instant,
+        attempts: u32,
+        (source, backend, endpoint): (BoxError, Arc<Backend>, SocketAddr),
+    ) -> ProxyError {
+        ProxyError::ConnectWaitTimeout(Box::new(ConnectWaitTimeout {
+            host: self.host.label().to_string(),
+            waited: Duration::from_millis(reached.elapsed().as_millis() as u64),
+            attempts,
+            backend: backend.id.clone(),
+            endpoint,
+            source,
+        }))
+    }
+
+    /// [`wait_for_ready`], with the backendRef found.
+    async fn wait(
+        &self,
+        swaps: &mut Option<watch::Receiver<u64>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(&'r WeightedBackend, Arc<Backend>), ProxyError> {
+        let swaps = swaps.get_or_insert_with(|| self.shared.swaps.subscribe());
+        let snapshot = || self.shared.snapshot.load_full();
+        let (i, backend) =
+            wait_for_ready(self.gate, self.backends, snapshot, swaps, deadline, self.host.label()).await?;
+        Ok((&self.backends.backends[i], backend))
+    }
+}
+
+/// One of `backend`'s endpoints at random; another than `avoid` if it has
+/// another.
+fn pick_endpoint(backend: &Backend, avoid: Option<SocketAddr>) -> SocketAddr {
+    let endpoints = &backend.endpoints;
+    let i = fastrand::usize(0..endpoints.len());
+    if Some(endpoints[i]) == avoid && endpoints.len() > 1 {
+        endpoints[(i + 1 + fastrand::usize(0..endpoints.len() - 1)) % endpoints.len()]
+    } else {
+        endpoints[i]
+    }
+}
+
+/// Half of `delay` to all of it, at random: requests released together do
+/// not try again together.
+fn jittered(delay: Duration) -> Duration {
+    delay / 2 + delay.mul_f64(fastrand::f64()) / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(endpoints: &[&str]) -> Backend {
+        Backend {
+            id: "default/app:80".into(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            protocol: Default::default(),
+        }
+    }
+
+    #[test]
+    fn retry_delays_have_jitter_within_half_to_all() {
+        let delays: Vec<_> = (0..1000).map(|_| jittered(Duration::from_millis(100))).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_millis(100)));
+        assert!(
+            delays.iter().any(|d| *d < Duration::from_millis(60))
+                && delays.iter().any(|d| *d > Duration::from_millis(90))
+        );
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_failed_when_there_is_another() {
+        let two = backend(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let failed = two.endpoints[0];
+        assert!((0..100).all(|_| pick_endpoint(&two, Some(failed)) == two.endpoints[1]));
+        let one = backend(&["10.0.0.1:80"]);
+        assert_eq!(pick_endpoint(&one, Some(failed)), failed, "the only one is tried again");
+        let three = backend(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        let picked: std::collections::HashSet<_> = (0..200).map(|_| pick_endpoint(&three, Some(failed))).collect();
+        assert_eq!(picked, three.endpoints[1..].iter().copied().collect());
     }
 }

@@ -105,6 +105,20 @@ impl Pool {
         None
     }
 
+    /// Whether [`Pool::take`] would find a connection to `endpoint`; those
+    /// it would skip on the way are dropped, as it would drop them.
+    pub fn has_idle(&self, endpoint: SocketAddr, max_idle: Duration) -> bool {
+        let mut idle = lock(&self.idle);
+        let Some(list) = idle.get_mut(&endpoint) else { return false };
+        while let Some((conn, since)) = list.last() {
+            if since.elapsed() <= max_idle && !conn.closed_while_idle() {
+                return true;
+            }
+            list.pop();
+        }
+        false
+    }
+
     fn put(&self, endpoint: SocketAddr, conn: Conn) {
         // Stale and closed connections are skipped when taken and dropped by
         // `reap`: no scan of the list here, on every response.

@@ -195,52 +195,47 @@ async fn apply(
         }
         BackendTarget::Service(backend) => backend.clone(),
     };
-    let (chosen, backend) = if !backend.endpoints.is_empty() {
-        (chosen, backend)
-    } else if let Some(gate) = &rule.gate {
-        // Scale-to-zero: another backend of the rule with a ready endpoint
-        // serves at once; if none has one, the request waits for the first.
-        let ready = gate::ready_backends(backends, &shared.snapshot.load().backends);
-        let (index, backend) = match gate::pick_weighted(&ready) {
-            Some(found) => found,
-            None => {
-                let _held = host.hold(gate.max_pending).ok_or_else(|| ProxyError::TooManyPending {
-                    host: host.label().to_string(),
-                    max: gate.max_pending,
-                })?;
-                let mut deadline = tokio::time::Instant::now() + gate.wait_timeout;
-                if let Some(request) = rule.timeouts.request {
-                    deadline = deadline.min(tokio::time::Instant::from_std(started + request));
-                }
-                let mut swaps = shared.swaps.subscribe();
-                tracing::debug!(route = %rule.route, host = %host.label(), "no ready endpoint: holding the request");
-                let held_since = Instant::now();
-                // Boxed: only held requests pay for the wait's state.
-                let found = Box::pin(gate::wait_for_ready(
-                    gate,
-                    backends,
-                    || shared.snapshot.load_full(),
-                    &mut swaps,
-                    deadline,
-                    host.label(),
-                ))
-                .await?;
-                tracing::debug!(route = %rule.route, host = %host.label(), waited_ms = held_since.elapsed().as_millis() as u64, "endpoint ready: releasing the request");
-                found
+    let (chosen, backend, endpoint, connected) = match &rule.gate {
+        None => {
+            if backend.endpoints.is_empty() {
+                return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
             }
-        };
-        (&backends.backends[index], backend)
-    } else {
-        return Err(ProxyError::NoReadyEndpoints { backend: backend.id.clone() });
+            let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
+            guard.active = Some(host.active());
+            (chosen, backend, endpoint, None)
+        }
+        Some(gate) => {
+            // Scale-to-zero: the request goes to an endpoint the upstream
+            // has a connection to, or makes one to first ([`gate::admit`]).
+            let by_hyper = !crate::upstream::by_h1(&req);
+            let first = (!backend.endpoints.is_empty())
+                .then(|| (backend.endpoints[fastrand::usize(0..backend.endpoints.len())], backend));
+            match first {
+                Some((endpoint, backend)) if shared.upstream.has_connection(backend.protocol, by_hyper, endpoint) => {
+                    guard.active = Some(host.active());
+                    (chosen, backend, endpoint, None)
+                }
+                first => {
+                    let gated = gate::Gated { shared, rule, gate, backends, host, started, hyper: by_hyper };
+                    let first = first.map(|(endpoint, backend)| (chosen, backend, endpoint));
+                    // Boxed: only requests that connect here pay for its state.
+                    let admitted = Box::pin(gate::admit(&gated, first)).await?;
+                    guard.active = Some(admitted.active);
+                    (admitted.chosen, admitted.backend, admitted.endpoint, admitted.connected)
+                }
+            }
+        }
     };
-    let endpoint = backend.endpoints[fastrand::usize(0..backend.endpoints.len())];
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-    guard.active = Some(host.active());
     // The send is made in each arm: one made before the match would take
     // room in this future for every arm's copy of it.
     let result = match (rule.timeouts.request, rule.timeouts.backend_request) {
-        (None, None) => Ok(shared.upstream.send(backend.protocol, endpoint, req).await),
+        (None, None) => Ok(match connected {
+            None => shared.upstream.send(backend.protocol, endpoint, req).await,
+            // Boxed: only requests the gate connected pay for its state.
+            Some(stream) => Box::pin(shared.upstream.send_on(backend.protocol, endpoint, stream, req)).await,
+        }),
         (request, backend_request) => {
             // The request timeout counts from when the request arrived; the
             // backend one from when it is sent to the backend.
@@ -248,12 +243,17 @@ async fn apply(
             let request_deadline = request.map(|t| tokio::time::Instant::from_std(started + t));
             let backend_deadline = backend_request.map(|t| now + t);
             let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
-            tokio::time::timeout_at(deadline, shared.upstream.send(backend.protocol, endpoint, req)).await.map_err(
-                |_| {
-                    let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
-                    ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
-                },
-            )
+            let sent = match connected {
+                None => tokio::time::timeout_at(deadline, shared.upstream.send(backend.protocol, endpoint, req)).await,
+                Some(stream) => {
+                    let send_on = Box::pin(shared.upstream.send_on(backend.protocol, endpoint, stream, req));
+                    tokio::time::timeout_at(deadline, send_on).await
+                }
+            };
+            sent.map_err(|_| {
+                let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
+                ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
+            })
         }
     };
     let mut response = result?.map_err(|e| match e {

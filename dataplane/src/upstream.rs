@@ -20,6 +20,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::body::{Body, RequestBody};
 use crate::h1;
@@ -71,35 +72,85 @@ impl Upstream {
         mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<Body>, UpstreamError> {
         match protocol {
-            BackendProtocol::Http1 if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) => {
+            BackendProtocol::Http1 if by_h1(&req) => {
                 // Boxed: only this arm pays for its state.
                 Box::pin(self.send_h1(endpoint, req)).await
             }
             BackendProtocol::Http1 => {
-                // Origin form: the path and query only.
-                if req.uri().authority().is_some() {
-                    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                    *req.uri_mut() = Uri::try_from(path_and_query).map_err(|e| UpstreamError::Failed(e.into()))?;
-                }
-                *req.version_mut() = Version::HTTP_11;
+                to_http1(&mut req)?;
                 let (response, sender) = self.send_http1(endpoint, req).await?;
                 let pooled = Pooled { idle: self.http1.clone(), endpoint, sender: Some(sender) };
                 Ok(response.map(|body| Body::upstream(body, Some(pooled))))
             }
             BackendProtocol::H2c => {
-                // HTTP/2 carries the authority as :authority, from the URI.
-                let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-                let authority = req
-                    .headers_mut()
-                    .remove(header::HOST)
-                    .and_then(|h| h.to_str().ok().map(str::to_owned))
-                    .unwrap_or_else(|| endpoint.to_string());
-                *req.uri_mut() = uri(&authority, &path_and_query)?;
-                *req.version_mut() = Version::HTTP_2;
+                to_h2c(&mut req, endpoint)?;
                 let mut sender = self.h2c_sender(endpoint).await?;
                 let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
                 Ok(response.map(|body| Body::upstream(body, None)))
             }
+        }
+    }
+
+    /// Sends `req` as [`Upstream::send`] does, but on `stream`: a new
+    /// connection to `endpoint` made for it ([`Upstream::connect`]) by the
+    /// scale-to-zero gate, which connects before it gives a request up. An
+    /// HTTP/1.1 connection goes to the pool after its response as any; an
+    /// HTTP/2 one becomes the endpoint's, for later requests to share.
+    pub async fn send_on(
+        &self,
+        protocol: BackendProtocol,
+        endpoint: SocketAddr,
+        stream: TcpStream,
+        mut req: Box<Request<RequestBody>>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.start_reaper();
+        match protocol {
+            BackendProtocol::Http1 if by_h1(&req) => {
+                let head = h1::encode_head(&req);
+                let head_request = req.method() == Method::HEAD;
+                drop(req);
+                let release = h1::Release { pool: self.h1.clone(), endpoint };
+                match h1::exchange(h1::Conn::new(stream), &head, head_request, release).await {
+                    Ok(response) => Ok(response.map(Body::h1)),
+                    Err(e) => Err(UpstreamError::Failed(e.error)),
+                }
+            }
+            BackendProtocol::Http1 => {
+                to_http1(&mut req)?;
+                let mut sender = handshake_http1(endpoint, stream).await?;
+                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                let pooled = Pooled { idle: self.http1.clone(), endpoint, sender: Some(sender) };
+                Ok(response.map(|body| Body::upstream(body, Some(pooled))))
+            }
+            BackendProtocol::H2c => {
+                to_h2c(&mut req, endpoint)?;
+                let mut sender = self.handshake_h2c(endpoint, stream).await?;
+                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                Ok(response.map(|body| Body::upstream(body, None)))
+            }
+        }
+    }
+
+    /// Whether [`Upstream::send`] would find a connection to `endpoint`
+    /// open already for a request like this one (`hyper`: one with a body or
+    /// an upgrade): an idle HTTP/1.1 connection, or the endpoint's HTTP/2
+    /// one. Idle connections found closed or stale on the way are dropped,
+    /// as taking them would. (Another request may take the idle one first.)
+    pub(crate) fn has_connection(&self, protocol: BackendProtocol, hyper: bool, endpoint: SocketAddr) -> bool {
+        match protocol {
+            BackendProtocol::Http1 if !hyper => self.h1.has_idle(endpoint, IDLE_TIMEOUT),
+            BackendProtocol::Http1 => {
+                let mut idle = lock(&self.http1);
+                let Some(list) = idle.get_mut(&endpoint) else { return false };
+                while let Some((sender, since)) = list.last() {
+                    if since.elapsed() <= IDLE_TIMEOUT && !sender.is_closed() {
+                        return true;
+                    }
+                    list.pop();
+                }
+                false
+            }
+            BackendProtocol::H2c => lock(&self.h2c).get(&endpoint).is_some_and(|s| !s.is_closed()),
         }
     }
 
@@ -185,18 +236,12 @@ impl Upstream {
     async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         self.start_reaper();
         let stream = self.connect(endpoint).await?;
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(%endpoint, error = %e, "backend connection ended");
-            }
-        });
-        Ok(sender)
+        handshake_http1(endpoint, stream).await
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(endpoint))
+    /// A new TCP connection to `endpoint`, within the connect timeout.
+    pub(crate) async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
             .await
             .map_err(|_| UpstreamError::Connect(format!("connect timed out after {:?}", self.connect_timeout).into()))?
             .map_err(|e| UpstreamError::Connect(e.into()))?;
@@ -217,6 +262,15 @@ impl Upstream {
     async fn connect_h2c(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         self.start_reaper();
         let stream = self.connect(endpoint).await?;
+        self.handshake_h2c(endpoint, stream).await
+    }
+
+    /// An HTTP/2 connection on `stream`, which becomes the endpoint's.
+    async fn handshake_h2c(
+        &self,
+        endpoint: SocketAddr,
+        stream: TcpStream,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -231,6 +285,51 @@ impl Upstream {
         lock(&self.h2c).insert(endpoint, sender.clone());
         Ok(sender)
     }
+}
+
+/// Whether a request goes by [`h1`]: an HTTP/1.1 request without a body,
+/// and no upgrade.
+pub(crate) fn by_h1(req: &Request<RequestBody>) -> bool {
+    req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE)
+}
+
+/// An HTTP/1.1 request in origin form: the path and query only.
+fn to_http1(req: &mut Request<RequestBody>) -> Result<(), UpstreamError> {
+    if req.uri().authority().is_some() {
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = Uri::try_from(path_and_query).map_err(|e| UpstreamError::Failed(e.into()))?;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+/// An HTTP/2 request: the authority as :authority, from the URI.
+fn to_h2c(req: &mut Request<RequestBody>, endpoint: SocketAddr) -> Result<(), UpstreamError> {
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| endpoint.to_string());
+    *req.uri_mut() = uri(&authority, &path_and_query)?;
+    *req.version_mut() = Version::HTTP_2;
+    Ok(())
+}
+
+/// An HTTP/1.1 client connection on `stream` (upgrades allowed), driven by
+/// a task of its own.
+async fn handshake_http1(
+    endpoint: SocketAddr,
+    stream: TcpStream,
+) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    let (sender, connection) =
+        http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Closes idle connections that outlived [`IDLE_TIMEOUT`] (those of
