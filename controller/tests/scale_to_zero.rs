@@ -27,19 +27,26 @@ const GATEWAY: &str = "10.245.240.1";
 const ADMIN: &str = "10.246.240.1";
 const PROMETHEUS: &str = "10.246.240.2:9099";
 
+/// A process the test started, killed when dropped (also when the test
+/// fails before the environment is complete).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Env {
     client: Client,
-    agimo: Child,
-    prometheus: Child,
+    _agimo: Process,
+    _prometheus: Process,
     prometheus_dir: std::path::PathBuf,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = self.agimo.kill();
-        let _ = self.agimo.wait();
-        let _ = self.prometheus.kill();
-        let _ = self.prometheus.wait();
         let _ = std::fs::remove_dir_all(&self.prometheus_dir);
         let _ = Command::new("kubectl").args(["delete", "namespace", NS, "--wait=false"]).output();
         let _ = Command::new("kubectl").args(["delete", "gatewayclass", NS, "--wait=false"]).output();
@@ -203,13 +210,15 @@ async fn setup() -> Env {
                         "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "Same"}}}]}}),
     )
     .await;
-    let agimo = Command::new(env!("CARGO_BIN_EXE_agimo"))
-        .args(["run", "--controller-name", &format!("agimo.dev/{NS}"), "--leader-election-namespace", NS])
-        .args(["--admin-address", &format!("{ADMIN}:9901"), "--metrics-address", &format!("{ADMIN}:9090")])
-        .env("RUST_LOG", "info,agimo_controller::status=warn")
-        .stdout(Stdio::inherit())
-        .spawn()
-        .expect("agimo starts");
+    let agimo = Process(
+        Command::new(env!("CARGO_BIN_EXE_agimo"))
+            .args(["run", "--controller-name", &format!("agimo.dev/{NS}"), "--leader-election-namespace", NS])
+            .args(["--admin-address", &format!("{ADMIN}:9901"), "--metrics-address", &format!("{ADMIN}:9090")])
+            .env("RUST_LOG", "info,agimo_controller::status=warn")
+            .stdout(Stdio::inherit())
+            .spawn()
+            .expect("agimo starts"),
+    );
     // A real Prometheus (Debian's package) scraping Agimo every second.
     let prometheus_dir = std::env::temp_dir().join(format!("agimo-prometheus-{}", std::process::id()));
     std::fs::create_dir_all(&prometheus_dir).unwrap();
@@ -219,15 +228,17 @@ async fn setup() -> Env {
         format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n- job_name: agimo\n  static_configs: [{{targets: ['{ADMIN}:9090']}}]\n"),
     )
     .unwrap();
-    let prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", prometheus_dir.join("data").display()))
-        .arg(format!("--web.listen-address={PROMETHEUS}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (apt install prometheus) starts");
-    Env { client, agimo, prometheus, prometheus_dir }
+    let prometheus = Process(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", prometheus_dir.join("data").display()))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (apt install prometheus) starts"),
+    );
+    Env { client, _agimo: agimo, _prometheus: prometheus, prometheus_dir }
 }
 
 #[tokio::test]
