@@ -14,10 +14,13 @@
 //! container whose image contains a pattern given with `--program
 //! PATTERN=PATH` runs that program from the local disk, in place of the
 //! image's entrypoint (`echo-basic`, the conformance suite's backend;
-//! `agimo-dev/agimo`, Agimo itself; `agimo-node-agent/test-shell`, `/bin/sh`
-//! for our tests). Either process gets what a kubelet gives a container, so
-//! that a program like `agimo` runs as an in-cluster client:
+//! `coredns/coredns`, the cluster DNS; `agimo-node-agent/test-shell`,
+//! `/bin/sh` for our tests). Either process gets what a kubelet gives a
+//! container, so that a program like `agimo` runs as an in-cluster client:
 //!
+//! - `/etc/resolv.conf` and `/etc/hosts` as the kubelet writes them
+//!   ([`dns`]: the cluster DNS for `dnsPolicy: ClusterFirst`, `dnsConfig`,
+//!   the pod's hostname and `hostAliases`);
 //! - its volumes at their mountPaths, bind-mounted in the process's own
 //!   mount namespace ([`process::prelude`] for programs, [`enter`] inside
 //!   an image's root), among them the service
@@ -35,8 +38,8 @@
 //! - on deletion its preStop hook, SIGTERM, and SIGKILL after the grace
 //!   period ([`pod`]).
 //!
-//! Any other container runs nothing but is reported running and ready,
-//! because the suite waits for every pod.
+//! A container of any other image cannot be pulled: it waits with
+//! `ErrImagePull`, then `ImagePullBackOff`, as a kubelet's would.
 //!
 //! ```text
 //!   kube-apiserver ──watch pods──▶ dispatcher ──pods/binding, Node + heartbeat──▶ kube-apiserver

@@ -43,8 +43,8 @@ struct Args {
     /// PATTERN=PATH: a container whose image contains PATTERN runs the
     /// program PATH (repeatable; the first match wins) in place of the
     /// image's entrypoint: with the container's args, after command[1..] if
-    /// it has a command. Containers of other images run nothing and are
-    /// reported running and ready.
+    /// it has a command. Containers of images neither here nor in an
+    /// --image-layout cannot be pulled (ErrImagePull).
     #[arg(long = "program", value_name = "PATTERN=PATH")]
     programs: Vec<String>,
     /// An OCI image layout (oci-layout, index.json, blobs/): the node's

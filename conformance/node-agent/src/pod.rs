@@ -34,8 +34,9 @@
 //! probe a container is ready once started, as the kubelet has it: whether
 //! it listens yet is not looked at); a failed liveness or startup probe sends SIGTERM, SIGKILL after
 //! the grace period, and the exit is handled as any other (restartPolicy,
-//! restartCount). Containers of images without a program run nothing and
-//! are not probed: they stay ready.
+//! restartCount). A container whose image is neither in the node's image
+//! layouts nor matched by a program does not start: it waits with
+//! `ErrImagePull`, then `ImagePullBackOff`, as with an image no registry has.
 //!
 //! Whatever fails (a Secret not there yet, a bad env reference, a missing
 //! program, an `ip` command, an API call) is retried with backoff and shown
@@ -137,8 +138,8 @@ impl Backoff {
 enum Run {
     /// Not running; (re)started once `retry` is due.
     Waiting { reason: &'static str, message: Option<String> },
-    /// Running: a process, or nothing for images without a program.
-    Running { process: Option<Process>, started_at: Time, since: Instant },
+    /// Running: its process.
+    Running { process: Process, started_at: Time, since: Instant },
     /// Exited, and the restartPolicy says it stays so.
     Terminated(ContainerStateTerminated),
 }
@@ -151,8 +152,21 @@ enum Source {
     Image { found: Box<image::Found>, pulled: Option<Arc<image::Pulled>> },
     /// A local program (`--program`) in place of the image's entrypoint.
     Program(PathBuf),
-    /// Nothing: reported running and ready.
-    Nothing,
+    /// Neither: the image cannot be pulled (looked for again at each try,
+    /// as a kubelet tries its registry again).
+    Missing,
+}
+
+impl Source {
+    /// Where `image` comes from on this node: its image layouts first, then
+    /// its programs.
+    fn of(ctx: &Ctx, image: &str) -> Source {
+        match (ctx.images.find(image), ctx.config.program_for(image)) {
+            (Some(found), _) => Source::Image { found: Box::new(found), pulled: None },
+            (None, Some(program)) => Source::Program(program.clone()),
+            (None, None) => Source::Missing,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -248,7 +262,7 @@ impl ContainerRun {
 
     fn process_mut(&mut self) -> Option<&mut Process> {
         match &mut self.run {
-            Run::Running { process: Some(p), .. } => Some(p),
+            Run::Running { process: p, .. } => Some(p),
             _ => None,
         }
     }
@@ -282,7 +296,7 @@ impl ContainerRun {
         let image_id = match &self.source {
             Source::Image { pulled, .. } => pulled.as_ref().map(|p| p.image_id.clone()).unwrap_or_default(),
             Source::Program(program) => format!("agimo://{}", program.display()),
-            Source::Nothing => "agimo://none".to_owned(),
+            Source::Missing => String::new(),
         };
         ContainerStatus {
             name: self.spec.name.clone(),
@@ -402,13 +416,7 @@ impl Worker {
             .containers
             .iter()
             .map(|c| {
-                let image = c.image.as_deref().unwrap_or_default();
-                // The node's images first, then programs, as documented.
-                let source = match (ctx.images.find(image), ctx.config.program_for(image)) {
-                    (Some(found), _) => Source::Image { found: Box::new(found), pulled: None },
-                    (None, Some(program)) => Source::Program(program.clone()),
-                    (None, None) => Source::Nothing,
-                };
+                let source = Source::of(&ctx, c.image.as_deref().unwrap_or_default());
                 ContainerRun::new(c, source)
             })
             .collect();
@@ -650,7 +658,7 @@ impl Worker {
         let c = &mut self.containers[i];
         match &mut c.run {
             Run::Waiting { .. } if c.retry.due() => self.start(i).await,
-            Run::Running { process: Some(p), started_at, since } => match p.child.try_wait() {
+            Run::Running { process: p, started_at, since } => match p.child.try_wait() {
                 Ok(Some(exit)) => {
                     let (started_at, since) = (started_at.clone(), *since);
                     self.exited(i, exit, started_at, since);
@@ -691,7 +699,7 @@ impl Worker {
     fn probe_result(&mut self, outcome: ProbeOutcome) {
         let pod_grace = self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
         let Some(c) = self.containers.get_mut(outcome.container) else { return };
-        let running = matches!(c.run, Run::Running { process: Some(_), .. });
+        let running = matches!(c.run, Run::Running { .. });
         if !running || c.restart_count != outcome.attempt || c.killing.is_some() {
             return;
         }
@@ -753,6 +761,19 @@ impl Worker {
     /// that failed: the container waits with `ErrImagePull`, then
     /// `ImagePullBackOff`, and is tried again after a backoff.
     async fn pull(&mut self, i: usize) -> bool {
+        let c = &mut self.containers[i];
+        let image = c.spec.image.clone().unwrap_or_default();
+        if matches!(c.source, Source::Missing) {
+            c.source = Source::of(&self.ctx, &image);
+        }
+        if matches!(c.source, Source::Missing) {
+            let e = format!(
+                "image {image:?} not found: it is in none of the node's image layouts (--image-layout) \
+                 and no --program matches it"
+            );
+            self.pull_failed(i, &image, e);
+            return false;
+        }
         let c = &self.containers[i];
         let Source::Image { found, pulled: None } = &c.source else { return true };
         let (found, image) = (found.clone(), c.spec.image.clone().unwrap_or_default());
@@ -786,18 +807,25 @@ impl Worker {
                 true
             }
             Err(e) => {
-                let delay = c.retry.fail();
-                let again = matches!(c.run, Run::Waiting { reason: "ErrImagePull" | "ImagePullBackOff", .. });
-                c.run = if again {
-                    let message = format!("Back-off pulling image {image:?}: {e}");
-                    Run::Waiting { reason: "ImagePullBackOff", message: Some(message) }
-                } else {
-                    Run::Waiting { reason: "ErrImagePull", message: Some(e.clone()) }
-                };
-                self.warn("Failed", format!("Failed to pull image {image:?}: {e}"), delay);
+                self.pull_failed(i, &image, e);
                 false
             }
         }
+    }
+
+    /// Container `i` waits with `ErrImagePull`, then `ImagePullBackOff`,
+    /// and is tried again after a backoff.
+    fn pull_failed(&mut self, i: usize, image: &str, e: String) {
+        let c = &mut self.containers[i];
+        let delay = c.retry.fail();
+        let again = matches!(c.run, Run::Waiting { reason: "ErrImagePull" | "ImagePullBackOff", .. });
+        c.run = if again {
+            let message = format!("Back-off pulling image {image:?}: {e}");
+            Run::Waiting { reason: "ImagePullBackOff", message: Some(message) }
+        } else {
+            Run::Waiting { reason: "ErrImagePull", message: Some(e.clone()) }
+        };
+        self.warn("Failed", format!("Failed to pull image {image:?}: {e}"), delay);
     }
 
     /// Starts container `i` (or reports why it cannot start).
@@ -823,19 +851,7 @@ impl Worker {
         let program = match &c.source {
             Source::Program(program) => Some(program.clone()),
             Source::Image { .. } => None,
-            Source::Nothing => {
-                // No program for this image: nothing runs, the container is up.
-                if let Err(e) = std::fs::File::create(&log) {
-                    tracing::warn!(container = %name, error = %e, "cannot create the log file");
-                }
-                c.run = Run::Running { process: None, started_at: now, since: Instant::now() };
-                c.restart_count = attempt;
-                c.started_once = true;
-                c.started = true;
-                c.ready = true;
-                tracing::info!(container = %name, image = ?c.spec.image, "no program for this image; reported running");
-                return;
-            }
+            Source::Missing => return, // pull() said why
         };
         let netns = self.sandbox.as_ref().map(|s| s.netns.clone()).unwrap_or_default();
         let cwd = self.dir.clone();
@@ -894,7 +910,7 @@ impl Worker {
                 c.killing = None;
                 c.started = !c.has_probe(probe::Kind::Startup);
                 c.ready = c.ready_without_probe();
-                c.run = Run::Running { process: Some(p), started_at: now, since: Instant::now() };
+                c.run = Run::Running { process: p, started_at: now, since: Instant::now() };
                 c.restart_count = attempt;
                 c.started_once = true;
                 self.event(EventType::Normal, "Started", format!("Started container {name}"));
@@ -943,9 +959,6 @@ impl Worker {
             probes: Vec::new(),
             pre_stop: None,
         };
-        if matches!(c.source, Source::Nothing) {
-            return Ok(prepared);
-        }
         let pod_name = format!("{}/{}", self.namespace, self.name);
         if image.is_none() {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -1139,7 +1152,7 @@ impl Worker {
         for c in &self.containers {
             match &c.run {
                 Run::Waiting { .. } => earlier(c.retry.at),
-                Run::Running { process: Some(_), .. } => {
+                Run::Running { .. } => {
                     if let Some(deadline) = c.killing {
                         earlier(deadline);
                         continue;

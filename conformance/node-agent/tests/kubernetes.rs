@@ -263,9 +263,10 @@ async fn secret_volumes_other_images_and_pods_that_cannot_start() {
         }
     }))
     .await;
-    // An image without a program: nothing runs, but the pod is Ready.
+    // An image the node has neither in a layout nor as a program: it cannot
+    // be pulled, as from a registry that does not have it.
     ns.apply(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "placeholder"},
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unknown"},
         "spec": {"containers": [{"name": "echo", "image": "registry.k8s.io/gateway-api/echo-advanced:v1.5.1"}]}
     }))
     .await;
@@ -299,9 +300,15 @@ async fn secret_volumes_other_images_and_pods_that_cannot_start() {
     let echo: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!((echo["pod"].as_str(), echo["tls"]["serverName"].as_str()), (Some("tls"), Some("abc.example.com")));
 
-    let placeholder = ready("placeholder").await;
-    assert!(placeholder["status"]["containerStatuses"][0]["state"]["running"].is_object());
-    assert_eq!(kubectl(&["logs", "-n", &ns.name, "placeholder"]), "");
+    let unknown = eventually("unknown waits with ImagePullBackOff", Duration::from_secs(30), || async {
+        let pod = ns.pod("unknown").await;
+        let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "ImagePullBackOff").then_some(waiting)
+    })
+    .await;
+    let message = unknown["message"].as_str().unwrap_or_default();
+    assert!(message.contains("echo-advanced:v1.5.1\" not found"), "{message}");
+    assert_eq!(condition(&ns.pod("unknown").await, "Ready").as_deref(), Some("False"));
 
     // The bad pod waits with a reason that names the problem, and an event.
     let bad = eventually("bad-env waits with CreateContainerConfigError", Duration::from_secs(30), || async {
