@@ -28,6 +28,10 @@ fi
 # busybox (Debian's busybox-static).
 [[ -x /bin/busybox ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null
 cargo test --workspace --locked
+# Agimo's container image, from the Dockerfile, with buildah (no daemon):
+# an OCI layout in ~/.cache/agimo/images/agimo, which the local cluster's node
+# runs the chart's pods from.
+image/build
 
 # Build what runs inside the cluster's network namespace first: there the
 # tests need no network.
