@@ -257,10 +257,12 @@ pub(crate) async fn admit<'r>(
 impl<'r> Gated<'r> {
     /// Counts the request as held, within `max-pending`.
     fn hold(&self) -> Result<Pending, ProxyError> {
-        self.host.hold(self.gate.max_pending).ok_or_else(|| ProxyError::TooManyPending {
+        let held = self.host.hold(self.gate.max_pending).ok_or_else(|| ProxyError::TooManyPending {
             host: self.host.label().to_string(),
             max: self.gate.max_pending,
-        })
+        })?;
+        self.shared.metrics.request_held();
+        Ok(held)
     }
 
     /// The error for a request that no endpoint took a connection from by

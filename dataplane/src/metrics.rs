@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use tokio::sync::watch;
 
 /// The `host` label value of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -98,6 +99,21 @@ impl HostStats {
         self.pending.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
         Some(Pending(self.clone()))
     }
+
+    /// Requests received so far (`requests_total`).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Requests held right now (`pending_requests_total`).
+    pub fn pending(&self) -> u64 {
+        u64::try_from(self.pending.load(Relaxed)).unwrap_or(0)
+    }
+
+    /// Requests forwarded and not finished (`active_requests_total`).
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.active.load(Relaxed)).unwrap_or(0)
+    }
 }
 
 /// A request counted in `active_requests_total` until dropped.
@@ -135,6 +151,9 @@ pub struct Metrics {
     all: AllHosts,
     hosts: Arc<ArcSwap<HostTable>>,
     unmatched: Arc<HostStats>,
+    /// Bumped each time a request starts being held: wakes whoever pushes
+    /// activity (the KEDA scaler) at once, without polling.
+    held: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Metrics {
@@ -166,7 +185,8 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metrics register once");
         }
-        Metrics { registry, refused, parked, all, hosts: Default::default(), unmatched }
+        let held = Arc::new(watch::Sender::new(0));
+        Metrics { registry, refused, parked, all, hosts: Default::default(), unmatched, held }
     }
 
     /// Makes `hosts` (the labels of a new snapshot) the ones requests find
@@ -206,6 +226,16 @@ impl Metrics {
         let stats = Arc::new(HostStats::new(label.clone()));
         all.insert(label, stats.clone());
         stats
+    }
+
+    /// Says that a request of some host has just been held.
+    pub fn request_held(&self) {
+        self.held.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time a request starts being held, on any host.
+    pub fn watch_held(&self) -> watch::Receiver<u64> {
+        self.held.subscribe()
     }
 
     pub fn refused_connection(&self) {

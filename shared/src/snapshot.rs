@@ -59,6 +59,18 @@ impl Snapshot {
         self.binds.iter().flat_map(|b| &b.listeners).flat_map(|l| l.routes.buckets()).map(|b| b.label.clone()).collect()
     }
 
+    /// The `host` labels of the buckets holding rules of `route`: where
+    /// its requests are counted. Empty when no listener serves the route.
+    pub fn route_host_labels(&self, route: &ObjectRef) -> std::collections::BTreeSet<Arc<str>> {
+        self.binds
+            .iter()
+            .flat_map(|b| &b.listeners)
+            .flat_map(|l| l.routes.buckets())
+            .filter(|b| b.entries.iter().any(|e| e.rule.route == *route))
+            .map(|b| b.label.clone())
+            .collect()
+    }
+
     /// The bind of the socket listening at `address`.
     pub fn bind(&self, address: SocketAddr) -> Option<&Bind> {
         self.binds.binary_search_by_key(&address, |b| b.address).ok().map(|i| &self.binds[i])
