@@ -265,6 +265,7 @@ pub fn start_agimo(env: &Env, config: &Path, log: &str, ports: AgimoPorts) -> Re
             .args(["--bind-address", "127.0.0.1", "--log-format", "json", "--worker-threads", "1"])
             .args(["--metrics-address", &format!("127.0.0.1:{}", ports.metrics)])
             .args(["--admin-address", &format!("127.0.0.1:{}", ports.admin)])
+            .args(["--keda-scaler-address", "off"])
             .env("RUST_LOG", "warn,agimo_controller::runtime=info"),
         &env.path(log),
     )?;

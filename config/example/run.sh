@@ -19,4 +19,5 @@ trap cleanup EXIT INT TERM
 ./target/release/agimo-echo --name app-v1 --listen 127.0.0.1:3001 & pids+=($!)
 ./target/release/agimo-echo --name app-v2 --listen 127.0.0.1:3002 & pids+=($!)
 ./target/release/agimo standalone --config config/example \
-  --bind-address 127.0.0.1 --metrics-address 127.0.0.1:9090 --admin-address 127.0.0.1:9901 "$@"
+  --bind-address 127.0.0.1 --metrics-address 127.0.0.1:9090 --admin-address 127.0.0.1:9901 \
+  --keda-scaler-address 127.0.0.1:9091 "$@"

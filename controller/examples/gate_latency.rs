@@ -189,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         let agimo = Command::new(&bin)
             .args(["run", "--controller-name", controller, "--leader-election-namespace", NS])
             .args(["--admin-address", &format!("{admin_ip}:9901"), "--metrics-address", &admin.to_string()])
+            .args(["--keda-scaler-address", &format!("{admin_ip}:9091")])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?;
@@ -202,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         let agimo = Command::new(&bin)
             .args(["standalone", "--config", &dir.display().to_string()])
             .args(["--admin-address", &format!("{admin_ip}:9901"), "--metrics-address", &admin.to_string()])
+            .args(["--keda-scaler-address", &format!("{admin_ip}:9091")])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?;

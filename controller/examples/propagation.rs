@@ -151,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let mut agimo = Command::new(&bin)
         .args(["run", "--controller-name", "agimo.dev/propagation", "--leader-election-namespace", NS])
         .args(["--admin-address", "10.246.250.2:9901", "--metrics-address", "10.246.250.2:9090"])
+        .args(["--keda-scaler-address", "10.246.250.2:9091"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

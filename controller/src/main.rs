@@ -138,6 +138,16 @@ struct ServeArgs {
     /// Where /status, /healthz, /readyz (and /metrics) are served.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_address: SocketAddr,
+    /// Where KEDA's external scaler gRPC service is served (triggers
+    /// `external-push` and `external`), or `off`.
+    #[arg(long, default_value = "0.0.0.0:9091", value_parser = parse_optional_address)]
+    keda_scaler_address: OptionalAddress,
+    /// HOST:PORT names (comma-separated) that resolve to the KEDA scaler of
+    /// every replica (in a cluster, a headless Service): the replica KEDA
+    /// talks to adds the others' requests to its own. Resolved every 5 s;
+    /// the replica's own address may be among them.
+    #[arg(long, value_delimiter = ',')]
+    keda_scaler_peers: Vec<String>,
     /// Time a client has to send a complete HTTP/1.1 request head; also
     /// closes idle HTTP/1.1 keep-alive connections.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -183,6 +193,18 @@ struct ServeArgs {
     escaped_slashes: EscapedSlashes,
 }
 
+/// A socket address, or `off` (clap takes `Option` as "the flag may be
+/// absent", hence the newtype).
+#[derive(Clone, Copy, Debug)]
+struct OptionalAddress(Option<SocketAddr>);
+
+fn parse_optional_address(s: &str) -> Result<OptionalAddress, String> {
+    match s {
+        "off" => Ok(OptionalAddress(None)),
+        _ => s.parse().map(|a| OptionalAddress(Some(a))).map_err(|e| format!("{s:?}: {e}; expected HOST:PORT or off")),
+    }
+}
+
 fn parse_escaped_slashes(s: &str) -> Result<EscapedSlashes, String> {
     match s {
         "unescape-and-redirect" => Ok(EscapedSlashes::UnescapeAndRedirect),
@@ -200,6 +222,8 @@ impl ServeArgs {
             bind_address: self.bind_address,
             metrics_address: self.metrics_address,
             admin_address: self.admin_address,
+            keda_scaler_address: self.keda_scaler_address.0,
+            keda_scaler_peers: self.keda_scaler_peers.clone(),
             shutdown_grace_period: self.shutdown_grace_period,
             shutdown_delay: self.shutdown_delay,
         }

@@ -35,6 +35,11 @@ pub struct ServeOptions {
     pub bind_address: IpAddr,
     pub metrics_address: SocketAddr,
     pub admin_address: SocketAddr,
+    /// Where KEDA's external scaler service listens; `None`: nowhere.
+    pub keda_scaler_address: Option<SocketAddr>,
+    /// HOST:PORT names resolving to every replica's scaler (a headless
+    /// Service), whose answers each replica adds to its own.
+    pub keda_scaler_peers: Vec<String>,
     /// How long a shutdown waits for open connections to finish.
     pub shutdown_grace_period: Duration,
     /// How long listeners keep accepting after a shutdown begins, with
@@ -80,6 +85,9 @@ impl Runtime {
         // "not ready" while connections drain.
         let admin_stop = CancellationToken::new();
         start_admin(options, &dataplane, &published, &admin_stop).await?;
+        if let Some(addr) = options.keda_scaler_address {
+            start_scaler(addr, options.keda_scaler_peers.clone(), &dataplane, &admin_stop).await?;
+        }
         let (first, statuses) = compile_and_stamp(world, &published);
         let (snapshots, receiver) = watch::channel(first);
         let stop = CancellationToken::new();
@@ -188,6 +196,30 @@ async fn start_admin(
         tracing::info!(%addr, ?endpoints, "admin endpoints");
         tokio::spawn(admin::serve(listener, dataplane.clone(), render.clone(), endpoints, stop.clone()));
     }
+    Ok(())
+}
+
+/// Serves KEDA's external scaler: like the admin endpoints, it outlives the
+/// listeners, so KEDA sees the requests still in flight while they drain.
+async fn start_scaler(
+    addr: SocketAddr,
+    peers: Vec<String>,
+    dataplane: &Dataplane,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use agimo_scaler::{Local, Peers, Scaler};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on KEDA scaler address {addr}"))?;
+    tracing::info!(%addr, ?peers, "KEDA external scaler");
+    let id = format!("{:016x}", fastrand::u64(..));
+    let peers = if peers.is_empty() { Peers::fixed(id, Vec::new()) } else { Peers::resolve(id, peers, stop.clone()) };
+    let (scaler, stop) = (Scaler::new(Local::new(dataplane.clone()), peers), stop.clone());
+    tokio::spawn(async move {
+        if let Err(e) = agimo_scaler::serve(listener, scaler, stop).await {
+            tracing::error!(%addr, error = %e, "KEDA external scaler stopped");
+        }
+    });
     Ok(())
 }
 

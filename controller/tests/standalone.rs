@@ -210,6 +210,7 @@ fn a_missing_config_is_a_clear_error_at_startup() {
     let output = Command::new(env!("CARGO_BIN_EXE_agimo"))
         .args(["standalone", "--config", "/nonexistent/agimo-config"])
         .args(["--metrics-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"])
+        .args(["--keda-scaler-address", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!output.status.success());

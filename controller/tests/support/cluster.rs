@@ -74,6 +74,7 @@ spec: {{controllerName: agimo.dev/{ns}}}
             .args(["--gateway-address-pool", &format!("10.245.{}.0/28", self.k)])
             .args(["--leader-election-namespace", &self.ns, "--leader-election-id", "agimo"])
             .args(["--admin-address", &admin.to_string(), "--metrics-address", &metrics.to_string()])
+            .args(["--keda-scaler-address", &SocketAddr::new(admin.ip(), 9091).to_string()])
             .env("POD_NAME", format!("replica-{replica}"))
             .env("RUST_LOG", "info,agimo_controller::status=warn")
             .stdout(Stdio::inherit())

@@ -33,6 +33,7 @@ pub fn spawn(ip: std::net::IpAddr, dir: PathBuf, config: &Path, args: &[&str]) -
         .arg(config)
         .args(["--metrics-address", &SocketAddr::new(ip, 9090).to_string()])
         .args(["--admin-address", &admin.to_string()])
+        .args(["--keda-scaler-address", &SocketAddr::new(ip, 9091).to_string()])
         .args(args)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
@@ -69,7 +70,11 @@ impl Running {
 /// whole configuration and runs `agimo standalone ARGS` on it until
 /// `/readyz` answers 200.
 pub async fn serve_config(yaml: &str, args: &[&str]) -> Running {
-    let ip = super::unique_loopback();
+    serve_config_at(super::unique_loopback(), yaml, args).await
+}
+
+/// [`serve_config`] on a loopback address the caller chose.
+pub async fn serve_config_at(ip: std::net::IpAddr, yaml: &str, args: &[&str]) -> Running {
     let dir = std::env::temp_dir().join(format!("agimo-process-{}-{ip}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("agimo.yaml"), yaml.replace("{{ip}}", &ip.to_string())).unwrap();

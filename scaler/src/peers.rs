@@ -1,0 +1,219 @@
+//! The other replicas of this Agimo. KEDA keeps one connection, to one
+//! replica behind the scaler's Service; that replica answers for all of
+//! them by asking the others, over the same gRPC contract with
+//! [`REPLICA_ONLY`] set to its own id ("your requests only: I sum").
+//!
+//! Peers are the addresses a name resolves to (in a cluster, a headless
+//! Service listing every ready replica), looked up every [`REFRESH`]. The
+//! name also resolves to the asking replica itself: a replica that receives
+//! its own id answers `AlreadyExists`, and the asker leaves that address
+//! out from then on.
+//!
+//! ```text
+//!  KEDA ──StreamIsActive──► replica A ──StreamIsActive (agimoReplicaOnly=A)──► replica B, C …
+//!                             │ own gate                                         │ their gates
+//!                             └─ true when any of them is active ◄───────────────┘
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::proto::external_scaler_client::ExternalScalerClient;
+use crate::proto::{GetMetricsRequest, ScaledObjectRef};
+use crate::trigger::REPLICA_ONLY;
+
+/// How often the peers' name is resolved again.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// How long a peer gets to answer a unary question, or to connect.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a peer stream that ended waits before it is opened again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A peer's answer to a unary question.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub value: u64,
+    pub active: bool,
+}
+
+/// The peer replicas, and how to ask them.
+#[derive(Clone)]
+pub struct Peers {
+    /// This replica's id, sent with every question.
+    id: String,
+    addrs: watch::Receiver<Vec<SocketAddr>>,
+    /// Addresses found to be this replica.
+    own: Arc<Mutex<HashSet<SocketAddr>>>,
+    clients: Arc<Mutex<HashMap<SocketAddr, ExternalScalerClient<Channel>>>>,
+}
+
+impl Peers {
+    /// Peers at the addresses `names` (HOST:PORT each) resolve to, looked
+    /// up now and every [`REFRESH`] until `stop`.
+    pub fn resolve(id: String, names: Vec<String>, stop: CancellationToken) -> Peers {
+        let (tx, addrs) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            loop {
+                let mut found: Vec<SocketAddr> = Vec::new();
+                let mut complete = true;
+                for name in &names {
+                    match tokio::net::lookup_host(name.as_str()).await {
+                        Ok(addrs) => found.extend(addrs),
+                        Err(e) => {
+                            // No ready replica yet, or a wrong name: say why.
+                            tracing::warn!(%name, error = %e, "cannot resolve KEDA scaler peers");
+                            complete = false;
+                        }
+                    }
+                }
+                found.sort();
+                found.dedup();
+                // A failed lookup keeps what the last one found.
+                tx.send_if_modified(|current| {
+                    let changed = *current != found && (complete || !found.is_empty());
+                    if changed {
+                        tracing::info!(peers = ?found, "KEDA scaler peers");
+                        *current = found;
+                    }
+                    changed
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(REFRESH) => {}
+                }
+            }
+        });
+        Peers::with(id, addrs)
+    }
+
+    /// Peers at fixed addresses.
+    pub fn fixed(id: String, addrs: Vec<SocketAddr>) -> Peers {
+        Peers::with(id, watch::channel(addrs).1)
+    }
+
+    fn with(id: String, addrs: watch::Receiver<Vec<SocketAddr>>) -> Peers {
+        Peers { id, addrs, own: Arc::default(), clients: Arc::default() }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The peers now, this replica left out.
+    pub fn current(&self) -> Vec<SocketAddr> {
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        self.addrs.borrow().iter().filter(|a| !own.contains(a)).copied().collect()
+    }
+
+    /// Changes when the resolved addresses do.
+    pub fn watch(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.addrs.clone()
+    }
+
+    fn client(&self, addr: SocketAddr) -> ExternalScalerClient<Channel> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|a, _| self.addrs.borrow().contains(a));
+        clients
+            .entry(addr)
+            .or_insert_with(|| {
+                let endpoint =
+                    Endpoint::from_shared(format!("http://{addr}")).expect("a socket address is a valid URI");
+                ExternalScalerClient::new(endpoint.connect_timeout(TIMEOUT).connect_lazy())
+            })
+            .clone()
+    }
+
+    /// The question for a peer: `so`, asking for its own requests only.
+    fn question(&self, so: &ScaledObjectRef) -> ScaledObjectRef {
+        let mut so = so.clone();
+        so.scaler_metadata.insert(REPLICA_ONLY.into(), self.id.clone());
+        so
+    }
+
+    /// Whether `status` is a peer saying it is this replica; if so, leaves
+    /// `addr` out from now on.
+    fn is_own(&self, addr: SocketAddr, status: &Status) -> bool {
+        let own = status.code() == Code::AlreadyExists;
+        if own {
+            self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(addr);
+        }
+        own
+    }
+
+    /// Asks one peer for its value and activity; `None` if it cannot say
+    /// (logged: a replica that is not answering is not counted).
+    pub async fn ask(&self, addr: SocketAddr, so: &ScaledObjectRef, metric_name: &str) -> Option<Answer> {
+        let mut client = self.client(addr);
+        let question = self.question(so);
+        let metrics = GetMetricsRequest { scaled_object_ref: Some(question.clone()), metric_name: metric_name.into() };
+        let asked = async {
+            let value =
+                client.get_metrics(metrics).await?.into_inner().metric_values.first().map_or(0, |m| m.metric_value);
+            let active = client.is_active(question).await?.into_inner().result;
+            Ok::<_, Status>(Answer { value: u64::try_from(value).unwrap_or(0), active })
+        };
+        match tokio::time::timeout(TIMEOUT, asked).await {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(status)) if self.is_own(addr, &status) => None,
+            Ok(Err(status)) => {
+                tracing::warn!(peer = %addr, code = ?status.code(), error = status.message(), "KEDA scaler peer did not answer");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(peer = %addr, "KEDA scaler peer did not answer in time");
+                None
+            }
+        }
+    }
+
+    /// Follows one peer's StreamIsActive for `so`: sends `(addr, Some(active))`
+    /// for each message and `(addr, None)` when the stream breaks (then opens
+    /// it again after [`RETRY`]), until `tx` closes or the peer turns out to
+    /// be this replica.
+    pub async fn follow(self, addr: SocketAddr, so: ScaledObjectRef, tx: mpsc::Sender<(SocketAddr, Option<bool>)>) {
+        let question = self.question(&so);
+        loop {
+            let mut client = self.client(addr);
+            let ended = match client.stream_is_active(question.clone()).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(message)) => {
+                                if tx.send((addr, Some(message.result))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break None,
+                            Err(status) => break Some(status),
+                        }
+                    }
+                }
+                Err(status) => Some(status),
+            };
+            if let Some(status) = &ended {
+                if self.is_own(addr, status) {
+                    let _ = tx.send((addr, None)).await;
+                    return;
+                }
+                tracing::debug!(peer = %addr, error = status.message(), "KEDA scaler peer stream ended");
+            }
+            if tx.send((addr, None)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+}
