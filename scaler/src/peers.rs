@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -37,6 +38,18 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a peer stream that ended waits before it is opened again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The addresses of HOST:PORT: itself if HOST is an IP address.
+async fn lookup(resolver: Option<&TokioResolver>, name: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = name.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (host, port) = name.rsplit_once(':').ok_or("expected HOST:PORT")?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let resolver = resolver.ok_or("no DNS resolver")?;
+    let ips = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
+    Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+}
 
 /// A peer's answer to a unary question.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,15 +71,24 @@ pub struct Peers {
 
 impl Peers {
     /// Peers at the addresses `names` (HOST:PORT each) resolve to, looked
-    /// up now and every [`REFRESH`] until `stop`.
+    /// up now and every [`REFRESH`] until `stop`. Names go to the DNS
+    /// servers of /etc/resolv.conf (with its search domains), through a
+    /// resolver in Rust: Agimo's image has no libc name service modules.
     pub fn resolve(id: String, names: Vec<String>, stop: CancellationToken) -> Peers {
         let (tx, addrs) = watch::channel(Vec::new());
         tokio::spawn(async move {
+            let resolver = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+                Ok(resolver) => Some(resolver),
+                Err(e) => {
+                    tracing::error!(error = %e, "no DNS resolver (/etc/resolv.conf): only KEDA scaler peers given as IP:PORT are found");
+                    None
+                }
+            };
             loop {
                 let mut found: Vec<SocketAddr> = Vec::new();
                 let mut complete = true;
                 for name in &names {
-                    match tokio::net::lookup_host(name.as_str()).await {
+                    match lookup(resolver.as_ref(), name).await {
                         Ok(addrs) => found.extend(addrs),
                         Err(e) => {
                             // No ready replica yet, or a wrong name: say why.
