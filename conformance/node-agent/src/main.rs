@@ -55,7 +55,7 @@ struct Args {
     #[arg(long = "image-layout", value_name = "DIR")]
     image_layouts: Vec<PathBuf>,
     /// Per-pod directories (materialised volumes, logs).
-    #[arg(long, default_value = "/tmp/agimo-cluster/node")]
+    #[arg(long, default_value = "/var/lib/agimo-node")]
     state_dir: PathBuf,
     /// Port of the log server (published as the kubelet endpoint).
     #[arg(long, default_value_t = 10250)]
