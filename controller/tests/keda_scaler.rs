@@ -157,3 +157,19 @@ async fn bad_metadata_and_unknown_routes_are_errors_that_say_why() {
     let so = scaled_object(&[("host", "app.example")]);
     assert!(!keda.is_active(so).await.unwrap().into_inner().result);
 }
+
+#[tokio::test]
+async fn a_single_replica_keeps_the_stream_open_and_repeats_its_state() {
+    let alone = support::process::serve_config(&config(), &[]).await;
+    let mut keda = keda(&alone).await;
+    let mut stream = keda.stream_is_active(scaled_object(&[("httpRoute", "app")])).await.unwrap().into_inner();
+    // The state at once, then again every second, on one open stream.
+    for n in 0..3 {
+        let message = tokio::time::timeout(Duration::from_secs(3), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} within 3 s"))
+            .unwrap_or_else(|e| panic!("message {n}: {e}"))
+            .unwrap_or_else(|| panic!("the stream ended after {n} messages"));
+        assert!(!message.result);
+    }
+}

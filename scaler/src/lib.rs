@@ -117,6 +117,7 @@ impl Scaler {
         let name = format!("{}/{}", so.namespace, so.name);
         let mut held = self.local.watch_held();
         let mut addrs = self.peers.watch();
+        let mut addrs_open = true;
         let (peer_tx, mut peer_rx) = mpsc::channel(16);
         let mut following: HashMap<SocketAddr, Task> = HashMap::new();
         let mut peer_states: HashMap<SocketAddr, bool> = HashMap::new();
@@ -157,7 +158,8 @@ impl Scaler {
             }
             tokio::select! {
                 changed = held.changed() => if changed.is_err() { return },
-                changed = addrs.changed() => if changed.is_err() { return },
+                // The resolver stopped (shutdown): peers stay as they are.
+                changed = addrs.changed(), if addrs_open => addrs_open = changed.is_ok(),
                 Some((addr, state)) = peer_rx.recv() => {
                     match state {
                         Some(active) => peer_states.insert(addr, active),

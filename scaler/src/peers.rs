@@ -64,6 +64,9 @@ pub struct Peers {
     /// This replica's id, sent with every question.
     id: String,
     addrs: watch::Receiver<Vec<SocketAddr>>,
+    /// The sender of fixed addresses, kept so that `addrs` stays open
+    /// (a closed watch would end every stream that follows it).
+    _fixed: Option<Arc<watch::Sender<Vec<SocketAddr>>>>,
     /// Addresses found to be this replica.
     own: Arc<Mutex<HashSet<SocketAddr>>>,
     clients: Arc<Mutex<HashMap<SocketAddr, ExternalScalerClient<Channel>>>>,
@@ -119,11 +122,12 @@ impl Peers {
 
     /// Peers at fixed addresses.
     pub fn fixed(id: String, addrs: Vec<SocketAddr>) -> Peers {
-        Peers::with(id, watch::channel(addrs).1)
+        let (tx, addrs) = watch::channel(addrs);
+        Peers { _fixed: Some(Arc::new(tx)), ..Peers::with(id, addrs) }
     }
 
     fn with(id: String, addrs: watch::Receiver<Vec<SocketAddr>>) -> Peers {
-        Peers { id, addrs, own: Arc::default(), clients: Arc::default() }
+        Peers { id, addrs, _fixed: None, own: Arc::default(), clients: Arc::default() }
     }
 
     pub fn id(&self) -> &str {
