@@ -19,7 +19,7 @@
 //!
 //! Waiters are woken by swaps (EndpointSlice changes compiled into a new
 //! snapshot), never by polling; a connect that failed is tried again after
-//! 10 ms, doubling to 500 ms (each with jitter: half to all of it), against
+//! 5 ms, growing by half to 250 ms (each with jitter: half to all of it), against
 //! the rule's ready endpoints as the snapshot has them then. The request is
 //! prepared for its backendRef and given to the upstream only once it has
 //! its connection: nothing of it has been sent when a connect fails, so
@@ -42,10 +42,12 @@ use crate::error::{ConnectWaitTimeout, ProxyError};
 use crate::metrics::{Active, HostStats, Pending};
 use crate::upstream::{BoxError, UpstreamError};
 
-/// The wait before the first connect is tried again; it doubles at each
-/// failure, up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
-const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// The wait before the first connect is tried again; it grows by half at
+/// each failure, up to [`MAX_RETRY_DELAY`]: a pod that is Ready before
+/// it listens usually listens within tens of milliseconds, and each wait
+/// past that moment is time its first request loses.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(5);
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// The backends of a rule that have ready endpoints in the current
 /// snapshot, with their weights; the request's rule may come from an older
@@ -249,7 +251,7 @@ pub(crate) async fn admit<'r>(
         if tokio::time::Instant::now() >= deadline {
             return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
         }
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        delay = (delay * 3 / 2).min(MAX_RETRY_DELAY);
         failed = Some((error, backend, endpoint));
     }
 }
