@@ -44,6 +44,7 @@ fn bad_gateway_service_options_are_usage_errors_that_name_the_option() {
         (&["--shutdown-delay=soon"], "--shutdown-delay"),
         (&["--park-idle-after=soon"], "--park-idle-after"),
         (&["--park-idle-after=-1s"], "--park-idle-after"),
+        (&["--keda-scaler-address=9091"], "--keda-scaler-address"),
     ];
     for (args, option) in cases {
         let (code, stderr) = run(args);
