@@ -154,6 +154,59 @@ fn route(name: &str, host: &str) -> Value {
                     "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}})
 }
 
+/// The KEDA scaler of the chart: a request held by whichever replica the
+/// Gateway's Service chose is counted by both replicas' scalers (pod IP,
+/// port 9091), each having found the other through the headless Service by
+/// the cluster DNS, and by the scaler Service KEDA would dial.
+async fn keda_scaler_answers_for_every_replica(env: &Env, gateway: SocketAddr, pods: &[Pod]) {
+    use agimo_scaler::proto::external_scaler_client::ExternalScalerClient;
+    use agimo_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+    env.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "idle", "namespace": NS},
+        "spec": {"selector": {"app": "idle"}, "ports": [{"name": "http", "port": 80, "targetPort": 3000}]}}))
+        .await;
+    env.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "held", "namespace": NS,
+                     "annotations": {"agimo.dev/scale-to-zero": "true", "agimo.dev/wait-timeout": "60s"}},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["held.example"],
+                 "rules": [{"backendRefs": [{"name": "idle", "port": 80}]}]}}))
+        .await;
+    env.wait_for("HTTPRoute", "held", 30, "Accepted", route_accepted).await;
+    let so = ScaledObjectRef {
+        name: "idle".into(),
+        namespace: NS.into(),
+        scaler_metadata: [("httpRoute".to_owned(), "held".to_owned())].into(),
+    };
+    let value = |addr: String| {
+        let so = so.clone();
+        async move {
+            let mut keda = ExternalScalerClient::connect(format!("http://{addr}")).await.ok()?;
+            let request = GetMetricsRequest { scaled_object_ref: Some(so), metric_name: String::new() };
+            Some(keda.get_metrics(request).await.ok()?.into_inner().metric_values.first()?.metric_value)
+        }
+    };
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.agimo_ns);
+    let scaler = services.get("agimo-keda-scaler").await.expect("the chart's KEDA scaler Service");
+    let cluster_ip = scaler.spec.and_then(|s| s.cluster_ip).expect("a cluster IP");
+    let mut scalers: Vec<String> = pods
+        .iter()
+        .map(|p| format!("{}:9091", p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP")))
+        .collect();
+    scalers.push(format!("{cluster_ip}:9091"));
+    let held = tokio::spawn(client::send(gateway, Mode::Http1, client::get("held.example", "/wake")));
+    let started = Instant::now();
+    for addr in &scalers {
+        while value(addr.clone()).await != Some(1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the scaler at {addr} does not count the request held by one of the replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    held.abort();
+    println!("every scaler ({scalers:?}) counted the held request after {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leader() {
     let env = Env::new().await;
@@ -223,6 +276,8 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     let other: SocketAddr = format!("{}:80", addresses[1]).parse().unwrap();
     let reply = client::send(other, Mode::Http1, client::get("first.example", "/")).await.expect("gw2 answers");
     assert_eq!(reply.status, 404, "gw2 must not serve gw's route");
+
+    keda_scaler_answers_for_every_replica(&env, gateway, &pods).await;
 
     // Traffic flows while the leader pod is deleted.
     let stop = Arc::new(AtomicBool::new(false));

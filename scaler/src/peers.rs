@@ -80,7 +80,15 @@ impl Peers {
     pub fn resolve(id: String, names: Vec<String>, stop: CancellationToken) -> Peers {
         let (tx, addrs) = watch::channel(Vec::new());
         tokio::spawn(async move {
-            let resolver = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+            // No cache: each lookup asks again (every REFRESH), so a name
+            // that had no ready replica a moment ago is not held negative
+            // for the DNS server's SOA TTL.
+            let resolver = TokioResolver::builder_tokio().and_then(|mut b| {
+                b.options_mut().positive_max_ttl = Some(Duration::ZERO);
+                b.options_mut().negative_max_ttl = Some(Duration::ZERO);
+                b.build()
+            });
+            let resolver = match resolver {
                 Ok(resolver) => Some(resolver),
                 Err(e) => {
                     tracing::error!(error = %e, "no DNS resolver (/etc/resolv.conf): only KEDA scaler peers given as IP:PORT are found");
