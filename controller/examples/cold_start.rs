@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use agimo_testkit::client::{self, Mode};
 use futures_util::StreamExt;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -38,35 +38,12 @@ const GATEWAY: &str = "10.245.242.1";
 const ADMIN: &str = "10.246.242.1";
 const PROMETHEUS: &str = "10.246.242.2";
 
-fn resource(kind: &str) -> ApiResource {
-    let (group, version, plural) = match kind {
-        "Namespace" => ("", "v1", "namespaces"),
-        "Service" => ("", "v1", "services"),
-        "Pod" => ("", "v1", "pods"),
-        "EndpointSlice" => ("discovery.k8s.io", "v1", "endpointslices"),
-        "Deployment" => ("apps", "v1", "deployments"),
-        "GatewayClass" => ("gateway.networking.k8s.io", "v1", "gatewayclasses"),
-        "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways"),
-        "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes"),
-        "ScaledObject" => ("keda.sh", "v1alpha1", "scaledobjects"),
-        other => panic!("no ApiResource for {other}"),
-    };
-    let api_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
-    ApiResource { group: group.into(), version: version.into(), api_version, kind: kind.into(), plural: plural.into() }
-}
-
-fn api(client: &Client, kind: &str) -> Api<DynamicObject> {
-    match kind {
-        "Namespace" | "GatewayClass" => Api::all_with(client.clone(), &resource(kind)),
-        _ => Api::namespaced_with(client.clone(), NS, &resource(kind)),
-    }
+async fn api(client: &Client, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    agimo_testkit::kube::api(client, NS, api_version, kind).await
 }
 
 async fn apply(client: &Client, object: Value) -> anyhow::Result<()> {
-    let kind = object["kind"].as_str().unwrap().to_owned();
-    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-    let object: DynamicObject = serde_json::from_value(object)?;
-    api(client, &kind).patch(&name, &PatchParams::apply("agimo-bench").force(), &Patch::Apply(&object)).await?;
+    agimo_testkit::kube::apply(client, NS, object, "agimo-bench").await;
     Ok(())
 }
 
@@ -93,9 +70,9 @@ enum Seen {
 }
 
 /// Watches the Deployment and its pods for the moments of [`Seen`].
-fn watch(client: &Client, name: &str) -> mpsc::UnboundedReceiver<Seen> {
+async fn watch(client: &Client, name: &str) -> mpsc::UnboundedReceiver<Seen> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let deployments = api(client, "Deployment");
+    let deployments = api(client, "apps/v1", "Deployment").await;
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let scale = tx.clone();
     tokio::spawn(async move {
@@ -111,7 +88,7 @@ fn watch(client: &Client, name: &str) -> mpsc::UnboundedReceiver<Seen> {
             }
         }
     });
-    let slices = api(client, "EndpointSlice");
+    let slices = api(client, "discovery.k8s.io/v1", "EndpointSlice").await;
     let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
     let slice = tx.clone();
     tokio::spawn(async move {
@@ -128,7 +105,7 @@ fn watch(client: &Client, name: &str) -> mpsc::UnboundedReceiver<Seen> {
             }
         }
     });
-    let pods = api(client, "Pod");
+    let pods = api(client, "v1", "Pod").await;
     let config = watcher::Config::default().labels(&format!("app={name}"));
     tokio::spawn(async move {
         let mut ready = std::collections::HashSet::new();
@@ -153,9 +130,9 @@ fn watch(client: &Client, name: &str) -> mpsc::UnboundedReceiver<Seen> {
 async fn at_zero(client: &Client, name: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let d = api(client, "Deployment").get(name).await?;
+        let d = api(client, "apps/v1", "Deployment").await.get(name).await?;
         let replicas = d.data["spec"]["replicas"].as_i64().unwrap_or(0);
-        let pods = api(client, "Pod").list(&ListParams::default().labels(&format!("app={name}"))).await?;
+        let pods = api(client, "v1", "Pod").await.list(&ListParams::default().labels(&format!("app={name}"))).await?;
         if replicas == 0 && pods.items.is_empty() {
             return Ok(());
         }
@@ -296,7 +273,7 @@ async fn workload(client: &Client, name: &str, trigger: Value) -> anyhow::Result
     .await?;
     let started = Instant::now();
     loop {
-        let so = api(client, "ScaledObject").get(name).await?;
+        let so = api(client, "keda.sh/v1alpha1", "ScaledObject").await.get(name).await?;
         let ready = so.data["status"]["conditions"]
             .as_array()
             .into_iter()
@@ -318,7 +295,7 @@ async fn run(client: &Client, label: &str, name: &str, trigger: Value, trials: u
     let gateway: SocketAddr = format!("{GATEWAY}:80").parse()?;
     let host = format!("{name}.bench");
     workload(client, name, trigger).await?;
-    let mut seen = watch(client, name);
+    let mut seen = watch(client, name).await;
     let (mut total, mut to_scale, mut to_ready, mut to_slice, mut to_response, mut own) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut lost = 0;

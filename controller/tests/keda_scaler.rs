@@ -153,6 +153,17 @@ async fn bad_metadata_and_unknown_routes_are_errors_that_say_why() {
     assert_eq!(code, Code::InvalidArgument);
     assert!(message.starts_with("ScaledObject shop/app: metadata needs httpRoute"), "{message}");
 
+    let request = GetMetricsRequest { scaled_object_ref: None, metric_name: "x".into() };
+    let (code, message) = error(keda.get_metrics(request).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert_eq!(message, "GetMetrics without a scaledObjectRef");
+
+    let (code, message) = error(
+        keda.get_metric_spec(scaled_object(&[("host", "app.example"), ("targetValue", "-1")])).await.unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("expected a number above 0"), "{message}");
+
     // The same route by its hostname is fine.
     let so = scaled_object(&[("host", "app.example")]);
     assert!(!keda.is_active(so).await.unwrap().into_inner().result);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use agimo_testkit::client::{self, Mode};
 use futures_util::{SinkExt, StreamExt};
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,44 +62,13 @@ impl Drop for Env {
     }
 }
 
-fn resource(kind: &str) -> ApiResource {
-    let (group, version, plural) = match kind {
-        "Namespace" => ("", "v1", "namespaces"),
-        "Service" => ("", "v1", "services"),
-        "Pod" => ("", "v1", "pods"),
-        "EndpointSlice" => ("discovery.k8s.io", "v1", "endpointslices"),
-        "Deployment" => ("apps", "v1", "deployments"),
-        "StatefulSet" => ("apps", "v1", "statefulsets"),
-        "GatewayClass" => ("gateway.networking.k8s.io", "v1", "gatewayclasses"),
-        "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways"),
-        "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes"),
-        "ScaledObject" => ("keda.sh", "v1alpha1", "scaledobjects"),
-        other => panic!("no ApiResource for {other}"),
-    };
-    let api_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
-    ApiResource { group: group.into(), version: version.into(), api_version, kind: kind.into(), plural: plural.into() }
-}
-
-fn api_in(client: &Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
-    match kind {
-        "Namespace" | "GatewayClass" => Api::all_with(client.clone(), &resource(kind)),
-        _ => Api::namespaced_with(client.clone(), namespace, &resource(kind)),
-    }
-}
-
 async fn apply(client: &Client, object: Value) {
-    let kind = object["kind"].as_str().unwrap().to_owned();
-    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-    let object: DynamicObject = serde_json::from_value(object).unwrap();
-    api_in(client, &kind, NS)
-        .patch(&name, &PatchParams::apply("agimo-tests").force(), &Patch::Apply(&object))
-        .await
-        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    agimo_testkit::kube::apply(client, NS, object, "agimo-tests").await;
 }
 
-async fn get(client: &Client, kind: &str, name: &str) -> Value {
-    let object = api_in(client, kind, NS).get(name).await.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"));
-    serde_json::to_value(object).unwrap()
+async fn get(client: &Client, api_version: &str, kind: &str, name: &str) -> Value {
+    let api = agimo_testkit::kube::api(client, NS, api_version, kind).await;
+    serde_json::to_value(api.get(name).await.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))).unwrap()
 }
 
 /// The documents of a file of `config/keda/`.
@@ -241,7 +210,7 @@ async fn scale_with(client: &Client, docs: Vec<Value>, host: &str) {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         apply(client, object).await;
         eventually(&format!("ScaledObject {name} is Ready"), 60, || async {
-            let so = get(client, "ScaledObject", &name).await;
+            let so = get(client, "keda.sh/v1alpha1", "ScaledObject", &name).await;
             so["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -253,7 +222,7 @@ async fn scale_with(client: &Client, docs: Vec<Value>, host: &str) {
 }
 
 async fn replicas(client: &Client, kind: &str, name: &str) -> i64 {
-    get(client, kind, name).await["spec"]["replicas"].as_i64().unwrap_or(0)
+    get(client, "apps/v1", kind, name).await["spec"]["replicas"].as_i64().unwrap_or(0)
 }
 
 /// Waits until KEDA has scaled the workload to zero and its pods are gone.
@@ -262,7 +231,7 @@ async fn at_zero(client: &Client, kind: &str, name: &str, seconds: u64) {
         replicas(client, kind, name).await == 0
     })
     .await;
-    let pods = api_in(client, "Pod", NS);
+    let pods: Api<DynamicObject> = agimo_testkit::kube::api(client, NS, "v1", "Pod").await;
     eventually(&format!("{name}'s pods are gone"), 60, || async {
         pods.list(&ListParams::default().labels(&format!("app={name}"))).await.unwrap().items.is_empty()
     })
@@ -479,9 +448,11 @@ async fn the_keda_examples_are_valid_objects() {
         let file = entry.unwrap().file_name().into_string().unwrap();
         for doc in example(&file) {
             let kind = doc["kind"].as_str().unwrap().to_owned();
+            let api_version = doc["apiVersion"].as_str().unwrap().to_owned();
             let namespace = doc["metadata"]["namespace"].as_str().unwrap().to_owned();
             let object: DynamicObject = serde_json::from_value(doc).unwrap();
-            api_in(&client, &kind, &namespace)
+            agimo_testkit::kube::api(&client, &namespace, &api_version, &kind)
+                .await
                 .create(&PostParams { dry_run: true, ..Default::default() }, &object)
                 .await
                 .unwrap_or_else(|e| panic!("{file}: {kind} refused by the API server (server-side dry run): {e}"));

@@ -251,3 +251,18 @@ impl Peers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn peer_names_are_host_and_port_or_a_clear_error() {
+        assert_eq!(lookup(None, "10.0.0.7:9091").await, Ok(vec!["10.0.0.7:9091".parse().unwrap()]));
+        assert_eq!(lookup(None, "[fd00::7]:9091").await, Ok(vec!["[fd00::7]:9091".parse().unwrap()]));
+        assert_eq!(lookup(None, "agimo-keda-scaler-peers").await, Err("expected HOST:PORT".to_owned()));
+        assert_eq!(lookup(None, "peers.agimo.svc:grpc").await, Err(r#"bad port "grpc""#.to_owned()));
+        assert_eq!(lookup(None, "peers.agimo.svc:70000").await, Err(r#"bad port "70000""#.to_owned()));
+        assert_eq!(lookup(None, "peers.agimo.svc:9091").await, Err("no DNS resolver".to_owned()));
+    }
+}

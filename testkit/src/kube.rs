@@ -23,23 +23,33 @@ pub async fn test_namespace(prefix: &str) -> (Client, String) {
     (client, name)
 }
 
+/// The API for objects of `api_version`/`kind` (found by discovery): in
+/// `namespace`, unless the kind is cluster-scoped.
+pub async fn api(client: &Client, namespace: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    scoped_api(client, namespace, api_version, kind).await.0
+}
+
+async fn scoped_api(client: &Client, namespace: &str, api_version: &str, kind: &str) -> (Api<DynamicObject>, bool) {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let (resource, capabilities) = discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
+        .await
+        .unwrap_or_else(|e| panic!("discover {kind}: {e}"));
+    match capabilities.scope {
+        discovery::Scope::Cluster => (Api::all_with(client.clone(), &resource), false),
+        discovery::Scope::Namespaced => (Api::namespaced_with(client.clone(), namespace, &resource), true),
+    }
+}
+
 /// Server-side applies `object` with field manager `manager`, in namespace
 /// `namespace` unless it is cluster-scoped.
 pub async fn apply(client: &Client, namespace: &str, mut object: Value, manager: &str) {
     let api_version = object["apiVersion"].as_str().expect("apiVersion").to_owned();
     let kind = object["kind"].as_str().expect("kind").to_owned();
     let name = object["metadata"]["name"].as_str().expect("metadata.name").to_owned();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    let (resource, capabilities) = discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, &kind))
-        .await
-        .unwrap_or_else(|e| panic!("discover {kind}: {e}"));
-    let api: Api<DynamicObject> = match capabilities.scope {
-        discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
-        discovery::Scope::Namespaced => {
-            object["metadata"]["namespace"] = json!(namespace);
-            Api::namespaced_with(client.clone(), namespace, &resource)
-        }
-    };
+    let (api, namespaced) = scoped_api(client, namespace, &api_version, &kind).await;
+    if namespaced {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
     let object: DynamicObject = serde_json::from_value(object).expect("an object");
     api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&object))
         .await
