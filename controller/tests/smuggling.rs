@@ -194,6 +194,22 @@ async fn invalid_chunk_sizes_never_reach_the_backend_complete() {
     assert!(probe.recorder.requests().iter().all(|r| !r.target().contains("smuggled")));
 }
 
+/// A broken chunked body is the client's fault: a 400 with its own reason,
+/// as nginx answers, never a 502 that blames the backend.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_answered_400_not_blamed_on_the_backend() {
+    let probe = Probe::start().await;
+    for size_line in ["0x5", "g", "5 5"] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\nhello\r\n0\r\n\r\n"
+        );
+        let outcome = probe.send(request.as_bytes()).await;
+        assert_eq!(outcome.statuses, [400], "{size_line:?}: {outcome:#?}");
+        assert!(outcome.response.contains("x-agimo-reason: invalid-request-body"), "{size_line:?}: {outcome:#?}");
+        assert!(outcome.closed, "{size_line:?}: {outcome:#?}");
+    }
+}
+
 #[tokio::test]
 async fn bare_line_feeds_are_normalised_and_folded_headers_and_bare_returns_refused() {
     let probe = Probe::start().await;

@@ -19,13 +19,35 @@ pub enum RequestBody {
     Empty,
 }
 
+/// The client's request body broke while it was read: a malformed chunk, a
+/// body shorter than its length, a reset stream. The client's fault, never
+/// the backend's: the upstream code finds it in an error's sources and
+/// answers 400 ([`crate::error::ProxyError::InvalidRequestBody`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body is malformed or was cut short: {0}")]
+pub struct RequestBodyError(#[source] pub hyper::Error);
+
+impl RequestBodyError {
+    /// Whether `error` or one of its sources is a broken request body.
+    pub fn is_cause_of(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if e.is::<RequestBodyError>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
 impl http_body::Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(RequestBodyError),
             RequestBody::Empty => Poll::Ready(None),
         }
     }

@@ -30,8 +30,10 @@ pub enum ProxyError {
     NoListener { host: String },
     #[error("no HTTPRoute rule matches host {host} path {path}")]
     NoRoute { host: String, path: String },
+    /// The matched rule is invalid: answered with the status the compiler
+    /// chose for it ([`agimo_shared::snapshot::Rejection`]).
     #[error("{reason}")]
-    InvalidRule { reason: String },
+    InvalidRule { status: StatusCode, reason: String },
     #[error("{reason}")]
     InvalidBackend { reason: String },
     #[error("backend {backend} has no ready endpoints")]
@@ -55,6 +57,13 @@ pub enum ProxyError {
     UpstreamFailed {
         backend: String,
         endpoint: SocketAddr,
+        #[source]
+        source: crate::upstream::BoxError,
+    },
+    /// The client's request body broke while it was forwarded: the
+    /// client's fault, never counted against the backend.
+    #[error("the request body is malformed or was cut short: {source}")]
+    InvalidRequestBody {
         #[source]
         source: crate::upstream::BoxError,
     },
@@ -86,11 +95,13 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost { .. }
-            | ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            | ProxyError::InvalidPath(_)
+            | ProxyError::InvalidRequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::EscapedSlashRedirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::InvalidRule { .. } | ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::InvalidRule { status, .. } => *status,
+            ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoReadyEndpoints { .. }
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::TooManyPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -119,6 +130,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",
             ProxyError::Timeout { .. } => "timeout",
+            ProxyError::InvalidRequestBody { .. } => "invalid-request-body",
         }
     }
 
@@ -159,7 +171,9 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         let statuses = [
             (ProxyError::MissingHost, 400),
-            (ProxyError::InvalidRule { reason: "r".into() }, 500),
+            (ProxyError::InvalidRule { status: StatusCode::INTERNAL_SERVER_ERROR, reason: "r".into() }, 500),
+            (ProxyError::InvalidRule { status: StatusCode::SERVICE_UNAVAILABLE, reason: "r".into() }, 503),
+            (ProxyError::InvalidRequestBody { source: "bad chunk".into() }, 400),
             (ProxyError::InvalidBackend { reason: "r".into() }, 500),
             (ProxyError::NoReadyEndpoints { backend: "b".into() }, 503),
         ];

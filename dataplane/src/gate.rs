@@ -224,7 +224,7 @@ pub(crate) async fn admit<'r>(
                 let active = active.unwrap_or_else(|| g.host.active());
                 return Ok(Admitted { chosen, backend, endpoint, connected: Some(stream), active });
             }
-            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e))) => e,
+            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e) | UpstreamError::RequestBody(e))) => e,
             Err(_) => "still connecting at the gate's deadline".into(),
         };
         first_failure.get_or_insert_with(Instant::now);

@@ -60,6 +60,19 @@ pub async fn handle(
             routed.host.request();
             let response = match apply(shared, conn, req, &routed, start, &mut guard).await {
                 Ok(response) => response,
+                Err(e) if e.status().is_client_error() => {
+                    tracing::debug!(
+                        route = %routed.rule.route,
+                        rule = routed.rule.index,
+                        host = %routed.host.label(),
+                        peer = %conn.peer,
+                        status = e.status().as_u16(),
+                        reason = e.reason(),
+                        error = %e,
+                        "request refused"
+                    );
+                    e.into_response()
+                }
                 Err(e) => {
                     tracing::warn!(
                         route = %routed.rule.route,
@@ -168,7 +181,7 @@ async fn apply(
     let listener_port = *listener_port;
     let backends = match &rule.action {
         Action::Reject(r) => {
-            return Err(ProxyError::InvalidRule { reason: r.reason.clone() });
+            return Err(ProxyError::InvalidRule { status: r.status, reason: r.reason.clone() });
         }
         Action::Redirect(redirect) => {
             let authority = request_authority(&req).unwrap_or_default();
@@ -259,6 +272,7 @@ async fn apply(
     let mut response = result?.map_err(|e| match e {
         UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
         UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
+        UpstreamError::RequestBody(source) => ProxyError::InvalidRequestBody { source },
     })?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade

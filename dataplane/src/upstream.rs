@@ -22,7 +22,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, RequestBody, RequestBodyError};
 use crate::h1;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +37,20 @@ pub enum UpstreamError {
     Connect(BoxError),
     /// The connection broke or the response was malformed.
     Failed(BoxError),
+    /// The client's request body broke while it was being sent.
+    RequestBody(BoxError),
+}
+
+impl UpstreamError {
+    /// A failure of hyper's client: the backend's, or the client's if its
+    /// request body broke on the way ([`RequestBodyError`]).
+    fn from_hyper(error: hyper::Error) -> Self {
+        if RequestBodyError::is_cause_of(&error) {
+            UpstreamError::RequestBody(error.into())
+        } else {
+            UpstreamError::Failed(error.into())
+        }
+    }
 }
 
 type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<RequestBody>, Instant)>>>;
@@ -85,7 +99,7 @@ impl Upstream {
             BackendProtocol::H2c => {
                 to_h2c(&mut req, endpoint)?;
                 let mut sender = self.h2c_sender(endpoint).await?;
-                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                let response = sender.send_request(*req).await.map_err(UpstreamError::from_hyper)?;
                 Ok(response.map(|body| Body::upstream(body, None)))
             }
         }
@@ -118,14 +132,14 @@ impl Upstream {
             BackendProtocol::Http1 => {
                 to_http1(&mut req)?;
                 let mut sender = handshake_http1(endpoint, stream).await?;
-                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                let response = sender.send_request(*req).await.map_err(UpstreamError::from_hyper)?;
                 let pooled = Pooled { idle: self.http1.clone(), endpoint, sender: Some(sender) };
                 Ok(response.map(|body| Body::upstream(body, Some(pooled))))
             }
             BackendProtocol::H2c => {
                 to_h2c(&mut req, endpoint)?;
                 let mut sender = self.handshake_h2c(endpoint, stream).await?;
-                let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+                let response = sender.send_request(*req).await.map_err(UpstreamError::from_hyper)?;
                 Ok(response.map(|body| Body::upstream(body, None)))
             }
         }
@@ -207,14 +221,14 @@ impl Upstream {
                         tracing::debug!(%endpoint, error = %e.error(), "idle connection closed: using a new one");
                         *req = unsent;
                     }
-                    None => return Err(UpstreamError::Failed(e.into_error().into())),
+                    None => return Err(UpstreamError::from_hyper(e.into_error())),
                 },
             }
         }
         // Boxed, as the HTTP/2 connect below: only a request that opens a
         // connection pays for the connect's state.
         let mut sender = Box::pin(self.connect_http1(endpoint)).await?;
-        let response = sender.send_request(*req).await.map_err(|e| UpstreamError::Failed(e.into()))?;
+        let response = sender.send_request(*req).await.map_err(UpstreamError::from_hyper)?;
         Ok((response, sender))
     }
 
@@ -253,7 +267,7 @@ impl Upstream {
     async fn h2c_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let existing = lock(&self.h2c).get(&endpoint).filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = existing {
-            sender.clone().ready().await.map_err(|e| UpstreamError::Failed(e.into()))?;
+            sender.clone().ready().await.map_err(UpstreamError::from_hyper)?;
             return Ok(sender);
         }
         Box::pin(self.connect_h2c(endpoint)).await
