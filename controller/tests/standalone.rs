@@ -401,6 +401,48 @@ spec:
     assert_eq!(pending().await, Some(0.0));
 }
 
+/// A request held for a backend scaled to zero when SIGTERM comes gets a
+/// clear answer as the listeners close (503 `shutting-down`, retry), not a
+/// connection cut at the end of the grace period.
+#[tokio::test]
+async fn sigterm_answers_held_requests_503_shutting_down() {
+    let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
+    let mut running = start_with(echo.addr.port(), &["--shutdown-grace-period", "30s"]).await;
+    write(&running.dir, "backend.yaml", &support::service_without_endpoints("v1"));
+    let gated = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gated, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 60s}}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [gated.example]
+  rules: [{backendRefs: [{name: v1, port: 80}]}]
+";
+    write(&running.dir, "gated.yaml", gated);
+    let metrics = SocketAddr::new(running.http.ip(), 9090);
+    let pending = || async move {
+        let text = String::from_utf8_lossy(&get(metrics, "/metrics").await.unwrap().body).into_owned();
+        support::metric(&text, "pending_requests_total", "gated.example")
+    };
+    eventually("the gated route is served (series declared at 0)", || async { pending().await == Some(0.0) }).await;
+    let held = tokio::spawn(client::send(running.http, Mode::Http1, client::get("gated.example", "/held")));
+    eventually("the request is held", || async { pending().await == Some(1.0) }).await;
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let reply = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("answered well within the 30 s grace period")
+        .unwrap()
+        .expect("answered, not cut");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.headers["x-agimo-reason"], "shutting-down");
+    assert_eq!(reply.headers["retry-after"], "1");
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "exited {:?} after SIGTERM", signalled.elapsed());
+}
+
 /// One client's tally under load: requests answered, requests lost on an
 /// open connection, connections refused.
 #[derive(Debug, Default)]

@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// before the gate's deadline.
     #[error(transparent)]
     ConnectWaitTimeout(Box<ConnectWaitTimeout>),
+    #[error(
+        "Agimo is shutting down: the request for host {host} was held for a ready endpoint and is not served here; retry"
+    )]
+    ShuttingDown { host: String },
     #[error("{max} requests for host {host} are already waiting for a ready endpoint; retry later")]
     TooManyPending { host: String, max: usize },
     #[error("cannot connect to backend {backend} at {endpoint}: {source}")]
@@ -104,7 +108,8 @@ impl ProxyError {
             ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoReadyEndpoints { .. }
             | ProxyError::UpstreamConnect { .. }
-            | ProxyError::TooManyPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::TooManyPending { .. }
+            | ProxyError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -127,6 +132,7 @@ impl ProxyError {
             ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",
             ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) => "wait-timeout",
             ProxyError::TooManyPending { .. } => "too-many-pending",
+            ProxyError::ShuttingDown { .. } => "shutting-down",
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",
             ProxyError::Timeout { .. } => "timeout",
@@ -144,7 +150,7 @@ impl ProxyError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
         match &self {
-            ProxyError::TooManyPending { .. } => {
+            ProxyError::TooManyPending { .. } | ProxyError::ShuttingDown { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::EscapedSlashRedirect { location } => {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use agimo_shared::snapshot::{Backend, BackendTarget, Backends, Gate, Rule, WeightedBackend};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::error::{ConnectWaitTimeout, ProxyError};
@@ -86,11 +87,13 @@ pub fn pick_weighted(ready: &[(usize, u32, Arc<Backend>)]) -> Option<(usize, Arc
 /// Waits until a backend of `backends` has a ready endpoint; returns its
 /// index in the rule and the backend as now. Each snapshot swap wakes every
 /// waiter once.
-pub async fn wait_for_ready(
+/// Shutdown ends the wait at once ([`ProxyError::ShuttingDown`]).
+pub(crate) async fn wait_for_ready(
     gate: &Gate,
     backends: &Backends,
     snapshot: impl Fn() -> Arc<agimo_shared::Snapshot>,
     swaps: &mut watch::Receiver<u64>,
+    stopping: &CancellationToken,
     deadline: tokio::time::Instant,
     host: &str,
 ) -> Result<(usize, Arc<Backend>), ProxyError> {
@@ -101,12 +104,10 @@ pub async fn wait_for_ready(
             return Ok(found);
         }
         tokio::select! {
-            changed = swaps.changed() => {
-                if changed.is_err() {
-                    // The dataplane is shutting down: no swap will come.
-                    tokio::time::sleep_until(deadline).await;
-                }
-            }
+            // The sender lives as long as the dataplane: no error while a
+            // request waits.
+            _ = swaps.changed() => {}
+            _ = stopping.cancelled() => return Err(ProxyError::ShuttingDown { host: host.to_owned() }),
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(ProxyError::WaitTimeout { host: host.to_owned(), waited: gate.wait_timeout });
             }
@@ -247,7 +248,10 @@ pub(crate) async fn admit<'r>(
             error = %error,
             "connect failed: trying again"
         );
-        tokio::time::sleep(retry_in).await;
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = g.shared.stopping.cancelled() => return Err(ProxyError::ShuttingDown { host: g.host.label().to_string() }),
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
         }
@@ -293,8 +297,16 @@ impl<'r> Gated<'r> {
     ) -> Result<(&'r WeightedBackend, Arc<Backend>), ProxyError> {
         let swaps = swaps.get_or_insert_with(|| self.shared.swaps.subscribe());
         let snapshot = || self.shared.snapshot.load_full();
-        let (i, backend) =
-            wait_for_ready(self.gate, self.backends, snapshot, swaps, deadline, self.host.label()).await?;
+        let (i, backend) = wait_for_ready(
+            self.gate,
+            self.backends,
+            snapshot,
+            swaps,
+            &self.shared.stopping,
+            deadline,
+            self.host.label(),
+        )
+        .await?;
         Ok((&self.backends.backends[i], backend))
     }
 }

@@ -114,6 +114,10 @@ pub(crate) struct Shared {
     applied: watch::Sender<Option<Arc<Snapshot>>>,
     /// Bumped at every swap: wakes requests held at the gate.
     pub(crate) swaps: watch::Sender<u64>,
+    /// Cancelled when the listeners close at shutdown: requests held at the
+    /// gate are answered then ([`ProxyError::ShuttingDown`]), not left to
+    /// be cut at the end of the grace period.
+    pub(crate) stopping: CancellationToken,
 }
 
 /// A handle to the dataplane; cheap to clone.
@@ -141,6 +145,7 @@ impl Dataplane {
                 sockets: watch::Sender::new(SocketState::default()),
                 applied: watch::Sender::new(None),
                 swaps: watch::Sender::new(0),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -194,7 +199,14 @@ impl Dataplane {
     /// Applies every snapshot the controller sends until `stop` fires: swaps
     /// it in, then opens and closes sockets to match. This task is the only
     /// writer of the snapshot. Binds that fail are retried every second.
-    pub async fn run(&self, mut snapshots: watch::Receiver<Arc<Snapshot>>, stop: CancellationToken) {
+    /// When `stop` fires, requests held at the gate are answered 503
+    /// `shutting-down`.
+    pub async fn run(&self, snapshots: watch::Receiver<Arc<Snapshot>>, stop: CancellationToken) {
+        self.apply_snapshots(snapshots, &stop).await;
+        self.shared.stopping.cancel();
+    }
+
+    async fn apply_snapshots(&self, mut snapshots: watch::Receiver<Arc<Snapshot>>, stop: &CancellationToken) {
         let mut sockets = server::Sockets::default();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,7 +214,7 @@ impl Dataplane {
         self.shared.metrics.declare_hosts(snapshot.host_labels());
         self.shared.snapshot.store(snapshot.clone());
         loop {
-            sockets.reconcile(&self.shared, &snapshot, &stop).await;
+            sockets.reconcile(&self.shared, &snapshot, stop).await;
             self.shared.sockets.send_if_modified(|state| {
                 let new = sockets.state();
                 let changed = *state != new;
