@@ -263,8 +263,8 @@ async fn sigterm_lets_requests_in_flight_finish() {
 
     let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    eventually("readiness turns false", || async {
-        get(running.admin, "/readyz").await.is_some_and(|r| r.status == 503)
+    eventually("readiness turns false, saying why", || async {
+        get(running.admin, "/readyz").await.is_some_and(|r| r.status == 503 && r.body == "shutting down\n")
     })
     .await;
     eventually("new connections are refused", || async { tokio::net::TcpStream::connect(running.http).await.is_err() })

@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Dataplane;
 use crate::body::Body;
+use crate::{Dataplane, Readiness};
 
 /// What one admin socket serves.
 #[derive(Clone, Copy, Debug)]
@@ -33,17 +33,7 @@ pub async fn serve(
     endpoints: Endpoints,
     stop: CancellationToken,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = crate::listen::next(&listener, &stop, "admin").await {
         let (dataplane, status) = (dataplane.clone(), status.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -74,8 +64,13 @@ fn respond<B>(dataplane: &Dataplane, status: &StatusRender, endpoints: Endpoints
         }
         "/status" if endpoints.status => text(StatusCode::OK, status(), "application/yaml"),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/readyz" if dataplane.is_ready() => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n".to_owned(), "text/plain"),
+        "/readyz" => match dataplane.readiness() {
+            Readiness::Ready => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
+            Readiness::Loading => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n".to_owned(), "text/plain")
+            }
+            Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned(), "text/plain"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain"),
     }
 }

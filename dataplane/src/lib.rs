@@ -23,6 +23,7 @@ mod gate;
 mod h1;
 mod h1_server;
 mod h2guard;
+mod listen;
 pub mod metrics;
 mod proxy;
 mod server;
@@ -120,6 +121,16 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
 }
 
+/// Whether the dataplane serves, and why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// No snapshot applied yet.
+    Loading,
+    Ready,
+    /// Shutdown has begun.
+    Draining,
+}
+
 /// A handle to the dataplane; cheap to clone.
 #[derive(Clone)]
 pub struct Dataplane {
@@ -161,7 +172,18 @@ impl Dataplane {
 
     /// True once the first snapshot is applied, until shutdown begins.
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire) && !self.shared.draining.load(Ordering::Acquire)
+        self.readiness() == Readiness::Ready
+    }
+
+    /// Why the dataplane is or is not ready, as `/readyz` says it.
+    pub fn readiness(&self) -> Readiness {
+        if self.shared.draining.load(Ordering::Acquire) {
+            Readiness::Draining
+        } else if self.shared.ready.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::Loading
+        }
     }
 
     /// Open client connections, upgraded ones (websockets) included.

@@ -147,19 +147,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, bind: SocketAddr, stop: CancellationToken) {
     let tls = crate::tls::server_config(shared.clone(), bind);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(%bind, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let what = bind.to_string();
+    while let Some((stream, peer)) = crate::listen::next(&listener, &stop, &what).await {
         serve_connection(&shared, stream, peer, bind, &tls, &stop);
     }
 }
