@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
-use crate::{Dataplane, Readiness};
+use crate::control::{Dataplane, Readiness};
+use crate::upstream::body::Body;
 
 /// What one admin socket serves.
 #[derive(Clone, Copy, Debug)]
@@ -33,7 +33,7 @@ pub async fn serve(
     endpoints: Endpoints,
     stop: CancellationToken,
 ) {
-    while let Some((stream, _)) = crate::listen::next(&listener, &stop, "admin").await {
+    while let Some((stream, _)) = crate::conn::accept(&listener, &stop, "admin").await {
         let (dataplane, status) = (dataplane.clone(), status.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {

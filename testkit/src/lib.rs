@@ -12,5 +12,6 @@ pub mod echo;
 pub mod h2raw;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
+pub mod layers;
 pub mod recorder;
 pub mod tls;

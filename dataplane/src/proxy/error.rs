@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::Body;
+use crate::base::BoxError;
+use crate::upstream::body::Body;
 
 /// The header that carries a short, stable reason code with every error
 /// response Agimo generates itself.
@@ -55,28 +56,28 @@ pub enum ProxyError {
         backend: String,
         endpoint: SocketAddr,
         #[source]
-        source: crate::upstream::BoxError,
+        source: BoxError,
     },
     #[error("backend {backend} at {endpoint} failed: {source}")]
     UpstreamFailed {
         backend: String,
         endpoint: SocketAddr,
         #[source]
-        source: crate::upstream::BoxError,
+        source: BoxError,
     },
     /// The client's request body broke while it was forwarded: the
     /// client's fault, never counted against the backend.
     #[error("the request body is malformed or was cut short: {source}")]
     InvalidRequestBody {
         #[source]
-        source: crate::upstream::BoxError,
+        source: BoxError,
     },
     #[error("backend {backend} did not answer within the HTTPRoute's {timeout} timeout")]
     Timeout { backend: String, timeout: &'static str },
 }
 
 /// The last connect of a request on a gated route that no endpoint took a
-/// connection from before the gate's deadline ([`crate::gate`]).
+/// connection from before the gate's deadline ([`super::gate`]).
 #[derive(Debug, thiserror::Error)]
 #[error(
     "no endpoint of host {host}'s backends took a connection within {waited:?} ({attempts} attempts); \
@@ -90,7 +91,7 @@ pub struct ConnectWaitTimeout {
     pub backend: String,
     pub endpoint: SocketAddr,
     #[source]
-    pub source: crate::upstream::BoxError,
+    pub source: BoxError,
 }
 
 impl ProxyError {

@@ -30,7 +30,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::upstream::{BoxError, lock};
+use super::{content_length, has_token, only_tokens};
+use crate::base::{BoxError, lock};
 
 /// The most response header fields accepted (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -326,8 +327,8 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxErro
                 fields.close = true;
                 continue;
             }
-            fields.close |= has_token(&value, "close");
-            if only_tokens(&value, &["close", "keep-alive"]) {
+            fields.close |= has_token(value.as_bytes(), "close");
+            if only_tokens(value.as_bytes(), &["close", "keep-alive"]) {
                 continue;
             }
         } else if name == "keep-alive" || name == header::TE || name == header::TRAILER || name == header::UPGRADE {
@@ -358,27 +359,23 @@ struct Fields {
 }
 
 impl Fields {
-    fn content_length(&mut self, value: &HeaderValue) -> Result<(), BoxError> {
-        let digits = value.as_bytes();
-        if !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit) {
-            // One length, the usual case: no list to split.
-            let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if self.length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values".into());
-            }
-            self.length = Some(n);
-            return Ok(());
+    fn length(&mut self, n: u64) -> Result<(), BoxError> {
+        if self.length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values".into());
         }
-        for item in value.to_str().map_err(|_| "an invalid Content-Length")?.split(',') {
-            let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("an invalid Content-Length {item:?}").into());
-            }
-            let n: u64 = item.parse()?;
-            if self.length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values".into());
-            }
-            self.length = Some(n);
+        self.length = Some(n);
+        Ok(())
+    }
+
+    fn content_length(&mut self, value: &HeaderValue) -> Result<(), BoxError> {
+        // One length, the usual case; else a list of equal ones.
+        if let Some(n) = content_length(value.as_bytes()) {
+            return self.length(n);
+        }
+        for item in super::items(value.as_bytes()) {
+            let n = content_length(item)
+                .ok_or_else(|| format!("an invalid Content-Length {:?}", String::from_utf8_lossy(item)))?;
+            self.length(n)?;
         }
         Ok(())
     }
@@ -403,18 +400,6 @@ fn framing(fields: &Fields, status: StatusCode, head_request: bool) -> (Framing,
         (None, Some(n)) => (Framing::Length(n), true),
         (None, None) => (Framing::UntilClose, false),
     }
-}
-
-/// Whether every item of a comma-separated field value is one of `tokens`
-/// (in any case).
-fn only_tokens(value: &HeaderValue, tokens: &[&str]) -> bool {
-    value.to_str().is_ok_and(|v| {
-        v.split(',').map(str::trim).all(|item| item.is_empty() || tokens.iter().any(|t| item.eq_ignore_ascii_case(t)))
-    })
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// A backend's response body, read from its connection as the client takes

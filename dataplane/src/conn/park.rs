@@ -1,6 +1,6 @@
 //! A client connection between its requests. An HTTP/1.1 connection being
 //! served holds read and write buffers (8 KiB each with hyper, a read
-//! buffer and the response being written with [`crate::h1_server`]). So, as
+//! buffer and the response being written with [`crate::http1::server`]). So, as
 //! nginx does for its keep-alive connections, a connection idle for a while
 //! is *parked*: its buffers and server state are dropped, and the task keeps
 //! only the socket until the client sends again, when serving resumes with
@@ -9,16 +9,13 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Activity;
-
-/// What opens an HTTP/2 connection (RFC 9113, 3.4).
-pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::activity::Activity;
+use crate::base::H2_PREFACE as PREFACE;
 
 /// What a client opened its connection with.
 pub(crate) enum Opening {
@@ -158,16 +155,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Session<S> {
     }
 }
 
-/// How long a connection with nothing in flight and nothing read stays
-/// with hyper before it is parked.
-pub(crate) fn park_after(config: &crate::Config) -> Option<Duration> {
-    Some(config.park_idle_after).filter(|t| !t.is_zero())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     fn far() -> tokio::time::Instant {

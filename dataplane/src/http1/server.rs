@@ -1,22 +1,23 @@
 //! Agimo's own HTTP/1.1 server, for requests without a body (GET, HEAD and
 //! the like: nearly all of a gateway's traffic). The connection's task reads
 //! the request head, parses it with `httparse` (the parser hyper uses), hands
-//! the request to [`proxy::handle`], and writes the response: its head and
+//! the request to the handler it was given (the proxy's, or a test's: this
+//! module knows nothing of routing), and writes the response: its head and
 //! the body bytes at hand in one write.
 //!
 //! hyper's server dispatcher, with its buffers, its per-request service
 //! future and header-read timer, was two fifths of a proxied request's
 //! instructions in the profile. A request this server does not take (one with
 //! a body, an upgrade, `Expect`, `CONNECT`) is left whole in the read buffer,
-//! and hyper serves the connection from there on ([`crate::server`]).
+//! and hyper serves the connection from there on ([`crate::conn`]).
 //!
 //! ```text
-//!  client ──read──► parse_head ──no body──► proxy::handle ──► write_response ──► client
+//!  client ──read──► parse_head ──no body──► handler ──► write_response ──► client
 //!                       │                       ▲ the client closed: the request is dropped
-//!                       └──other──► hyper (crate::server), with every byte read
+//!                       └──other──► hyper (crate::conn), with every byte read
 //! ```
 //!
-//! Limits are checked on a tick, as [`crate::server`] does for hyper's
+//! Limits are checked on a tick, as [`crate::conn`] does for hyper's
 //! connections: the header-read and idle timeouts, the send timeout, parking.
 //! No timer is set per request.
 
@@ -24,6 +25,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,15 +35,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, RequestBody, RequestGuard};
-use crate::proxy::{self, ConnInfo};
-use crate::server::Activity;
-use crate::upstream::BoxError;
-use crate::{Config, Shared, session};
+use crate::activity::Activity;
+use crate::base::BoxError;
+use crate::config::Config;
 
 /// How a connection left this server.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,7 +52,8 @@ pub(crate) enum Served {
     /// A request this server does not take is at the start of the read
     /// buffer, whole: hyper serves the connection from here.
     HandOver,
-    /// It has been idle for the park time, nothing read ([`session`]).
+    /// It has been idle for the park time, nothing read
+    /// ([`crate::conn::park`]).
     Park,
 }
 
@@ -71,28 +72,41 @@ const COPY_UNDER: usize = 16 * 1024;
 /// response.
 const KEEP_OUT: usize = 64 * 1024;
 
+/// Where a connection is served from, for the server's limits and logs.
+pub(crate) struct Connection<'c> {
+    pub config: &'c Config,
+    pub peer: SocketAddr,
+    pub activity: &'c Arc<Activity>,
+}
+
 /// Serves HTTP/1.1 requests on `io`, the bytes read so far in `read`, until
 /// the connection ends, is to be parked, or brings a request for hyper.
-pub(crate) async fn serve<S>(
-    shared: &Shared,
+/// `handler` answers each request; a request's body type `Q` is its empty
+/// body (`Default`).
+pub(crate) async fn serve<S, H, F, Q, B>(
     io: &mut S,
     read: &mut BytesMut,
-    conn: &ConnInfo,
-    activity: &Arc<Activity>,
+    conn: &Connection<'_>,
     stop: &CancellationToken,
+    handler: H,
 ) -> Served
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Box<Request<Q>>) -> F,
+    F: Future<Output = Response<B>>,
+    Q: Default,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
-    let config = &shared.config;
+    let Connection { config, peer, activity } = *conn;
     let closing = AtomicBool::new(false);
-    let mut requests = pin!(requests(shared, io, read, conn, activity, &closing));
+    let mut requests = pin!(requests(io, read, conn, &closing, handler));
     // Waiting for a request head: the header-read timeout or the idle
     // timeout, the shorter, counted from the end of the last response, and
     // anew from the first byte of a connection woken from parking.
     let quiet = [config.idle_timeout, config.header_read_timeout].into_iter().filter(|t| !t.is_zero()).min();
     let send = Some(config.send_timeout).filter(|t| !t.is_zero());
-    let park = session::park_after(config);
+    let park = config.park_after();
     let period = [quiet.map(|t| t / 4), send.map(|t| t / 4), park.map(|t| t / 2)]
         .into_iter()
         .flatten()
@@ -115,14 +129,14 @@ where
                 if let Some(send) = send
                     && activity.write_blocked_for() >= send
                 {
-                    tracing::debug!(peer = %conn.peer, timeout = ?send, "connection closed: the client stopped reading");
+                    tracing::debug!(%peer, timeout = ?send, "connection closed: the client stopped reading");
                     return Served::Ended;
                 }
                 if let Some(quiet) = quiet
                     && activity.idle_for() >= quiet
                     && started.elapsed() >= quiet
                 {
-                    tracing::debug!(peer = %conn.peer, timeout = ?quiet, "connection closed: no whole request head in time");
+                    tracing::debug!(%peer, timeout = ?quiet, "connection closed: no whole request head in time");
                     return Served::Ended;
                 }
                 if park.is_some_and(|after| activity.may_park(after)) {
@@ -134,18 +148,22 @@ where
 }
 
 /// The request loop: read a head, answer it, again.
-async fn requests<S>(
-    shared: &Shared,
+async fn requests<S, H, F, Q, B>(
     io: &mut S,
     read: &mut BytesMut,
-    conn: &ConnInfo,
-    activity: &Arc<Activity>,
+    conn: &Connection<'_>,
     closing: &AtomicBool,
+    handler: H,
 ) -> Served
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Box<Request<Q>>) -> F,
+    F: Future<Output = Response<B>>,
+    Q: Default,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
-    let config = &shared.config;
+    let Connection { config, peer, activity } = *conn;
     let mut out = Vec::new();
     loop {
         let plain = loop {
@@ -155,7 +173,7 @@ where
                     Ok(Parsed::Other) => return Served::HandOver,
                     Ok(Parsed::Partial) => {}
                     Err(status) => {
-                        tracing::debug!(peer = %conn.peer, status = status.as_u16(), "malformed request head");
+                        tracing::debug!(%peer, status = status.as_u16(), "malformed request head");
                         refuse(io, status).await;
                         return Served::Ended;
                     }
@@ -175,9 +193,9 @@ where
         let in_flight = activity.begin();
         // Pinned where it is made: the future is large, and each move of
         // it a copy.
-        let answer = pin!(proxy::handle(shared, conn, plain.request, RequestGuard::default()));
+        let answer = pin!(handler(plain.request));
         let Some(response) = until_answered(io, read, answer).await else {
-            tracing::debug!(peer = %conn.peer, "the client closed its connection before the response: request dropped");
+            tracing::debug!(%peer, "the client closed its connection before the response: request dropped");
             return Served::Ended;
         };
         let keep_alive = plain.keep_alive && !closing.load(Ordering::Relaxed);
@@ -192,7 +210,7 @@ where
             Err(e) => {
                 // Dropped without a shutdown (nor TLS close_notify): a body
                 // cut short is not taken for a whole one.
-                tracing::debug!(peer = %conn.peer, error = %e, "response not written whole: connection dropped");
+                tracing::debug!(%peer, error = %e, "response not written whole: connection dropped");
                 return Served::Ended;
             }
         }
@@ -211,10 +229,10 @@ where
 /// The connection is watched only while no byte of a next request has come:
 /// bytes that come meanwhile (a pipelined request) are kept in `read`, and a
 /// client that pipelines and then closes its side still gets its answers.
-async fn until_answered<S, F>(io: &mut S, read: &mut BytesMut, mut answer: Pin<&mut F>) -> Option<Response<Body>>
+async fn until_answered<S, F, B>(io: &mut S, read: &mut BytesMut, mut answer: Pin<&mut F>) -> Option<Response<B>>
 where
     S: AsyncRead + Unpin,
-    F: Future<Output = Response<Body>>,
+    F: Future<Output = Response<B>>,
 {
     loop {
         tokio::select! {
@@ -230,16 +248,16 @@ where
 }
 
 /// A request this server takes, and what its head says of the connection.
-struct Plain {
-    request: Box<Request<RequestBody>>,
+struct Plain<Q> {
+    request: Box<Request<Q>>,
     keep_alive: bool,
     http10: bool,
 }
 
-enum Parsed {
+enum Parsed<Q> {
     /// The buffer does not hold a whole head yet.
     Partial,
-    Plain(Plain),
+    Plain(Plain<Q>),
     /// A request with a body, an upgrade, `Expect` or `CONNECT`: hyper's.
     Other,
 }
@@ -248,7 +266,7 @@ enum Parsed {
 /// body is taken out of `read`, its header values sharing the head's bytes;
 /// any other request is left there. A malformed head is the status to refuse
 /// it with.
-fn parse_head(read: &mut BytesMut, config: &Config) -> Result<Parsed, StatusCode> {
+fn parse_head<Q: Default>(read: &mut BytesMut, config: &Config) -> Result<Parsed<Q>, StatusCode> {
     let max = config.max_request_headers;
     // Uninitialised: the parser writes only as many fields as there are.
     let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
@@ -311,7 +329,7 @@ fn parse_head(read: &mut BytesMut, config: &Config) -> Result<Parsed, StatusCode
         let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.append(name, value);
     }
-    let mut request = Box::new(Request::new(RequestBody::Empty));
+    let mut request = Box::new(Request::new(Q::default()));
     *request.method_mut() = method;
     *request.uri_mut() = Uri::from_maybe_shared(head.slice(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
     *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -347,16 +365,18 @@ enum Framing {
 /// the connection can carry another request: not if the client asked to
 /// close, the body could only be delimited by closing, or the body broke
 /// off or did not match its length.
-async fn write_response<S>(
+async fn write_response<S, B>(
     io: &mut S,
     out: &mut Vec<u8>,
-    response: Response<Body>,
+    response: Response<B>,
     head_request: bool,
     http10: bool,
     mut keep_alive: bool,
 ) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -373,7 +393,9 @@ where
         // what this server does; a filter cannot set them (nor smuggle a
         // second framing in).
         if name == header::CONTENT_LENGTH {
-            length = length.or_else(|| content_length(value));
+            // Digits only, as the response came with it (a backend's is
+            // checked where it is read; a filter's may be anything).
+            length = length.or_else(|| super::content_length(value.as_bytes()));
             continue;
         }
         if name == header::TRANSFER_ENCODING || name == header::CONNECTION || name == "keep-alive" {
@@ -426,7 +448,7 @@ where
         let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending if !out.is_empty() => Poll::Ready(Next::Later),
             Poll::Pending => Poll::Pending,
-            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame.map(|f| f.map_err(Into::into)))),
         })
         .await;
         let mut data = match next {
@@ -496,16 +518,6 @@ enum Next {
     Later,
 }
 
-/// A Content-Length value: digits only, as the response came with it (a
-/// backend's is checked where it is read; a filter's may be anything).
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    let digits = value.as_bytes();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 /// Writes and flushes `out`, and empties it.
 async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
@@ -537,13 +549,15 @@ fn date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> (Result<Parsed, StatusCode>, BytesMut) {
+    use http_body_util::Full;
+
+    fn parse(bytes: &[u8]) -> (Result<Parsed<()>, StatusCode>, BytesMut) {
         let mut read = BytesMut::from(bytes);
         let parsed = parse_head(&mut read, &Config::default());
         (parsed, read)
     }
 
-    fn plain(bytes: &[u8]) -> (Plain, BytesMut) {
+    fn plain(bytes: &[u8]) -> (Plain<()>, BytesMut) {
         match parse(bytes) {
             (Ok(Parsed::Plain(plain)), rest) => (plain, rest),
             _ => panic!("not a request without a body: {:?}", String::from_utf8_lossy(bytes)),
@@ -600,7 +614,7 @@ mod tests {
         assert_eq!(parse(target.as_bytes()).0.err(), Some(StatusCode::URI_TOO_LONG));
     }
 
-    async fn written(response: Response<Body>, head_request: bool, http10: bool) -> (String, bool) {
+    async fn written(response: Response<Full<Bytes>>, head_request: bool, http10: bool) -> (String, bool) {
         let mut io = Vec::new();
         let mut out = Vec::new();
         let keep = write_response(&mut io, &mut out, response, head_request, http10, true).await.unwrap();
@@ -613,7 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_are_framed_by_length_or_chunks() {
-        let full = || Response::new(Body::full(Bytes::from_static(b"hello")));
+        let full = || Response::new(Full::new(Bytes::from_static(b"hello")));
         let (text, keep) = written(full(), false, false).await;
         assert!(text.contains("\r\ndate: "), "{text}");
         assert_eq!(without_date(&text), "HTTP/1.1 200 OK\ncontent-length: 5\n\nhello");
@@ -625,7 +639,7 @@ mod tests {
     #[tokio::test]
     async fn framing_and_connection_fields_are_the_servers_own() {
         // As a ResponseHeaderModifier filter could set them.
-        let mut response = Response::new(Body::full(Bytes::from_static(b"hello")));
+        let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
         for (name, value) in
             [("transfer-encoding", "chunked"), ("connection", "keep-alive, x-a"), ("keep-alive", "timeout=5")]
         {
@@ -639,7 +653,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_shorter_than_its_length_closes_the_connection() {
-        let mut response = Response::new(Body::full(Bytes::from_static(b"abc")));
+        let mut response = Response::new(Full::new(Bytes::from_static(b"abc")));
         response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let (text, keep) = written(response, false, false).await;
         assert!(without_date(&text).ends_with("content-length: 5\n\nabc"), "{text}");

@@ -3,7 +3,7 @@
 //! `kubernetes.io/h2c` backends.
 //!
 //! A request without a body (and no upgrade) is exchanged by Agimo's own
-//! HTTP/1.1 code in the request's task ([`crate::h1`]). Requests with a body
+//! HTTP/1.1 code in the request's task ([`crate::http1::client`]). Requests with a body
 //! and upgrades go through hyper's client, from a second pool on hyper's
 //! connection API: a connection goes back to its endpoint's idle list when
 //! the response body has been read to its end ([`Pooled`]). Both pools keep
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agimo_shared::snapshot::BackendProtocol;
 use http::{Method, Request, Response, Uri, Version, header};
@@ -22,10 +22,14 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::{Body, RequestBody, RequestBodyError};
-use crate::h1;
+pub(crate) mod body;
+mod pool;
+mod request;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use self::body::{Body, RequestBody, RequestBodyError};
+use self::pool::{Idle, IdleMap, Pooled};
+use crate::base::{BoxError, lock};
+use crate::http1::client as h1;
 
 /// Idle HTTP/1.1 connections are closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -53,8 +57,6 @@ impl UpstreamError {
     }
 }
 
-type IdleMap = Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<RequestBody>, Instant)>>>;
-type Idle = Arc<IdleMap>;
 type H2cMap = Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>;
 
 pub struct Upstream {
@@ -361,31 +363,6 @@ async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>, h2c
             !list.is_empty()
         });
         h1.reap(IDLE_TIMEOUT);
-    }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An HTTP/1.1 connection lent to one response. [`Pooled::release`] gives
-/// it back once the response body has been read to its end; dropped without
-/// that (client gone mid-body, protocol upgrade), the connection is not
-/// reused.
-pub struct Pooled {
-    idle: Idle,
-    endpoint: SocketAddr,
-    sender: Option<http1::SendRequest<RequestBody>>,
-}
-
-impl Pooled {
-    pub fn release(mut self) {
-        if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
-            // Stale and closed connections are skipped when taken and
-            // dropped by the reaper: no scan of the list here, on every
-            // response.
-            lock(&self.idle).entry(self.endpoint).or_default().push((sender, Instant::now()));
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::base::H2_PREFACE as PREFACE;
 
 /// Frames a client may send in a burst, and per second after that.
 pub const BURST: u32 = 1000;

@@ -8,13 +8,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 
-use crate::Shared;
+use super::server::Server;
 
 /// Resolves the certificate of the listener that the SNI selects on one
 /// socket. Because it reads the snapshot at each handshake, a certificate
 /// change applies to the next connection without a restart.
 pub struct SniResolver {
-    shared: Arc<Shared>,
+    server: Arc<Server>,
     bind: SocketAddr,
 }
 
@@ -26,7 +26,7 @@ impl std::fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snapshot = self.shared.snapshot.load();
+        let snapshot = self.server.proxy.snapshot.load();
         let bind = snapshot.bind(self.bind)?;
         // An SNI that no listener claims falls back to the default listener,
         // so the client completes the handshake and gets a readable 404.
@@ -48,13 +48,13 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The rustls configuration of one HTTPS socket: ALPN h2 and http/1.1.
-pub fn server_config(shared: Arc<Shared>, bind: SocketAddr) -> Arc<ServerConfig> {
+pub fn server_config(server: Arc<Server>, bind: SocketAddr) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { shared, bind }));
+        .with_cert_resolver(Arc::new(SniResolver { server, bind }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

@@ -38,10 +38,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
-use crate::error::{ConnectWaitTimeout, ProxyError};
+use super::error::{ConnectWaitTimeout, ProxyError};
+use super::state::Proxy;
+use crate::base::BoxError;
 use crate::metrics::{Active, HostStats, Pending};
-use crate::upstream::{BoxError, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// The wait before the first connect is tried again; it grows by half at
 /// each failure, up to [`MAX_RETRY_DELAY`]: a pod that is Ready before
@@ -117,7 +118,7 @@ pub(crate) async fn wait_for_ready(
 
 /// A request on a gated route, on its way to an endpoint.
 pub(crate) struct Gated<'r> {
-    pub shared: &'r Shared,
+    pub proxy: &'r Proxy,
     pub rule: &'r Rule,
     pub gate: &'r Gate,
     pub backends: &'r Backends,
@@ -177,7 +178,7 @@ pub(crate) async fn admit<'r>(
                 // may have come.
                 let (chosen, backend) = match pick_weighted(&ready_backends(
                     g.backends,
-                    &g.shared.snapshot.load().backends,
+                    &g.proxy.snapshot.load().backends,
                 )) {
                     // Another backendRef of the rule has a ready endpoint: it serves at once.
                     Some((i, backend)) => (&g.backends.backends[i], backend),
@@ -193,7 +194,7 @@ pub(crate) async fn admit<'r>(
                     }
                 };
                 let endpoint = pick_endpoint(&backend, failed.as_ref().map(|(_, _, endpoint)| *endpoint));
-                if attempts == 0 && g.shared.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
+                if attempts == 0 && g.proxy.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
                     let active = g.host.active();
                     return Ok(Admitted { chosen, backend, endpoint, connected: None, active });
                 }
@@ -207,7 +208,7 @@ pub(crate) async fn admit<'r>(
         }
         attempts += 1;
         // Boxed: a held request waits without room for a connect's state.
-        let connect = Box::pin(tokio::time::timeout_at(deadline, g.shared.upstream.connect(endpoint)));
+        let connect = Box::pin(tokio::time::timeout_at(deadline, g.proxy.upstream.connect(endpoint)));
         let error: BoxError = match connect.await {
             Ok(Ok(stream)) => {
                 if let Some(since) = first_failure {
@@ -250,7 +251,7 @@ pub(crate) async fn admit<'r>(
         );
         tokio::select! {
             _ = tokio::time::sleep(retry_in) => {}
-            _ = g.shared.stopping.cancelled() => return Err(ProxyError::ShuttingDown { host: g.host.label().to_string() }),
+            _ = g.proxy.stopping.cancelled() => return Err(ProxyError::ShuttingDown { host: g.host.label().to_string() }),
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
@@ -267,7 +268,7 @@ impl<'r> Gated<'r> {
             host: self.host.label().to_string(),
             max: self.gate.max_pending,
         })?;
-        self.shared.metrics.request_held();
+        self.proxy.metrics.request_held();
         Ok(held)
     }
 
@@ -295,14 +296,14 @@ impl<'r> Gated<'r> {
         swaps: &mut Option<watch::Receiver<u64>>,
         deadline: tokio::time::Instant,
     ) -> Result<(&'r WeightedBackend, Arc<Backend>), ProxyError> {
-        let swaps = swaps.get_or_insert_with(|| self.shared.swaps.subscribe());
-        let snapshot = || self.shared.snapshot.load_full();
+        let swaps = swaps.get_or_insert_with(|| self.proxy.swaps.subscribe());
+        let snapshot = || self.proxy.snapshot.load_full();
         let (i, backend) = wait_for_ready(
             self.gate,
             self.backends,
             snapshot,
             swaps,
-            &self.shared.stopping,
+            &self.proxy.stopping,
             deadline,
             self.host.label(),
         )
