@@ -29,6 +29,8 @@ mod base;
 mod config;
 mod conn;
 mod control;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod http1;
 pub mod metrics;
 mod proxy;

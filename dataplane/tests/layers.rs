@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["proxy"],
     &["conn"],
     &["control"],
-    &["admin"],
+    &["admin", "fuzzing"],
 ];
 
 #[test]

@@ -229,7 +229,7 @@ pub async fn exchange(
 
 /// How a response body is delimited (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunk),
@@ -240,7 +240,7 @@ enum Framing {
 
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// At a chunk-size line.
     Size,
     /// In a chunk's data, with this many bytes left.
@@ -251,7 +251,7 @@ enum Chunk {
     Trailers,
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     /// The buffer does not hold a whole head yet.
     Partial,
     /// A 1xx response was skipped.
@@ -261,17 +261,17 @@ enum Parsed {
 
 /// A response head, its body's framing, and whether the connection can
 /// carry another response after it.
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    framing: Framing,
-    reusable: bool,
+pub(crate) struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    pub reusable: bool,
 }
 
 /// Parses a response head at the start of `read` and removes it from there.
 /// The header values share the head's bytes.
-fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxError> {
+pub(crate) fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Parsed, BoxError> {
     // Uninitialised: the parser writes only as many fields as there are.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -436,9 +436,18 @@ impl ResponseBody {
     /// The next piece of the body from the bytes read, without reading.
     fn next_frame(&mut self) -> Result<Option<Bytes>, BoxError> {
         let conn = self.conn.as_mut().expect("a body that has not ended has its connection");
-        let read = &mut conn.read;
+        self.framing.decode(&mut conn.read)
+    }
+}
+
+impl Framing {
+    /// Takes the next piece of a body framed so from the start of `read`:
+    /// data, or `None` when `read` holds no more of it (or the body has
+    /// ended: [`Framing::Done`]). Chunk-size lines, the CRLF after chunks
+    /// and trailer fields are consumed on the way.
+    pub(crate) fn decode(&mut self, read: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
         loop {
-            match &mut self.framing {
+            match self {
                 Framing::Done => return Ok(None),
                 Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
                     if read.is_empty() {
@@ -447,7 +456,7 @@ impl ResponseBody {
                     let n = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
                     *left -= n as u64;
                     if *left == 0 {
-                        self.framing = match self.framing {
+                        *self = match *self {
                             Framing::Length(_) => Framing::Done,
                             _ => Framing::Chunked(Chunk::DataEnd),
                         };
@@ -460,7 +469,7 @@ impl ResponseBody {
                 Framing::Chunked(Chunk::Size) => {
                     let Some(line) = take_line(read)? else { return Ok(None) };
                     let size = chunk_size(&line)?;
-                    self.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                    *self = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
                 }
                 Framing::Chunked(Chunk::DataEnd) => {
                     if read.len() < 2 {
@@ -470,13 +479,13 @@ impl ResponseBody {
                         return Err("a chunk's data is not followed by CRLF".into());
                     }
                     read.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
+                    *self = Framing::Chunked(Chunk::Size);
                 }
                 Framing::Chunked(Chunk::Trailers) => {
                     // Trailer fields are not passed on.
                     let Some(line) = take_line(read)? else { return Ok(None) };
                     if line.is_empty() {
-                        self.framing = Framing::Done;
+                        *self = Framing::Done;
                     }
                 }
             }

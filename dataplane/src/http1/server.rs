@@ -248,13 +248,13 @@ where
 }
 
 /// A request this server takes, and what its head says of the connection.
-struct Plain<Q> {
-    request: Box<Request<Q>>,
-    keep_alive: bool,
-    http10: bool,
+pub(crate) struct Plain<Q> {
+    pub request: Box<Request<Q>>,
+    pub keep_alive: bool,
+    pub http10: bool,
 }
 
-enum Parsed<Q> {
+pub(crate) enum Parsed<Q> {
     /// The buffer does not hold a whole head yet.
     Partial,
     Plain(Plain<Q>),
@@ -266,7 +266,7 @@ enum Parsed<Q> {
 /// body is taken out of `read`, its header values sharing the head's bytes;
 /// any other request is left there. A malformed head is the status to refuse
 /// it with.
-fn parse_head<Q: Default>(read: &mut BytesMut, config: &Config) -> Result<Parsed<Q>, StatusCode> {
+pub(crate) fn parse_head<Q: Default>(read: &mut BytesMut, config: &Config) -> Result<Parsed<Q>, StatusCode> {
     let max = config.max_request_headers;
     // Uninitialised: the parser writes only as many fields as there are.
     let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
