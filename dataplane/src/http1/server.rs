@@ -371,14 +371,38 @@ async fn write_response<S, B>(
     response: Response<B>,
     head_request: bool,
     http10: bool,
-    mut keep_alive: bool,
+    keep_alive: bool,
 ) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
+    let request = Asked { head_request, http10, keep_alive };
+    let (framing, keep_alive) = write_head(out, &parts, body.size_hint().exact(), request);
+    if framing == Framing::None {
+        drop(body);
+        return send(io, out).await.map(|()| keep_alive);
+    }
+    let whole = write_body(io, out, body, framing).await?;
+    Ok(keep_alive && whole)
+}
+
+/// What the request said of its response.
+#[derive(Clone, Copy)]
+struct Asked {
+    head_request: bool,
+    http10: bool,
+    keep_alive: bool,
+}
+
+/// Writes a response head into `out`: the status line, the response's
+/// fields but those of framing and of the connection, which are this
+/// server's own, then its framing and the connection's fate. Returns the
+/// body's framing and whether the connection is kept.
+fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, exact: Option<u64>, asked: Asked) -> (Framing, bool) {
+    let Asked { head_request, http10, mut keep_alive } = asked;
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -389,9 +413,8 @@ where
     let mut length = None;
     let mut dated = false;
     for (name, value) in &parts.headers {
-        // The framing and the connection's fate are written below, from
-        // what this server does; a filter cannot set them (nor smuggle a
-        // second framing in).
+        // A filter cannot set framing or the connection's fate (nor smuggle
+        // a second framing in).
         if name == header::CONTENT_LENGTH {
             // Digits only, as the response came with it (a backend's is
             // checked where it is read; a filter's may be anything).
@@ -412,13 +435,13 @@ where
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     // A response to HEAD keeps the length a GET would have had.
-    let length = length.or_else(|| body.size_hint().exact().filter(|_| !bodiless));
+    let length = length.or_else(|| exact.filter(|_| !bodiless));
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(n.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut framing = if bodiless {
+    let framing = if bodiless {
         Framing::None
     } else if let Some(n) = length {
         Framing::Length(n)
@@ -438,10 +461,18 @@ where
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        drop(body);
-        return send(io, out).await.map(|()| keep_alive);
-    }
+    (framing, keep_alive)
+}
+
+/// Writes the body after its head (waiting in `out`) as it comes, framed
+/// so. Returns whether it went out whole: not if it was longer or shorter
+/// than its length (the connection cannot carry another response then).
+async fn write_body<S, B>(io: &mut S, out: &mut Vec<u8>, mut body: B, mut framing: Framing) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     loop {
         // What the body has ready goes out with what is waiting; when it
         // has nothing ready, what is waiting goes out first.
@@ -500,16 +531,17 @@ where
             send(io, out).await?;
         }
     }
+    let mut whole = true;
     match framing {
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         Framing::Length(left) if left > 0 => {
             tracing::debug!(missing = left, "response body shorter than its Content-Length: closing the connection");
-            keep_alive = false;
+            whole = false;
         }
         _ => {}
     }
     send(io, out).await?;
-    Ok(keep_alive)
+    Ok(whole)
 }
 
 enum Next {
