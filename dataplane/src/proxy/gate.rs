@@ -157,94 +157,158 @@ pub(crate) async fn admit<'r>(
     g: &Gated<'r>,
     mut next: Option<(&'r WeightedBackend, Arc<Backend>, SocketAddr)>,
 ) -> Result<Admitted<'r>, ProxyError> {
-    let reached = Instant::now();
-    let mut deadline = tokio::time::Instant::from_std(reached + g.gate.wait_timeout);
-    if let Some(request) = g.rule.timeouts.request {
-        deadline = deadline.min(tokio::time::Instant::from_std(g.started + request));
-    }
-    let mut held: Option<Pending> = None;
-    let mut active: Option<Active> = None;
-    let mut swaps: Option<watch::Receiver<u64>> = None;
-    let mut attempts = 0;
-    let mut delay = FIRST_RETRY_DELAY;
-    // The last connect that failed: why, and to what.
-    let mut failed: Option<(BoxError, Arc<Backend>, SocketAddr)> = None;
-    let mut first_failure: Option<Instant> = None;
+    let mut admission = Admission::new(g);
     loop {
         let (chosen, backend, endpoint) = match next.take() {
             Some(next) => next,
+            None => match admission.next_endpoint().await? {
+                Next::Open(admitted) => return Ok(admitted),
+                Next::Connect(chosen, backend, endpoint) => (chosen, backend, endpoint),
+            },
+        };
+        let error = match admission.connect(chosen, &backend, endpoint).await {
+            Ok(admitted) => return Ok(admitted),
+            Err(error) => error,
+        };
+        admission.back_off((error, backend, endpoint)).await?;
+    }
+}
+
+/// A connect that failed: why, and to what.
+type Failed = (BoxError, Arc<Backend>, SocketAddr);
+
+/// What the next attempt of an [`Admission`] is.
+enum Next<'r> {
+    /// The upstream has a connection open to a ready endpoint: no connect.
+    Open(Admitted<'r>),
+    Connect(&'r WeightedBackend, Arc<Backend>, SocketAddr),
+}
+
+/// One request's way through [`admit`]: its deadline, whether it is held
+/// (pending) or active, its attempts and backoff, and its last failure.
+struct Admission<'g, 'r> {
+    g: &'g Gated<'r>,
+    reached: Instant,
+    deadline: tokio::time::Instant,
+    held: Option<Pending>,
+    active: Option<Active>,
+    swaps: Option<watch::Receiver<u64>>,
+    attempts: u32,
+    delay: Duration,
+    failed: Option<Failed>,
+    first_failure: Option<Instant>,
+}
+
+impl<'g, 'r> Admission<'g, 'r> {
+    /// `wait-timeout` from now, capped by the rule's request timeout.
+    fn new(g: &'g Gated<'r>) -> Self {
+        let reached = Instant::now();
+        let mut deadline = tokio::time::Instant::from_std(reached + g.gate.wait_timeout);
+        if let Some(request) = g.rule.timeouts.request {
+            deadline = deadline.min(tokio::time::Instant::from_std(g.started + request));
+        }
+        Admission {
+            g,
+            reached,
+            deadline,
+            held: None,
+            active: None,
+            swaps: None,
+            attempts: 0,
+            delay: FIRST_RETRY_DELAY,
+            failed: None,
+            first_failure: None,
+        }
+    }
+
+    /// After a failed connect, or with no endpoint at first: the rule's
+    /// ready endpoints as they are now (the one that failed may have gone,
+    /// another may have come), waiting for one if there is none.
+    async fn next_endpoint(&mut self) -> Result<Next<'r>, ProxyError> {
+        let g = self.g;
+        let ready = pick_weighted(&ready_backends(g.backends, &g.proxy.snapshot.load().backends));
+        let (chosen, backend) = match ready {
+            // Another backendRef of the rule has a ready endpoint: it serves at once.
+            Some((i, backend)) => (&g.backends.backends[i], backend),
             None => {
-                // After a failed connect: the endpoint may have gone, another
-                // may have come.
-                let (chosen, backend) = match pick_weighted(&ready_backends(
-                    g.backends,
-                    &g.proxy.snapshot.load().backends,
-                )) {
-                    // Another backendRef of the rule has a ready endpoint: it serves at once.
-                    Some((i, backend)) => (&g.backends.backends[i], backend),
-                    None => {
-                        if held.is_none() {
-                            held = Some(g.hold()?);
-                        }
-                        tracing::debug!(route = %g.rule.route, host = %g.host.label(), "no ready endpoint: holding the request");
-                        match g.wait(&mut swaps, deadline).await {
-                            Ok(found) => found,
-                            Err(e) => return Err(failed.map_or(e, |failed| g.give_up(reached, attempts, failed))),
-                        }
-                    }
-                };
-                let endpoint = pick_endpoint(&backend, failed.as_ref().map(|(_, _, endpoint)| *endpoint));
-                if attempts == 0 && g.proxy.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
-                    let active = g.host.active();
-                    return Ok(Admitted { chosen, backend, endpoint, connected: None, active });
+                if self.held.is_none() {
+                    self.held = Some(g.hold()?);
                 }
-                (chosen, backend, endpoint)
+                tracing::debug!(route = %g.rule.route, host = %g.host.label(), "no ready endpoint: holding the request");
+                match g.wait(&mut self.swaps, self.deadline).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.failed.take().map_or(e, |failed| self.give_up(failed))),
+                }
             }
         };
-        if held.is_none() && active.is_none() {
+        let endpoint = pick_endpoint(&backend, self.failed.as_ref().map(|(_, _, endpoint)| *endpoint));
+        if self.attempts == 0 && g.proxy.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
+            let active = g.host.active();
+            return Ok(Next::Open(Admitted { chosen, backend, endpoint, connected: None, active }));
+        }
+        Ok(Next::Connect(chosen, backend, endpoint))
+    }
+
+    /// Connects to `endpoint` before the deadline.
+    async fn connect(
+        &mut self,
+        chosen: &'r WeightedBackend,
+        backend: &Arc<Backend>,
+        endpoint: SocketAddr,
+    ) -> Result<Admitted<'r>, BoxError> {
+        let g = self.g;
+        if self.held.is_none() && self.active.is_none() {
             // A request that was not held counts as active while it
             // connects, as on any route.
-            active = Some(g.host.active());
+            self.active = Some(g.host.active());
         }
-        attempts += 1;
+        self.attempts += 1;
         // Boxed: a held request waits without room for a connect's state.
-        let connect = Box::pin(tokio::time::timeout_at(deadline, g.proxy.upstream.connect(endpoint)));
-        let error: BoxError = match connect.await {
+        let connect = Box::pin(tokio::time::timeout_at(self.deadline, g.proxy.upstream.connect(endpoint)));
+        match connect.await {
             Ok(Ok(stream)) => {
-                if let Some(since) = first_failure {
+                if let Some(since) = self.first_failure {
                     tracing::info!(
                         route = %g.rule.route,
                         host = %g.host.label(),
                         backend = %backend.id,
                         %endpoint,
-                        attempts,
+                        attempts = self.attempts,
                         retrying_ms = since.elapsed().as_millis() as u64,
-                        waited_ms = reached.elapsed().as_millis() as u64,
+                        waited_ms = self.reached.elapsed().as_millis() as u64,
                         "connected after failed attempts"
                     );
                 }
-                let active = active.unwrap_or_else(|| g.host.active());
-                return Ok(Admitted { chosen, backend, endpoint, connected: Some(stream), active });
+                let active = self.active.take().unwrap_or_else(|| g.host.active());
+                Ok(Admitted { chosen, backend: backend.clone(), endpoint, connected: Some(stream), active })
             }
-            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e) | UpstreamError::RequestBody(e))) => e,
-            Err(_) => "still connecting at the gate's deadline".into(),
-        };
-        first_failure.get_or_insert_with(Instant::now);
-        if held.is_none() {
-            held = Some(g.hold()?);
-            active = None;
+            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e) | UpstreamError::RequestBody(e))) => Err(e),
+            Err(_) => Err("still connecting at the gate's deadline".into()),
+        }
+    }
+
+    /// After a failed connect: the request counts as held from here; it
+    /// waits out a jittered backoff (growing to [`MAX_RETRY_DELAY`]), and
+    /// gives up at the deadline, or at once at shutdown.
+    async fn back_off(&mut self, failed: Failed) -> Result<(), ProxyError> {
+        let g = self.g;
+        self.first_failure.get_or_insert_with(Instant::now);
+        if self.held.is_none() {
+            self.held = Some(g.hold()?);
+            self.active = None;
         }
         let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
+        if now >= self.deadline {
+            return Err(self.give_up(failed));
         }
-        let retry_in = jittered(delay).min(deadline - now);
+        let retry_in = jittered(self.delay).min(self.deadline - now);
+        let (error, backend, endpoint) = &failed;
         tracing::debug!(
             route = %g.rule.route,
             host = %g.host.label(),
             backend = %backend.id,
             %endpoint,
-            attempt = attempts,
+            attempt = self.attempts,
             retry_in_ms = retry_in.as_millis() as u64,
             error = %error,
             "connect failed: trying again"
@@ -253,11 +317,16 @@ pub(crate) async fn admit<'r>(
             _ = tokio::time::sleep(retry_in) => {}
             _ = g.proxy.stopping.cancelled() => return Err(ProxyError::ShuttingDown { host: g.host.label().to_string() }),
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(g.give_up(reached, attempts, (error, backend, endpoint)));
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(self.give_up(failed));
         }
-        delay = (delay * 3 / 2).min(MAX_RETRY_DELAY);
-        failed = Some((error, backend, endpoint));
+        self.delay = (self.delay * 3 / 2).min(MAX_RETRY_DELAY);
+        self.failed = Some(failed);
+        Ok(())
+    }
+
+    fn give_up(&self, failed: Failed) -> ProxyError {
+        self.g.give_up(self.reached, self.attempts, failed)
     }
 }
 
