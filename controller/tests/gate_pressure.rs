@@ -1,6 +1,6 @@
 //! The scale-to-zero gate under pressure, against the `agimo` binary: ten
 //! thousand requests held across ten hosts (HTTP/2, a hundred streams per
-//! connection) fit the memory budget the README states, `max-pending` turns
+//! connection) fit the memory budget docs/behaviour.md states, `max-pending` turns
 //! the next one away, and when the clients give up every held request is
 //! released at once.
 
@@ -18,7 +18,7 @@ use support::process::{Running, serve_config};
 const HOSTS: usize = 10;
 const PER_HOST: usize = 1000;
 const STREAMS_PER_CONNECTION: usize = 100;
-/// The README's budget for ten thousand held requests (resident memory
+/// The budget for ten thousand held requests in docs/behaviour.md (resident memory
 /// added to the process).
 const BUDGET_MIB: u64 = 64;
 
