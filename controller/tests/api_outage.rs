@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use agimo_testkit::wait::{eventually, eventually_within};
 use support::cluster::*;
 
 /// The local cluster's kube-apiserver process, as `local-cluster` started it.

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use agimo_testkit::client::{self, Mode};
 use agimo_testkit::tls::self_signed;
+use agimo_testkit::wait::{condition, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject};
 use support::cluster::*;

@@ -2,7 +2,7 @@
 //! tests, with a limit an environment variable sets for slow machines.
 //!
 //! ```text
-//!   check() ──not yet──► sleep (10 ms, growing to 200 ms) ──► check() ... ──past the limit──► panic
+//!   check() ──not yet──► sleep (10 ms, growing to 50 ms) ──► check() ... ──past the limit──► panic
 //!      └──done──► its value
 //! ```
 
@@ -94,7 +94,7 @@ async fn poll<C: Outcome, F: Future<Output = C>>(
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(Duration::from_millis(200));
+        pause = (pause * 3 / 2).min(Duration::from_millis(50));
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use agimo_testkit::client::{self, Mode, Reply};
 use agimo_testkit::echo::{self, Echo};
 use agimo_testkit::objects::HttpRoute;
-pub use agimo_testkit::wait::{condition, eventually, eventually_within};
+use agimo_testkit::wait::{condition, eventually};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
