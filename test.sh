@@ -16,6 +16,10 @@ command -v make >/dev/null && command -v cc >/dev/null ||
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q make gcc >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# The scripts' own tests, without a cluster or a build (seconds): every step
+# of conformance/run's EXIT trap runs; bench/run leaves no policy-rc.d behind.
+conformance/test-run
+bench/test-run
 # Hostile-client tests run slowhttptest (Debian's package) and open ten
 # thousand connections.
 command -v slowhttptest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slowhttptest >/dev/null

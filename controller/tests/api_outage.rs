@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use agimo_testkit::wait::{eventually, eventually_within};
 use support::cluster::*;
 
 /// The local cluster's kube-apiserver process, as `local-cluster` started it.
@@ -67,11 +68,7 @@ impl ApiServer {
         let pid = Self::pid_in(&self.pid_file);
         let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
         assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(Instant::now() < deadline, "the API server did not stop");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually("the API server stops", || async { !std::path::Path::new(&format!("/proc/{pid}")).exists() }).await;
     }
 
     /// Starts it again as before, appending to its log; `local-cluster down`
@@ -142,26 +139,24 @@ async fn traffic_flows_through_an_api_server_outage_and_watches_recover() {
     // Once the API server answers, a new route is served and its status
     // written: the watches and the status writer came back by themselves.
     let ns = c.ns.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
     let after = route("after", "gw", "/after", "svc");
-    loop {
-        if matches!(tokio::time::timeout(Duration::from_secs(5), c.try_apply(&after)).await, Ok(Ok(()))) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the API server did not come back");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    eventually_within(Duration::from_secs(120), "the API server comes back (the new route applies)", || async {
+        matches!(tokio::time::timeout(Duration::from_secs(5), c.try_apply(&after)).await, Ok(Ok(())))
+    })
+    .await;
     eprintln!("API server back after {:?}", restarted.elapsed());
-    eventually_served_within(at, "/after", Duration::from_secs(90)).await;
+    eventually_within(Duration::from_secs(90), "/after served by v1", || async {
+        get(at, "x", "/after").await.is_some_and(|r| r.status == 200 && r.echo().backend == "v1")
+    })
+    .await;
     eprintln!("the new route served {:?} after the restart", restarted.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(90);
     let accepted = |o: &serde_json::Value| {
         our_parent(o, &ns, "gw").is_some_and(|p| has(o, &p["conditions"], "Accepted", "True", "Accepted"))
     };
-    while !accepted(&c.get("HTTPRoute", "after").await) {
-        assert!(Instant::now() < deadline, "the new route's status was never written");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually_within(Duration::from_secs(90), "the new route's status is written", || async {
+        accepted(&c.get("HTTPRoute", "after").await)
+    })
+    .await;
     eprintln!("its status written {:?} after the restart", restarted.elapsed());
 
     running.store(false, Ordering::Relaxed);
@@ -169,16 +164,4 @@ async fn traffic_flows_through_an_api_server_outage_and_watches_recover() {
     eprintln!("{ok} requests served during the test, {} failed", failed.len());
     assert!(failed.is_empty(), "requests failed during the outage: {failed:?}");
     assert!(ok > outage.as_secs() as usize * 5, "{ok} requests");
-}
-
-/// Waits for `/after` to be answered 200 by `v1`.
-async fn eventually_served_within(at: SocketAddr, path: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if get(at, "x", path).await.is_some_and(|r| r.status == 200 && r.echo().backend == "v1") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{path} not served within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -8,8 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
+use agimo_testkit::wait::eventually;
 use futures_util::{SinkExt, StreamExt};
-use support::{Agimo, base_yaml, metric, service_without_endpoints};
+use support::{Agimo, HttpRoute, base_yaml, metric, route_for_host, service_without_endpoints};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Gateway `gw`, the echo backend `app` (listening, but with no endpoint in
@@ -164,23 +165,13 @@ async fn a_client_that_gives_up_is_no_longer_pending() {
 async fn weighted_backends_prefer_a_ready_one_and_ungated_routes_do_not_wait() {
     let yaml = base_yaml(&["ready"])
         + &service_without_endpoints("asleep")
-        + "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: split, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true'}}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [split.example]
-  rules: [{backendRefs: [{name: asleep, port: 80, weight: 90}, {name: ready, port: 80, weight: 10}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: plain, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [plain.example]
-  rules: [{backendRefs: [{name: asleep, port: 80}]}]
-";
+        + &HttpRoute::new("split")
+            .annotation("agimo.dev/scale-to-zero", "true")
+            .hostname("split.example")
+            .weighted("asleep", 90)
+            .weighted("ready", 10)
+            .yaml()
+        + &route_for_host("plain", "plain.example", "asleep");
     let agimo = Agimo::start(&yaml, &["ready"]).await;
     let hits = agimo.backends_hit(8080, "split.example", "/", 50).await;
     assert_eq!(hits.get("ready"), Some(&50), "{hits:?}");
@@ -353,16 +344,15 @@ metadata: {name: h2app, namespace: default, labels: {kubernetes.io/service-name:
 addressType: IPv4
 ports: [{name: h2c, port: 1}]
 endpoints: []
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: h2app, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 30s}}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [h2.example]
-  rules: [{backendRefs: [{name: h2app, port: 80}]}]
-";
-    let agimo = Agimo::start(&(scaled_to_zero(GATED) + h2_at_zero), &[]).await;
+"
+    .to_owned()
+        + &HttpRoute::new("h2app")
+            .annotation("agimo.dev/scale-to-zero", "true")
+            .annotation("agimo.dev/wait-timeout", "30s")
+            .hostname("h2.example")
+            .backend("h2app")
+            .yaml();
+    let agimo = Agimo::start(&(scaled_to_zero(GATED) + &h2_at_zero), &[]).await;
     let addr = agimo.addr(8080);
     let (app, h2app) = (NotListening::new(), NotListening::new());
 
@@ -381,7 +371,7 @@ spec:
     let to_h2c = tokio::spawn(client::send(addr, Mode::Http1, client::get("h2.example", "/to-h2c")));
     pending(&agimo, 3.0).await;
     let h2_pending = || metric(&agimo.dataplane.metrics().render(), "pending_requests_total", "h2.example");
-    support::eventually_true(|| h2_pending() == Some(1.0)).await;
+    eventually("the h2 request is held", || async { h2_pending() == Some(1.0) }).await;
 
     let h2_ready = h2_at_zero.replace(
         "port: 1}]\nendpoints: []",

@@ -1,6 +1,6 @@
 //! The scale-to-zero gate under pressure, against the `agimo` binary: ten
 //! thousand requests held across ten hosts (HTTP/2, a hundred streams per
-//! connection) fit the memory budget the README states, `max-pending` turns
+//! connection) fit the memory budget docs/behaviour.md states, `max-pending` turns
 //! the next one away, and when the clients give up every held request is
 //! released at once.
 
@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
+use agimo_testkit::wait::eventually_within;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,41 +19,34 @@ use support::process::{Running, serve_config};
 const HOSTS: usize = 10;
 const PER_HOST: usize = 1000;
 const STREAMS_PER_CONNECTION: usize = 100;
-/// The README's budget for ten thousand held requests (resident memory
+/// The budget for ten thousand held requests in docs/behaviour.md (resident memory
 /// added to the process).
 const BUDGET_MIB: u64 = 64;
 
 fn config() -> String {
     let mut yaml = support::base_yaml(&[]) + &support::service_without_endpoints("app");
     for i in 0..HOSTS {
-        yaml.push_str(&format!(
-            "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: r{i}
-  namespace: default
-  annotations: {{agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 5m, agimo.dev/max-pending: '{PER_HOST}'}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [host-{i}.example]
-  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
-"
-        ));
+        let route = support::HttpRoute::new(&format!("r{i}"))
+            .annotation("agimo.dev/scale-to-zero", "true")
+            .annotation("agimo.dev/wait-timeout", "5m")
+            .annotation("agimo.dev/max-pending", &PER_HOST.to_string())
+            .hostname(&format!("host-{i}.example"))
+            .backend("app");
+        yaml.push_str(&route.yaml());
     }
     yaml
 }
 
-async fn eventually_pending(agimo: &Running, want: f64, within: Duration) -> Duration {
+/// Waits (up to `limit`, see [`eventually_within`]) until `want` requests
+/// are pending; returns how long it took.
+async fn pending_reaches(agimo: &Running, want: f64, limit: Duration) -> Duration {
     let started = Instant::now();
-    loop {
+    eventually_within(limit, &format!("{want} requests pending"), || async {
         let now = agimo.metric_total("pending_requests_total").await;
-        if now == want {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "pending is {now}, not {want}, after {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if now == want { Ok(()) } else { Err(format!("pending is {now}")) }
+    })
+    .await;
+    started.elapsed()
 }
 
 /// An h2c connection holding `STREAMS_PER_CONNECTION` requests for `host`.
@@ -87,7 +81,7 @@ async fn ten_thousand_held_requests_fit_the_budget_and_are_released_when_clients
             clients.push(hold(agimo.http, format!("host-{i}.example")).await);
         }
     }
-    eventually_pending(&agimo, (HOSTS * PER_HOST) as f64, Duration::from_secs(60)).await;
+    pending_reaches(&agimo, (HOSTS * PER_HOST) as f64, Duration::from_secs(60)).await;
     let held = agimo.rss_kib();
     let added = held.saturating_sub(before);
     println!(
@@ -107,7 +101,7 @@ async fn ten_thousand_held_requests_fit_the_budget_and_are_released_when_clients
     for client in &clients {
         client.abort();
     }
-    let released = eventually_pending(&agimo, 0.0, Duration::from_secs(5)).await;
+    let released = pending_reaches(&agimo, 0.0, Duration::from_secs(5)).await;
     println!("released in {released:?}");
     assert!(released < Duration::from_secs(2), "{released:?}");
 }

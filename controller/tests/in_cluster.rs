@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode};
+use agimo_testkit::wait::{condition, eventually, eventually_within};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
@@ -44,11 +45,10 @@ impl Env {
         // A namespace left by an earlier run must be gone first.
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         let _ = namespaces.delete(NS, &DeleteParams::default()).await;
-        let started = Instant::now();
-        while namespaces.get_opt(NS).await.expect("read namespace").is_some() {
-            assert!(started.elapsed() < Duration::from_secs(90), "namespace {NS} from an earlier run is not gone");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        eventually_within(Duration::from_secs(90), &format!("namespace {NS} from an earlier run is gone"), || async {
+            namespaces.get_opt(NS).await.expect("read namespace").is_none()
+        })
+        .await;
         Env { client, agimo_ns }
     }
 
@@ -68,22 +68,15 @@ impl Env {
         agimo_testkit::kube::apply(&self.client, NS, object, "agimo-tests").await;
     }
 
-    /// Waits up to `secs` for `check` on the object; returns it.
+    /// Waits up to `secs` (see [`eventually_within`]) for `check` on the
+    /// object; returns it.
     async fn wait_for(&self, kind: &str, name: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let api = self.api("gateway.networking.k8s.io/v1", kind, Some(NS)).await;
-        let started = Instant::now();
-        loop {
+        eventually_within(Duration::from_secs(secs), &format!("{kind} {name}: {what}"), || async {
             let object = serde_json::to_value(api.get(name).await.expect("get")).unwrap();
-            if check(&object) {
-                return object;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(secs),
-                "{kind} {name}: {what}: not within {secs} s; last seen:\n{:#}",
-                object["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if check(&object) { Ok(object) } else { Err(format!("status:\n{:#}", object["status"])) }
+        })
+        .await
     }
 
     /// The holder of the release's Lease (the only one in its namespace).
@@ -119,12 +112,8 @@ impl Env {
     }
 }
 
-fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
-    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
-}
-
 fn is_true(object: &Value, type_: &str) -> bool {
-    condition(object, type_)
+    condition(&object["status"]["conditions"], type_)
         .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == object["metadata"]["generation"])
 }
 
@@ -194,15 +183,15 @@ async fn keda_scaler_answers_for_every_replica(env: &Env, gateway: SocketAddr, p
     scalers.push(format!("{cluster_ip}:9091"));
     let held = tokio::spawn(client::send(gateway, Mode::Http1, client::get("held.example", "/wake")));
     let started = Instant::now();
-    for addr in &scalers {
-        while value(addr.clone()).await != Some(1) {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the scaler at {addr} does not count the request held by one of the replicas"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("every scaler counts the request held by one of the replicas", || async {
+        for addr in &scalers {
+            if value(addr.clone()).await != Some(1) {
+                return Err(format!("the scaler at {addr} does not count it"));
+            }
         }
-    }
+        Ok(())
+    })
+    .await;
     held.abort();
     println!("every scaler ({scalers:?}) counted the held request after {:?}", started.elapsed());
 }
@@ -266,11 +255,7 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
         // echo-basic answers with JSON naming its pod.
         (reply.status == 200 && String::from_utf8_lossy(&reply.body).contains("\"pod\"")).then_some(())
     };
-    let started = Instant::now();
-    while answered("first.example").await.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "first.example not served through {gateway}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(&format!("first.example served through {gateway}"), || answered("first.example")).await;
     // The other Gateway on port 80 has no route for it: its own listener
     // answers, not gw's.
     let other: SocketAddr = format!("{}:80", addresses[1]).parse().unwrap();
@@ -305,13 +290,12 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     pods_api.delete(&leader, &DeleteParams::default()).await.expect("delete the leader pod");
     let deleted = Instant::now();
     let started = Instant::now();
-    let new_leader = loop {
-        if let Some(holder) = env.lease_holder().await.filter(|h| *h != leader) {
-            break holder;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no other replica took the Lease over from {leader}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let new_leader = eventually_within(
+        Duration::from_secs(60),
+        &format!("another replica takes the Lease over from {leader}"),
+        || async { env.lease_holder().await.filter(|h| *h != leader) },
+    )
+    .await;
     println!("leader {leader} deleted; {new_leader} took over in {:?}", started.elapsed());
     // The survivor, or the replacement the Deployment started (it may win
     // the Lease the old leader released on its way out): a live pod either way.
@@ -320,18 +304,13 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     // The new leader writes statuses: a route added now gets Accepted.
     env.apply(route("second", "second.example")).await;
     env.wait_for("HTTPRoute", "second", 30, "Accepted by the new leader", route_accepted).await;
-    let started = Instant::now();
-    while answered("second.example").await.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "second.example not served after the takeover");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("second.example served after the takeover", || answered("second.example")).await;
     // The load goes on until the old leader is gone: past its shutdown delay,
     // when its listeners close, and its drain.
-    let started = Instant::now();
-    while pods_api.get_opt(&leader).await.expect("read the old leader pod").is_some() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{leader} is not gone");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_within(Duration::from_secs(60), &format!("{leader} is gone"), || async {
+        pods_api.get_opt(&leader).await.expect("read the old leader pod").is_none()
+    })
+    .await;
     println!("{leader} gone {:?} after its deletion", deleted.elapsed());
     // It shut down by itself (5 s shutdown delay, then its connections
     // drained), not by the SIGKILL at the end of its 30 s grace period.
@@ -350,10 +329,6 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     // A deleted Gateway's Service goes with it.
     let gateways = env.api("gateway.networking.k8s.io/v1", "Gateway", Some(NS)).await;
     gateways.delete("gw2", &DeleteParams::default()).await.expect("delete gw2");
-    let started = Instant::now();
-    while env.gateway_services().await.contains("gw2") {
-        assert!(started.elapsed() < Duration::from_secs(30), "gw2's Service is not deleted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("gw2's Service is deleted", || async { !env.gateway_services().await.contains("gw2") }).await;
     assert_eq!(env.gateway_services().await, BTreeSet::from(["gw".to_owned()]));
 }

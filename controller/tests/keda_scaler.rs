@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use agimo_scaler::proto::external_scaler_client::ExternalScalerClient;
 use agimo_scaler::proto::{GetMetricsRequest, IsActiveResponse, ScaledObjectRef};
 use agimo_testkit::client::{self, Mode};
+use agimo_testkit::wait::eventually;
 use support::process::{Running, serve_config_at};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -108,11 +109,11 @@ async fn a_request_held_by_any_replica_is_pushed_to_keda_at_once() {
         tokio::spawn(client::send(a.http, Mode::Http1, client::get("app.example", "/a"))),
         tokio::spawn(client::send(b.http, Mode::Http1, client::get("app.example", "/b"))),
     ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while value(&mut keda, &so).await != 3 {
-        assert!(Instant::now() < deadline, "the sum of both replicas' held requests");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the sum of both replicas' held requests is 3", || {
+        let (mut keda, so) = (keda.clone(), so.clone());
+        async move { value(&mut keda, &so).await == 3 }
+    })
+    .await;
 
     // Clients give up: nothing held, and after the activity window the
     // stream turns inactive (KEDA's cooldown then scales to zero).

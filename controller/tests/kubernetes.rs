@@ -14,10 +14,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use agimo_testkit::client::{self, Mode};
 use agimo_testkit::tls::self_signed;
+use agimo_testkit::wait::{condition, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject};
 use support::cluster::*;
@@ -181,23 +182,16 @@ async fn a_certificate_change_applies_to_new_handshakes() {
         let (stream, _) = handshake(cert).await.ok()?;
         client::send_on(stream, Mode::Http1, client::get("secure.test", "/")).await.ok().map(|r| r.status.as_u16())
     };
-    let started = Instant::now();
-    let mut last = None;
-    while last != Some(200) {
-        last = served(&first).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the route is never served with the first certificate: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the route is served with the first certificate", || async {
+        match served(&first).await {
+            Some(200) => Ok(()),
+            last => Err(format!("{last:?}")),
+        }
+    })
+    .await;
 
     c.apply(&secret(&second)).await;
-    let started = Instant::now();
-    while handshake(&second).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the new certificate is never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the new certificate is served", || async { handshake(&second).await.is_ok() }).await;
     assert!(handshake(&first).await.is_err(), "the old certificate is no longer served");
 }
 
@@ -221,15 +215,11 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     // Both replicas compile and report whether they lead; only the holder does.
     for (i, (_, admin)) in c.agimos.iter().enumerate() {
         let want = format!("leader: {}", i == leader);
-        let started = Instant::now();
-        loop {
+        eventually(&format!("replica {i} reports {want}"), || async {
             let status = get(*admin, "admin", "/status").await.map(|r| String::from_utf8_lossy(&r.body).into_owned());
-            if status.as_deref().is_some_and(|s| s.contains(&want)) {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "replica {i} never reported {want}: {status:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if status.as_deref().is_some_and(|s| s.contains(&want)) { Ok(()) } else { Err(format!("{status:?}")) }
+        })
+        .await;
     }
 
     // The leader goes away; the follower takes the Lease and writes the

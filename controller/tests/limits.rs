@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agimo_dataplane::Config;
+use agimo_testkit::wait::eventually;
 use support::{Agimo, base_yaml};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -75,7 +76,7 @@ async fn connections_over_the_cap_are_refused_politely() {
     for _ in 0..3 {
         held.push(tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap());
     }
-    support::eventually_true(|| agimo.dataplane.open_connections() == 3).await;
+    eventually("3 connections open", || async { agimo.dataplane.open_connections() == 3 }).await;
 
     let refused = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
@@ -86,7 +87,7 @@ async fn connections_over_the_cap_are_refused_politely() {
 
     // A connection that closes frees its place.
     held.pop();
-    support::eventually_true(|| agimo.dataplane.open_connections() == 2).await;
+    eventually("2 connections open", || async { agimo.dataplane.open_connections() == 2 }).await;
     let served = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
 }
@@ -101,12 +102,12 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_are_served() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut slow = socket.connect(agimo.addr(8080)).await.unwrap();
     slow.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    support::eventually_true(|| agimo.dataplane.open_connections() == 1).await;
+    eventually("1 connection open", || async { agimo.dataplane.open_connections() == 1 }).await;
 
     let started = Instant::now();
     let fine = raw(&agimo, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
-    support::eventually_true(|| agimo.dataplane.open_connections() == 0).await;
+    eventually("no connection open", || async { agimo.dataplane.open_connections() == 0 }).await;
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(5), "the stalled reader was cut off after {elapsed:?}");
     // What the slow client gets: part of the body, then the end.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use agimo_dataplane::Config;
 use agimo_testkit::client::{self, Mode};
 use agimo_testkit::tls::self_signed;
+use agimo_testkit::wait::eventually;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -69,13 +70,16 @@ async fn a_parked_connection_serves_its_next_request() {
         assert_eq!(connection, None, "round {round}: the connection stays open");
         assert!(body.contains(&format!("/round-{round}")), "{body}");
         // Idle: parked after PARK, and counted while parked.
-        support::eventually_true(|| parked(&agimo) == 1.0).await;
+        eventually("the connection is parked", || async { parked(&agimo) == 1.0 }).await;
     }
     let (status, _, body) = get(&mut sender, "/last").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(parked(&agimo), 0.0, "a connection serving a request is not parked");
     drop(sender);
-    support::eventually_true(|| parked(&agimo) == 0.0 && agimo.dataplane.open_connections() == 0).await;
+    eventually("nothing parked and no connection open", || async {
+        parked(&agimo) == 0.0 && agimo.dataplane.open_connections() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -99,7 +103,7 @@ async fn a_parked_tls_connection_serves_its_next_request() {
     for round in 0..3 {
         let (status, connection, body) = get(&mut sender, &format!("/tls-{round}")).await;
         assert_eq!((status, connection), (200, None), "round {round}: {body}");
-        support::eventually_true(|| parked(&agimo) == 1.0).await;
+        eventually("the connection is parked", || async { parked(&agimo) == 1.0 }).await;
     }
 }
 
@@ -158,14 +162,14 @@ async fn a_parked_connection_is_closed_by_the_idle_timeout() {
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
     let idle_since = Instant::now();
-    support::eventually_true(|| parked(&agimo) == 1.0).await;
+    eventually("the connection is parked", || async { parked(&agimo) == 1.0 }).await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the parked connection was never closed");
     let elapsed = idle_since.elapsed();
     assert!(elapsed >= idle_timeout - Duration::from_millis(50) && elapsed < idle_timeout * 3, "{elapsed:?}");
     assert!(rest.is_empty(), "nothing is sent to an idle connection that is closed");
-    support::eventually_true(|| parked(&agimo) == 0.0).await;
+    eventually("nothing parked", || async { parked(&agimo) == 0.0 }).await;
 }
 
 #[tokio::test]

@@ -15,9 +15,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agimo_testkit::client::{self, Mode};
+use agimo_testkit::wait::{condition, eventually_within};
 use futures_util::{SinkExt, StreamExt};
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -202,20 +203,16 @@ async fn scale_with(client: &Client, docs: Vec<Value>, host: &str) {
     for route in routes {
         apply(client, route).await;
     }
-    eventually(&format!("{host} is served (its series declared)"), 60, || async {
+    eventually_within(Duration::from_secs(60), &format!("{host} is served (its series declared)"), || async {
         metric("pending_requests_total", host).await == Some(0.0)
     })
     .await;
     for object in scaled {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         apply(client, object).await;
-        eventually(&format!("ScaledObject {name} is Ready"), 60, || async {
+        eventually_within(Duration::from_secs(60), &format!("ScaledObject {name} is Ready"), || async {
             let so = get(client, "keda.sh/v1alpha1", "ScaledObject", &name).await;
-            so["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            condition(&so["status"]["conditions"], "Ready").is_some_and(|c| c["status"] == "True")
         })
         .await;
     }
@@ -227,12 +224,12 @@ async fn replicas(client: &Client, kind: &str, name: &str) -> i64 {
 
 /// Waits until KEDA has scaled the workload to zero and its pods are gone.
 async fn at_zero(client: &Client, kind: &str, name: &str, seconds: u64) {
-    eventually(&format!("KEDA scales {kind} {name} to 0"), seconds, || async {
+    eventually_within(Duration::from_secs(seconds), &format!("KEDA scales {kind} {name} to 0"), || async {
         replicas(client, kind, name).await == 0
     })
     .await;
     let pods: Api<DynamicObject> = agimo_testkit::kube::api(client, NS, "v1", "Pod").await;
-    eventually(&format!("{name}'s pods are gone"), 60, || async {
+    eventually_within(Duration::from_secs(60), &format!("{name}'s pods are gone"), || async {
         pods.list(&ListParams::default().labels(&format!("app={name}"))).await.unwrap().items.is_empty()
     })
     .await;
@@ -242,18 +239,6 @@ async fn metric(name: &str, host: &str) -> Option<f64> {
     let addr: SocketAddr = format!("{ADMIN}:9090").parse().unwrap();
     let reply = client::send(addr, Mode::Http1, client::get("metrics", "/metrics")).await.ok()?;
     support::metric(&String::from_utf8_lossy(&reply.body), name, host)
-}
-
-async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(seconds), "{what}: not within {seconds} s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -309,7 +294,7 @@ async fn cycle(env: &Env, trigger: Trigger, kind: &str, name: &str) {
     for _ in 0..4 {
         more.push(websocket(env.gateway, &host).await);
     }
-    eventually(&format!("{trigger:?}: the HPA scales {name} to 2 or more"), 90, || async {
+    eventually_within(Duration::from_secs(90), &format!("{trigger:?}: the HPA scales {name} to 2 or more"), || async {
         replicas(client, kind, name).await >= 2
     })
     .await;

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode, Reply};
+use agimo_testkit::wait::eventually;
 use support::process::{Running, spawn};
 
 const LISTENERS: &str = "  - {name: http, port: 8080, protocol: HTTP}\n  - {name: extra, port: 8081, protocol: HTTP}\n";
@@ -62,22 +63,6 @@ async fn status(running: &Running) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
 
-/// Waits up to 5 s for a condition; returns how long it took.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within 5 s");
-}
-
 fn write(dir: &Path, file: &str, text: &str) {
     // Write then rename, as editors and ConfigMap updates do.
     let tmp = dir.join(format!(".{file}.tmp"));
@@ -92,11 +77,14 @@ async fn edits_apply_while_serving_and_bad_files_keep_the_last_good_config() {
 
     // An edit applies without a restart.
     write(&running.dir, "route.yaml", &route_yaml("first", "/second"));
-    let took = eventually("the edited route is served", || async {
+    let edited = Instant::now();
+    eventually("the edited route is served", || async {
         get(running.http, "/second").await.is_some_and(|r| r.status == 200)
     })
     .await;
+    let took = edited.elapsed();
     eprintln!("edit applied after {took:?}");
+    assert!(took < Duration::from_secs(5), "the edit took {took:?} to apply");
     assert_eq!(get(running.http, "/first").await.unwrap().status, 404);
 
     // Malformed YAML: reported with file and line; the last good config serves.

@@ -11,37 +11,16 @@ use agimo_testkit::client::{self, Mode};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use support::{Agimo, base_yaml};
+use support::{Agimo, HttpRoute, base_yaml, route_for_host};
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(generation: usize) -> String {
     // The tested route stays valid in every generation; the churn around it
     // changes: weights, extra routes, a route added and removed.
     let (w1, w2) = if generation.is_multiple_of(2) { (50, 50) } else { (90, 10) };
-    let mut yaml = base_yaml(&["v1", "v2"])
-        + &format!(
-            "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: main, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - backendRefs: [{{name: v1, port: 80, weight: {w1}}}, {{name: v2, port: 80, weight: {w2}}}]
-"
-        );
+    let mut yaml = base_yaml(&["v1", "v2"]) + &HttpRoute::new("main").weighted("v1", w1).weighted("v2", w2).yaml();
     for i in 0..(generation % 7) {
-        yaml += &format!(
-            "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: churn-{i}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [churn-{i}.example]
-  rules: [{{backendRefs: [{{name: v2, port: 80}}]}}]
-"
-        );
+        yaml += &route_for_host(&format!("churn-{i}"), &format!("churn-{i}.example"), "v2");
     }
     yaml
 }

@@ -2,12 +2,13 @@
 //! test ...`): a namespace of the test's own, and server-side apply of plain
 //! JSON objects of any kind (the resource is found by discovery).
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Client, discovery};
 use serde_json::{Value, json};
+
+use crate::wait::eventually_within;
 
 /// A client for the cluster of `KUBECONFIG`, and a namespace `<prefix>-<pid>`
 /// created for the test.
@@ -61,24 +62,18 @@ pub async fn apply(client: &Client, namespace: &str, mut object: Value, manager:
 pub async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     api.delete(name, &Default::default()).await.expect("delete namespace");
-    eventually(&format!("namespace {name} deleted"), Duration::from_secs(90), || async {
+    eventually_within(Duration::from_secs(90), &format!("namespace {name} deleted"), || async {
         matches!(api.get_opt(name).await, Ok(None)).then_some(())
     })
     .await;
 }
 
-/// Polls `check` every 100 ms until it returns something; panics after `limit`.
-pub async fn eventually<T, F: Future<Output = Option<T>>>(
+/// [`eventually_within`] with the arguments in the order the node agent's
+/// and the load balancer's tests use (same loop, same environment limit).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
-    mut check: impl FnMut() -> F,
+    check: impl FnMut() -> F,
 ) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_within(limit, what, check).await
 }

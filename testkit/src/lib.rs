@@ -1,7 +1,7 @@
 //! Helpers for Agimo's tests and examples: an echo backend, small HTTP
-//! clients, generated certificates and, with feature `kubernetes`, a test
-//! namespace and server-side apply for tests against the local cluster. Not
-//! part of the product.
+//! clients, generated certificates, waiting for a condition (`wait`) and,
+//! with feature `kubernetes`, a test namespace and server-side apply for
+//! tests against the local cluster. Not part of the product.
 //!
 //! ```text
 //!   test ──client──► agimo (dataplane) ──► echo backend (reports what it got)
@@ -13,5 +13,7 @@ pub mod h2raw;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
 pub mod layers;
+pub mod objects;
 pub mod recorder;
 pub mod tls;
+pub mod wait;

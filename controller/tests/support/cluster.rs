@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use agimo_testkit::client::{self, Mode, Reply};
 use agimo_testkit::echo::{self, Echo};
+use agimo_testkit::objects::HttpRoute;
+use agimo_testkit::wait::{condition, eventually};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
@@ -128,19 +130,13 @@ spec: {{controllerName: agimo.dev/{ns}}}
         serde_json::to_value(api.get(name).await.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))).unwrap()
     }
 
-    /// Waits up to 30 s for `check` to hold on the object; returns it.
+    /// Waits for `check` to hold on the object (see [`eventually`]); returns it.
     pub async fn wait_for(&self, kind: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
+        eventually(&format!("{kind} {name}: {what}"), || async {
             let object = self.get(kind, name).await;
-            if check(&object) {
-                return object;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                panic!("{kind} {name}: {what}: not within 30 s; last seen:\n{:#}", object["status"]);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if check(&object) { Ok(object) } else { Err(format!("status:\n{:#}", object["status"])) }
+        })
+        .await
     }
 }
 
@@ -158,11 +154,6 @@ pub fn api_resource(kind: &str) -> ApiResource {
     };
     let api_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     ApiResource { group: group.into(), version: version.into(), api_version, kind: kind.into(), plural: plural.into() }
-}
-
-/// The condition of `type_` in a conditions list.
-pub fn condition<'a>(conditions: &'a Value, type_: &str) -> Option<&'a Value> {
-    conditions.as_array()?.iter().find(|c| c["type"] == type_)
 }
 
 /// `type_` is `status` with `reason`, at the object's current generation.
@@ -188,29 +179,23 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<Reply> {
     client::send(addr, Mode::Http1, client::get(host, path)).await.ok()
 }
 
-/// Waits up to 30 s for a request to be answered by `backend` (or with the
-/// status `want` if `backend` is empty); 3 good answers in a row, as the
-/// conformance suite requires.
+/// Waits (see [`eventually`]) for a request to be answered by `backend` (or
+/// with the status `want` if `backend` is empty) 3 times in a row, as the
+/// conformance suite requires; returns how long it took.
 pub async fn eventually_served(addr: SocketAddr, host: &str, path: &str, want: u16, backend: &str) -> Duration {
     let started = Instant::now();
-    let mut streak = 0;
-    let mut last = String::new();
-    while started.elapsed() < Duration::from_secs(30) {
-        match get(addr, host, path).await {
-            Some(r) if r.status == want && (backend.is_empty() || r.echo().backend == backend) => {
-                streak += 1;
-                if streak == 3 {
-                    return started.elapsed();
-                }
-                continue;
+    eventually(&format!("{host}{path} via {addr}: {want} from {backend:?}, 3 times in a row"), || async {
+        for _ in 0..3 {
+            match get(addr, host, path).await {
+                Some(r) if r.status == want && (backend.is_empty() || r.echo().backend == backend) => {}
+                Some(r) => return Err(format!("{} {}", r.status, String::from_utf8_lossy(&r.body))),
+                None => return Err("connection failed".to_owned()),
             }
-            Some(r) => last = format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
-            None => last = "connection failed".into(),
         }
-        streak = 0;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{host}{path} via {addr}: wanted {want} from {backend:?}, last: {last}");
+        Ok(())
+    })
+    .await;
+    started.elapsed()
 }
 
 pub fn service(name: &str, ip: IpAddr) -> String {
@@ -244,17 +229,8 @@ spec:
     )
 }
 
+/// An HTTPRoute in this test's namespace on Gateway `gw`, sending `path`
+/// and below to Service `backend`, port 80.
 pub fn route(name: &str, gw: &str, path: &str, backend: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: '{{ns}}'}}
-spec:
-  parentRefs: [{{name: {gw}}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
-    backendRefs: [{{name: {backend}, port: 80}}]
-"
-    )
+    HttpRoute::new(name).namespace("{ns}").parent(gw).path_prefix(path).backend(backend).yaml()
 }

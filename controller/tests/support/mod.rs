@@ -17,6 +17,7 @@ use agimo_dataplane::{Config, Dataplane, Metrics};
 use agimo_shared::Snapshot;
 use agimo_testkit::client::{self, Mode, Reply};
 use agimo_testkit::echo::{self, Echo};
+pub use agimo_testkit::objects::HttpRoute;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -66,26 +67,13 @@ pub fn base_yaml(backends: &[&str]) -> String {
 
 /// An HTTPRoute on `gw` sending everything to Service `backend`, port 80.
 pub fn route_to(name: &str, backend: &str) -> String {
-    http_route(name, "", backend)
+    HttpRoute::new(name).backend(backend).yaml()
 }
 
 /// An HTTPRoute on `gw` for `hostname`, sending everything to Service
 /// `backend`, port 80.
 pub fn route_for_host(name: &str, hostname: &str, backend: &str) -> String {
-    http_route(name, &format!("  hostnames: [{hostname}]\n"), backend)
-}
-
-fn http_route(name: &str, hostnames: &str, backend: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-{hostnames}  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
-"
-    )
+    HttpRoute::new(name).hostname(hostname).backend(backend).yaml()
 }
 
 /// A Service `<name>` with one ready endpoint: the echo server `<name>`.
@@ -226,16 +214,6 @@ pub fn metric_total(text: &str, name: &str) -> f64 {
 pub fn metric(text: &str, name: &str, host: &str) -> Option<f64> {
     let prefix = format!("{name}{{host=\"{host}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().expect("metric value"))
-}
-
-/// Waits up to 10 s for `check` to hold, polling every 10 ms; panics if it
-/// never does.
-pub async fn eventually_true(mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !check() {
-        assert!(std::time::Instant::now() < deadline, "condition not met within 10 s");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 /// A `kubernetes.io/tls` Secret `default/<name>` holding `cert`.
