@@ -33,17 +33,20 @@ pub struct Options {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // Watched before the first load: an edit made while Agimo starts is
+    // seen (at worst it reloads what was just loaded), never lost.
+    let (changes, mut changed) = mpsc::channel(1);
+    let watcher = watch_files(&options.config, changes);
     let mut state = State { world: World::default(), first_seen: BTreeMap::new() };
     // The first load must succeed: there is no last good config to keep.
     state
         .load(&options.config, options.serve.bind_address)
         .map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
+    let _watcher = watcher?;
     let runtime = Runtime::start(&options.serve, options.config.display().to_string(), &mut state.world).await?;
     state.world.clear_objects();
     let mut sockets = runtime.sockets();
 
-    let (changes, mut changed) = mpsc::channel(1);
-    let _watcher = watch_files(&options.config, changes)?;
     tracing::info!(config = %options.config.display(), "watching configuration");
 
     let shutdown = shutdown_signal();

@@ -265,9 +265,10 @@ async fn sigterm_lets_requests_in_flight_finish() {
 async fn with_a_shutdown_delay_listeners_keep_accepting_while_readiness_fails() {
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let running = start_with(echo.addr.port(), &["--shutdown-delay", "2s"]).await;
+    // Before the signal: the delay cannot have begun earlier.
+    let signalled = Instant::now();
     let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let signalled = Instant::now();
     eventually("readiness turns false", || async {
         get(running.admin, "/readyz").await.is_some_and(|r| r.status == 503)
     })
