@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::addresses::ours_oldest_first;
+use crate::address_pool::ours_oldest_first;
 use crate::api::{Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
 use crate::world::World;
 

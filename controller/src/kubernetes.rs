@@ -26,7 +26,7 @@ use crate::leader::{self, LeaseConfig};
 use crate::runtime::{Runtime, ServeOptions, lock, shutdown_signal};
 use crate::sources::kube::Stores;
 use crate::world::World;
-use crate::{addresses, status};
+use crate::{address_pool, status};
 
 /// The Gateway Services the plan wants, by name.
 type Desired = watch::Sender<Arc<BTreeMap<String, Service>>>;
@@ -129,7 +129,7 @@ fn world(stores: &Stores, options: &Options, previous: World, desired: &Desired)
     world.bind_errors = previous.bind_errors;
     world.gate_annotations_in_force = previous.gate_annotations_in_force;
     if let Some(pool) = &options.gateway_address_pool {
-        world.assigned_addresses = addresses::allocate(&world, pool);
+        world.assigned_addresses = address_pool::allocate(&world, pool);
     }
     if let Some(exposure) = &options.exposure {
         let plan = gateway_services::plan(&world, exposure);

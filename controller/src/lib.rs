@@ -8,7 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod addresses;
+pub mod address_pool;
 pub mod api;
 pub mod compiler;
 pub mod gateway_services;

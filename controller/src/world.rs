@@ -41,7 +41,7 @@ pub struct World {
     pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
     /// Scale-to-zero annotation values in force from the previous compile,
     /// so a bad new value leaves the last good one in force.
-    pub gate_annotations_in_force: BTreeMap<crate::compiler::gate::AnnotationKey, String>,
+    pub gate_annotations_in_force: BTreeMap<crate::compiler::scale_to_zero::AnnotationKey, String>,
 }
 
 /// One resource of a kind the world holds.

@@ -11,8 +11,8 @@ use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, Route
 
 use super::Statuses;
 use super::conditions::{condition, reasons, types};
-use super::gate::{self, GateAnnotations};
 use super::grants::LabelSelector;
+use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::CertificateCache;
 use crate::api::{
     Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus, GatewayStatusAddress,
@@ -172,7 +172,7 @@ impl ListenerModel<'_> {
 pub fn build<'w>(
     world: &'w World,
     classes: &BTreeSet<String>,
-    in_force: &mut BTreeMap<gate::AnnotationKey, String>,
+    in_force: &mut BTreeMap<scale_to_zero::AnnotationKey, String>,
 ) -> Vec<GatewayModel<'w>> {
     let mut certificates = CertificateCache::default();
     let mut models: Vec<_> = world
@@ -181,7 +181,8 @@ pub fn build<'w>(
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
         .map(|(key, gw)| {
             let mut model = build_gateway(world, key, gw, &mut certificates);
-            model.gate = gate::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), world, in_force);
+            model.gate =
+                scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), world, in_force);
             model
         })
         .collect();
@@ -677,8 +678,8 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let addresses = gw.status_addresses.clone();
     let mut conditions = vec![accepted, programmed];
     if gw.gate.present() {
-        let gate = gate::effective(&GateAnnotations::default(), &gw.gate);
-        let mut message = format!("default for its routes: {}", gate::describe(gate.as_ref()));
+        let gate = scale_to_zero::effective(&GateAnnotations::default(), &gw.gate);
+        let mut message = format!("default for its routes: {}", scale_to_zero::describe(gate.as_ref()));
         let reason = if !gw.gate.errors.is_empty() {
             message = format!("{}; {message}", gw.gate.errors.join("; "));
             reasons::INVALID_ANNOTATION

@@ -14,10 +14,10 @@
 
 mod backends;
 mod conditions;
-pub mod gate;
 mod gateways;
 mod grants;
 mod routes;
+pub mod scale_to_zero;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ pub struct Statuses {
     /// an annotation is now invalid); the next compile reads them back from
     /// [`World::gate_annotations_in_force`].
     #[serde(skip)]
-    pub gate_annotations_in_force: BTreeMap<gate::AnnotationKey, String>,
+    pub gate_annotations_in_force: BTreeMap<scale_to_zero::AnnotationKey, String>,
 }
 
 /// Compiles the world into a snapshot and statuses.

@@ -19,8 +19,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::Statuses;
 use super::backends::{BackendError, BackendRefSpec, BackendResolver};
 use super::conditions::{condition, reasons, types};
-use super::gate::{self, GateAnnotations};
 use super::gateways::GatewayModel;
+use super::scale_to_zero::{self, GateAnnotations};
 use crate::api::{
     self, Condition, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
     QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
@@ -58,7 +58,8 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
         }
         let compiled = compile_route(key, route, &mut resolver);
         let generation = route.metadata.generation;
-        let route_gate = gate::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), world, in_force);
+        let route_gate =
+            scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), world, in_force);
         let mut attached: BTreeSet<(usize, usize)> = BTreeSet::new();
         let mut parent_statuses = Vec::new();
         for (_, parent, g) in parents {
@@ -121,7 +122,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
         let mut gated: BTreeMap<usize, Vec<Arc<Rule>>> = BTreeMap::new();
         for (g, l) in attached {
             let rules = gated.entry(g).or_insert_with(|| {
-                let gate = gate::effective(&route_gate, &gateways[g].gate);
+                let gate = scale_to_zero::effective(&route_gate, &gateways[g].gate);
                 compiled
                     .rules
                     .iter()
@@ -161,8 +162,8 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
 /// The `agimo.dev/ScaleToZero` condition of a route on one parent: whether
 /// requests are held, with what settings, and any annotation that is wrong.
 fn gate_condition(route: &GateAnnotations, gateway: &GateAnnotations, generation: Option<i64>) -> Condition {
-    let gate = gate::effective(route, gateway);
-    let mut message = gate::describe(gate.as_ref());
+    let gate = scale_to_zero::effective(route, gateway);
+    let mut message = scale_to_zero::describe(gate.as_ref());
     let errors: Vec<&str> = route.errors.iter().chain(&gateway.errors).map(String::as_str).collect();
     let reason = if !errors.is_empty() {
         message = format!("{}; {message}", errors.join("; "));
