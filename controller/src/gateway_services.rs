@@ -32,9 +32,8 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::address_pool::ours_oldest_first;
 use crate::api::{Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
-use crate::world::World;
+use crate::world::{Exposed, World};
 
 /// Marks the Services Agimo manages (with `app.kubernetes.io/managed-by`).
 pub const MANAGED_BY: &str = "agimo";
@@ -64,23 +63,6 @@ pub struct Exposure {
     pub static_ranges: Vec<IpNet>,
 }
 
-/// What one Gateway gets.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Exposed {
-    /// The name of its Service (in [`Exposure::namespace`]).
-    pub service: String,
-    /// Listener port → the pods' port.
-    pub pod_ports: BTreeMap<u16, u16>,
-    /// Listener ports left without a pod port (the range is exhausted).
-    pub unassigned_ports: Vec<u16>,
-    /// What `status.addresses` publishes; empty until the Service has one.
-    pub addresses: Vec<GatewayStatusAddress>,
-    /// Static addresses outside every `--gateway-static-address-range`.
-    pub unusable: Vec<String>,
-    /// Why there is no address yet, when there is none.
-    pub pending: Option<String>,
-}
-
 /// The plan for every Gateway of ours, and the Services it takes.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
@@ -91,7 +73,7 @@ pub struct Plan {
 
 /// Plans the Services of `world`'s Gateways.
 pub fn plan(world: &World, exposure: &Exposure) -> Plan {
-    let gateways = ours_oldest_first(world);
+    let gateways = world.our_gateways_oldest_first();
     let current = managed_services(world, exposure);
     let mut plan = Plan::default();
     // Every pod port a Service points at stays taken until its Service lets

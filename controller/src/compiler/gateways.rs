@@ -18,7 +18,7 @@ use crate::api::{
     Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus, GatewayStatusAddress,
     Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
 };
-use crate::world::World;
+use crate::world::{World, oldest_first};
 
 /// The features Agimo claims in `GatewayClass.status.supportedFeatures`,
 /// sorted by name as the spec requires. The conformance run reads this list
@@ -186,14 +186,7 @@ pub fn build<'w>(
             model
         })
         .collect();
-    models.sort_by(|a, b| {
-        let created = |m: &GatewayModel<'_>| m.gateway.metadata.creation_timestamp.clone();
-        created(a)
-            .is_none()
-            .cmp(&created(b).is_none())
-            .then_with(|| created(a).cmp(&created(b)))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    models.sort_by(|a, b| oldest_first(a.gateway, &a.key, b.gateway, &b.key));
     models
 }
 
