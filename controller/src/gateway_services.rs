@@ -535,7 +535,7 @@ spec:
                 + &existing(&a, "a", &[(80, 20000)], "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}")),
         );
         w.exposed = Some(plan(&w, &exposure()).gateways);
-        let (snapshot, statuses) = crate::compile(&w);
+        let crate::Compiled { snapshot, statuses, .. } = crate::compile(&w, &crate::Carryover::default());
         let binds: Vec<String> = snapshot.binds.iter().map(|b| b.address.to_string()).collect();
         // Both Gateways listen on port 80, each through a pod port of its own.
         assert_eq!(binds, vec!["0.0.0.0:20000", "0.0.0.0:20001"]);
@@ -554,7 +554,7 @@ spec:
     fn a_static_address_out_of_range_is_not_usable() {
         let mut w = world(&gateway("s", "2026-01-01T00:00:00Z", &[8080], "  addresses: [{value: 192.0.2.55}]\n"));
         w.exposed = Some(plan(&w, &exposure()).gateways);
-        let (_, statuses) = crate::compile(&w);
+        let statuses = crate::compile(&w, &crate::Carryover::default()).statuses;
         assert_eq!(programmed(&statuses, "s"), ("False".into(), "AddressNotUsable".into()));
     }
 

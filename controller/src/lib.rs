@@ -20,5 +20,5 @@ pub mod standalone;
 pub mod status;
 pub mod world;
 
-pub use compiler::{Statuses, compile};
+pub use compiler::{Carryover, Compiled, Statuses, compile};
 pub use world::World;

@@ -40,9 +40,6 @@ pub struct World {
     /// Sockets the dataplane could not bind, with the error, so statuses can
     /// say so.
     pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
-    /// Scale-to-zero annotation values in force from the previous compile,
-    /// so a bad new value leaves the last good one in force.
-    pub gate_annotations_in_force: BTreeMap<crate::compiler::scale_to_zero::AnnotationKey, String>,
 }
 
 /// How one Gateway is exposed through its Gateway Service, as
@@ -137,7 +134,6 @@ impl Default for World {
             exposed: None,
             default_address: None,
             bind_errors: BTreeMap::new(),
-            gate_annotations_in_force: BTreeMap::new(),
         }
     }
 }
@@ -168,8 +164,8 @@ impl World {
         }
     }
 
-    /// Drops the objects, keeping what the world carries from one compile to
-    /// the next (bind errors, annotation values in force, addresses).
+    /// Drops the objects, keeping the inputs that are not objects (bind
+    /// errors, addresses, Gateway Services).
     pub fn clear_objects(&mut self) {
         self.gateway_classes.clear();
         self.gateways.clear();

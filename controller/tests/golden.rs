@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use agimo_controller::Carryover;
 use agimo_controller::sources::files;
 
 #[derive(serde::Serialize)]
@@ -33,12 +34,13 @@ fn golden() {
     let mut failures = Vec::new();
     for input in cases {
         let world = files::load(&input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
-        let (snapshot, statuses) = agimo_controller::compile(&world);
-        let got = serde_yaml_ng::to_string(&Golden { snapshot: &snapshot, statuses: &statuses }).expect("serialize");
+        let first = agimo_controller::compile(&world, &Carryover::default());
+        let (snapshot, statuses) = (&first.snapshot, &first.statuses);
+        let got = serde_yaml_ng::to_string(&Golden { snapshot, statuses }).expect("serialize");
         // Compiling twice gives the same output: the compiler is deterministic.
-        let (snapshot2, statuses2) = agimo_controller::compile(&world);
-        let again =
-            serde_yaml_ng::to_string(&Golden { snapshot: &snapshot2, statuses: &statuses2 }).expect("serialize");
+        let second = agimo_controller::compile(&world, &Carryover::default());
+        let again = serde_yaml_ng::to_string(&Golden { snapshot: &second.snapshot, statuses: &second.statuses })
+            .expect("serialize");
         assert_eq!(got, again, "{}: compile is not deterministic", input.display());
         let output = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
         if update {

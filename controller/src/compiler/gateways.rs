@@ -172,7 +172,7 @@ impl ListenerModel<'_> {
 pub fn build<'w>(
     world: &'w World,
     classes: &BTreeSet<String>,
-    in_force: &mut BTreeMap<scale_to_zero::AnnotationKey, String>,
+    in_force: &mut scale_to_zero::Annotations<'_>,
 ) -> Vec<GatewayModel<'w>> {
     let mut certificates = CertificateCache::default();
     let mut models: Vec<_> = world
@@ -181,8 +181,7 @@ pub fn build<'w>(
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
         .map(|(key, gw)| {
             let mut model = build_gateway(world, key, gw, &mut certificates);
-            model.gate =
-                scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), world, in_force);
+            model.gate = scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), in_force);
             model
         })
         .collect();

@@ -29,9 +29,13 @@ use crate::world::World;
 
 /// Attaches every HTTPRoute that names one of our Gateways, filling the
 /// listeners' route tables and the routes' statuses.
-pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) {
+pub fn attach_all(
+    world: &World,
+    gateways: &mut [GatewayModel<'_>],
+    in_force: &mut scale_to_zero::Annotations<'_>,
+    statuses: &mut Statuses,
+) {
     let mut resolver = BackendResolver::new(world);
-    let in_force = &mut statuses.gate_annotations_in_force;
     for (key, route) in &world.http_routes {
         let parents: Vec<(usize, &api::ParentRef, usize)> = route
             .spec
@@ -59,7 +63,7 @@ pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &m
         let compiled = compile_route(key, route, &mut resolver);
         let generation = route.metadata.generation;
         let route_gate =
-            scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), world, in_force);
+            scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), in_force);
         let mut attached: BTreeSet<(usize, usize)> = BTreeSet::new();
         let mut parent_statuses = Vec::new();
         for (_, parent, g) in parents {

@@ -9,15 +9,15 @@
 //!
 //! A bad value is reported (with the value kept in force) and the last good
 //! value of that annotation on that object stays in force: the compiler reads
-//! it from [`World::gate_annotations_in_force`] and returns the new set in
-//! [`Statuses::gate_annotations_in_force`].
+//! it from the previous compile's [`Carryover`] and records the values in
+//! force in the next one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agimo_shared::snapshot::Gate;
 
-use crate::world::World;
+use super::Carryover;
 
 pub const SCALE_TO_ZERO: &str = "agimo.dev/scale-to-zero";
 pub const WAIT_TIMEOUT: &str = "agimo.dev/wait-timeout";
@@ -25,8 +25,20 @@ pub const MAX_PENDING: &str = "agimo.dev/max-pending";
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_PENDING: usize = 1000;
 
-/// Which annotation of which object: `("HTTPRoute ns/name", key)`.
-pub type AnnotationKey = (String, String);
+/// Which annotation of which object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AnnotationKey {
+    /// `"HTTPRoute ns/name"` or `"Gateway ns/name"`.
+    pub object: String,
+    pub annotation: &'static str,
+}
+
+/// The annotation values in force: those the previous compile carried over,
+/// and those this compile carries over to the next.
+pub struct Annotations<'c> {
+    pub previous: &'c Carryover,
+    pub next: &'c mut Carryover,
+}
 
 /// The scale-to-zero annotations of one object, as in force.
 #[derive(Clone, Debug, Default)]
@@ -46,48 +58,41 @@ impl GateAnnotations {
 }
 
 /// Parses an object's annotations. `object` names it in messages and in the
-/// memory of values in force.
+/// carryover.
 pub fn parse(
     object: &str,
     annotations: Option<&BTreeMap<String, String>>,
-    world: &World,
-    in_force: &mut BTreeMap<AnnotationKey, String>,
+    in_force: &mut Annotations<'_>,
 ) -> GateAnnotations {
-    let mut out = GateAnnotations::default();
     let Some(annotations) = annotations else {
-        return out;
+        return GateAnnotations::default();
     };
-    let mut read =
-        |key: &str, parse: &dyn Fn(&str) -> Result<(), String>, errors: &mut Vec<String>| -> Option<String> {
-            let value = annotations.get(key)?;
-            let memory = (object.to_owned(), key.to_owned());
-            match parse(value) {
-                Ok(()) => {
-                    in_force.insert(memory, value.clone());
-                    Some(value.clone())
-                }
-                Err(why) => {
-                    let previous = world.gate_annotations_in_force.get(&memory).cloned();
-                    let keeping = match &previous {
-                        Some(p) => format!("keeping the previous value {p:?}"),
-                        None => "using the default".to_owned(),
-                    };
-                    errors.push(format!("{key} {value:?} is invalid ({why}); {keeping}"));
-                    if let Some(p) = &previous {
-                        in_force.insert(memory, p.clone());
-                    }
-                    previous
-                }
+    let mut errors = Vec::new();
+    let mut read = |annotation: &'static str, parse: &dyn Fn(&str) -> Result<(), String>| -> Option<String> {
+        let value = annotations.get(annotation)?;
+        let key = AnnotationKey { object: object.to_owned(), annotation };
+        let kept = match parse(value) {
+            Ok(()) => Some(value.clone()),
+            Err(why) => {
+                let previous = in_force.previous.annotations_in_force.get(&key).cloned();
+                let keeping = match &previous {
+                    Some(p) => format!("keeping the previous value {p:?}"),
+                    None => "using the default".to_owned(),
+                };
+                errors.push(format!("{annotation} {value:?} is invalid ({why}); {keeping}"));
+                previous
             }
         };
-    let mut errors = Vec::new();
-    out.enabled = read(SCALE_TO_ZERO, &|v| parse_bool(v).map(|_| ()), &mut errors).and_then(|v| parse_bool(&v).ok());
-    out.wait_timeout =
-        read(WAIT_TIMEOUT, &|v| parse_duration(v).map(|_| ()), &mut errors).and_then(|v| parse_duration(&v).ok());
-    out.max_pending =
-        read(MAX_PENDING, &|v| parse_max_pending(v).map(|_| ()), &mut errors).and_then(|v| parse_max_pending(&v).ok());
-    out.errors = errors;
-    out
+        if let Some(kept) = &kept {
+            in_force.next.annotations_in_force.insert(key, kept.clone());
+        }
+        kept
+    };
+    let enabled = read(SCALE_TO_ZERO, &|v| parse_bool(v).map(drop)).and_then(|v| parse_bool(&v).ok());
+    let wait_timeout =
+        read(WAIT_TIMEOUT, &|v| parse_wait_timeout(v).map(drop)).and_then(|v| parse_wait_timeout(&v).ok());
+    let max_pending = read(MAX_PENDING, &|v| parse_max_pending(v).map(drop)).and_then(|v| parse_max_pending(&v).ok());
+    GateAnnotations { enabled, wait_timeout, max_pending, errors }
 }
 
 /// The gate of a route attached to a Gateway: the route's settings, then the
@@ -122,7 +127,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_duration(v: &str) -> Result<Duration, String> {
+fn parse_wait_timeout(v: &str) -> Result<Duration, String> {
     let d: gateway_api::Duration = v.parse().map_err(|e| format!("expected a duration such as 90s or 2m: {e}"))?;
     let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     if d.is_zero() {
@@ -148,46 +153,36 @@ mod tests {
 
     #[test]
     fn the_route_wins_over_the_gateway_and_defaults_fill_in() {
-        let world = World::default();
-        let mut in_force = BTreeMap::new();
-        let gw = parse(
-            "Gateway ns/gw",
-            Some(&annotations(&[(SCALE_TO_ZERO, "true"), (MAX_PENDING, "5")])),
-            &world,
-            &mut in_force,
-        );
-        let route = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "90s")])), &world, &mut in_force);
+        let (previous, mut next) = (Carryover::default(), Carryover::default());
+        let mut in_force = Annotations { previous: &previous, next: &mut next };
+        let gw =
+            parse("Gateway ns/gw", Some(&annotations(&[(SCALE_TO_ZERO, "true"), (MAX_PENDING, "5")])), &mut in_force);
+        let route = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "90s")])), &mut in_force);
         let gate = effective(&route, &gw).unwrap();
         assert_eq!(gate, Gate { wait_timeout: Duration::from_secs(90), max_pending: 5 });
-        let off = parse("HTTPRoute ns/off", Some(&annotations(&[(SCALE_TO_ZERO, "false")])), &world, &mut in_force);
+        let off = parse("HTTPRoute ns/off", Some(&annotations(&[(SCALE_TO_ZERO, "false")])), &mut in_force);
         assert_eq!(effective(&off, &gw), None);
         assert_eq!(effective(&GateAnnotations::default(), &GateAnnotations::default()), None);
     }
 
     #[test]
     fn a_bad_value_keeps_the_previous_one_in_force() {
-        let mut world = World::default();
-        let mut in_force = BTreeMap::new();
-        let first = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "30s")])), &world, &mut in_force);
-        assert_eq!(first.wait_timeout, Some(Duration::from_secs(30)));
-        world.gate_annotations_in_force = in_force;
-        let mut in_force = BTreeMap::new();
-        let bad = parse(
-            "HTTPRoute ns/r",
-            Some(&annotations(&[(WAIT_TIMEOUT, "soon"), (MAX_PENDING, "-1")])),
-            &world,
-            &mut in_force,
-        );
+        let (nothing, mut first) = (Carryover::default(), Carryover::default());
+        let mut in_force = Annotations { previous: &nothing, next: &mut first };
+        let good = parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "30s")])), &mut in_force);
+        assert_eq!(good.wait_timeout, Some(Duration::from_secs(30)));
+        let mut second = Carryover::default();
+        let mut in_force = Annotations { previous: &first, next: &mut second };
+        let bad =
+            parse("HTTPRoute ns/r", Some(&annotations(&[(WAIT_TIMEOUT, "soon"), (MAX_PENDING, "-1")])), &mut in_force);
         assert_eq!(bad.wait_timeout, Some(Duration::from_secs(30)));
         assert_eq!(bad.max_pending, None);
         assert_eq!(bad.errors.len(), 2);
         assert!(bad.errors[0].contains("agimo.dev/wait-timeout \"soon\" is invalid"), "{:?}", bad.errors);
         assert!(bad.errors[0].contains("keeping the previous value \"30s\""), "{:?}", bad.errors);
         assert!(bad.errors[1].contains("using the default"), "{:?}", bad.errors);
-        // The previous value is still remembered for the next compile.
-        assert_eq!(
-            in_force.get(&("HTTPRoute ns/r".to_owned(), WAIT_TIMEOUT.to_owned())).map(String::as_str),
-            Some("30s")
-        );
+        // The previous value is carried over to the compile after next too.
+        assert_eq!(second.annotation_in_force("HTTPRoute ns/r", WAIT_TIMEOUT), Some("30s"));
+        assert_eq!(second.annotation_in_force("HTTPRoute ns/r", MAX_PENDING), None);
     }
 }
