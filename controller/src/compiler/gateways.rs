@@ -10,7 +10,7 @@ use agimo_shared::hostname::Hostname;
 use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
 
 use super::Statuses;
-use super::conditions::{condition, reasons, types};
+use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
 use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::CertificateCache;
@@ -63,12 +63,12 @@ pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<Stri
         let accepted_condition = match &class.spec.parameters_ref {
             None => {
                 accepted.insert(name.clone());
-                condition(types::ACCEPTED, true, reasons::ACCEPTED, "Agimo serves this GatewayClass", generation)
+                condition(types::ACCEPTED, true, Reason::Accepted, "Agimo serves this GatewayClass", generation)
             }
             Some(p) => condition(
                 types::ACCEPTED,
                 false,
-                reasons::INVALID_PARAMETERS,
+                Reason::InvalidParameters,
                 format!("parametersRef {}/{} {}: Agimo takes no GatewayClass parameters", p.group, p.kind, p.name),
                 generation,
             ),
@@ -98,11 +98,11 @@ pub struct GatewayModel<'w> {
     pub pod_ports: Option<BTreeMap<u16, u16>>,
     /// What `status.addresses` publishes.
     pub status_addresses: Vec<GatewayStatusAddress>,
-    /// Programmed=False reason and message: an address that cannot be used,
-    /// or none assigned yet.
-    pub address_problem: Option<(&'static str, String)>,
-    /// `Err` holds the Accepted=False reason and message.
-    pub accepted: Result<(), (&'static str, String)>,
+    /// Why Programmed is False: an address that cannot be used, or none
+    /// assigned yet.
+    pub address_problem: Option<Problem>,
+    /// `Err` says why Accepted is False.
+    pub accepted: Result<(), Problem>,
     pub listeners: Vec<ListenerModel<'w>>,
     /// Scale-to-zero defaults for the Gateway's routes.
     pub gate: GateAnnotations,
@@ -118,17 +118,17 @@ pub struct ListenerModel<'w> {
     pub allows_http_routes: bool,
     pub supported_kinds: Vec<SupportedKind>,
     pub certificates: Vec<Certificate>,
-    /// Accepted=False reason and message.
-    pub invalid: Option<(&'static str, String)>,
-    /// ResolvedRefs=False reason and message.
-    pub unresolved: Option<(&'static str, String)>,
-    /// Conflicted=True reason and message.
-    pub conflict: Option<(&'static str, String)>,
+    /// Why Accepted is False.
+    pub invalid: Option<Problem>,
+    /// Why ResolvedRefs is False.
+    pub unresolved: Option<Problem>,
+    /// Why Conflicted is True.
+    pub conflict: Option<Problem>,
     /// The dataplane could not listen on this listener's socket.
-    pub bind_error: Option<String>,
-    /// OverlappingTLSConfig=True message: another HTTPS listener on the port
+    pub bind_error: Option<Problem>,
+    /// Why OverlappingTLSConfig is True: another HTTPS listener on the port
     /// has an overlapping hostname.
-    pub overlapping_tls: Option<String>,
+    pub overlapping_tls: Option<Problem>,
     pub attached_routes: i32,
     pub routes: RouteTable,
 }
@@ -197,8 +197,8 @@ fn build_gateway<'w>(
 ) -> GatewayModel<'w> {
     let mut accepted = Ok(());
     if let Some(p) = gw.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) {
-        accepted = Err((
-            reasons::INVALID_PARAMETERS,
+        accepted = Err(Problem::new(
+            Reason::InvalidParameters,
             format!(
                 "infrastructure.parametersRef {}/{} {}: Agimo takes no Gateway parameters",
                 p.group, p.kind, p.name
@@ -214,13 +214,15 @@ fn build_gateway<'w>(
                 Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
                 Ok(_) => {}
                 Err(_) => {
-                    accepted =
-                        accepted.and(Err((reasons::UNSUPPORTED_ADDRESS, format!("address {v:?} is not an IP address"))))
+                    accepted = accepted.and(Err(Problem::new(
+                        Reason::UnsupportedAddress,
+                        format!("address {v:?} is not an IP address"),
+                    )))
                 }
             },
             (other, _) => {
-                accepted = accepted.and(Err((
-                    reasons::UNSUPPORTED_ADDRESS,
+                accepted = accepted.and(Err(Problem::new(
+                    Reason::UnsupportedAddress,
                     format!("address type {other} is not supported; use IPAddress"),
                 )))
             }
@@ -254,7 +256,10 @@ fn build_gateway<'w>(
     for l in &mut listeners {
         let mut failed = Vec::new();
         let Some(port) = socket_port(l.port) else {
-            l.bind_error = Some("no port left in --gateway-pod-ports for this listener port".to_owned());
+            l.bind_error = Some(Problem::new(
+                Reason::PortUnavailable,
+                "no port left in --gateway-pod-ports for this listener port",
+            ));
             continue;
         };
         for ip in &addresses {
@@ -270,21 +275,24 @@ fn build_gateway<'w>(
             }
         }
         if !failed.is_empty() {
-            l.bind_error = Some(format!("cannot listen on {}; retrying", failed.join(", ")));
+            l.bind_error = Some(Problem::new(
+                Reason::PortUnavailable,
+                format!("cannot listen on {}; retrying", failed.join(", ")),
+            ));
         }
     }
     let (status_addresses, address_problem) = match &exposed {
         Some(exposed) => {
             let problem = if !exposed.unusable.is_empty() {
-                Some((
-                    reasons::ADDRESS_NOT_USABLE,
+                Some(Problem::new(
+                    Reason::AddressNotUsable,
                     format!("not in any --gateway-static-address-range: {}", exposed.unusable.join(", ")),
                 ))
             } else {
                 exposed
                     .pending
                     .clone()
-                    .map(|why| (reasons::ADDRESS_NOT_ASSIGNED, format!("waiting for an address: {why}")))
+                    .map(|why| Problem::new(Reason::AddressNotAssigned, format!("waiting for an address: {why}")))
             };
             (exposed.addresses.clone(), problem)
         }
@@ -295,8 +303,8 @@ fn build_gateway<'w>(
                 .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
                 .collect();
             let problem = (!unusable.is_empty()).then(|| {
-                (
-                    reasons::ADDRESS_NOT_USABLE,
+                Problem::new(
+                    Reason::AddressNotUsable,
                     format!("cannot listen on {}; use addresses of this machine (retrying)", unusable.join(", ")),
                 )
             });
@@ -344,8 +352,8 @@ fn build_listener<'w>(
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
         other => {
-            model.invalid = Some((
-                reasons::UNSUPPORTED_PROTOCOL,
+            model.invalid = Some(Problem::new(
+                Reason::UnsupportedProtocol,
                 format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners"),
             ));
             return model;
@@ -354,13 +362,13 @@ fn build_listener<'w>(
     match u16::try_from(l.port) {
         Ok(port) if port > 0 => model.port = port,
         _ => {
-            model.invalid = Some((reasons::PORT_UNAVAILABLE, format!("port {} is out of range", l.port)));
+            model.invalid = Some(Problem::new(Reason::PortUnavailable, format!("port {} is out of range", l.port)));
         }
     }
     if let Some(h) = l.hostname.as_deref().filter(|h| !h.is_empty()) {
         match Hostname::parse(h) {
             Ok(h) => model.hostname = Some(h),
-            Err(e) => model.invalid = Some((reasons::UNSUPPORTED_VALUE, e.to_string())),
+            Err(e) => model.invalid = Some(Problem::new(Reason::UnsupportedValue, e.to_string())),
         }
     }
 
@@ -374,14 +382,14 @@ fn build_listener<'w>(
             Some(selector) => match LabelSelector::compile(selector) {
                 Ok(s) => AllowedNamespaces::Selector(s),
                 Err(e) => {
-                    model.invalid.get_or_insert((reasons::UNSUPPORTED_VALUE, e));
+                    model.invalid.get_or_insert(Problem::new(Reason::UnsupportedValue, e));
                     AllowedNamespaces::Same
                 }
             },
             None => {
-                model.invalid.get_or_insert((
-                    reasons::UNSUPPORTED_VALUE,
-                    "allowedRoutes.namespaces.from is Selector but no selector is set".into(),
+                model.invalid.get_or_insert(Problem::new(
+                    Reason::UnsupportedValue,
+                    "allowedRoutes.namespaces.from is Selector but no selector is set",
                 ));
                 AllowedNamespaces::Same
             }
@@ -403,8 +411,8 @@ fn build_listener<'w>(
                 }
             }
             if !invalid.is_empty() {
-                model.unresolved = Some((
-                    reasons::INVALID_ROUTE_KINDS,
+                model.unresolved = Some(Problem::new(
+                    Reason::InvalidRouteKinds,
                     format!("route kinds {} are not supported; Agimo supports HTTPRoute", invalid.join(", ")),
                 ));
             }
@@ -419,16 +427,16 @@ fn build_listener<'w>(
     if model.protocol == Some(Protocol::Https) {
         let tls = l.tls.as_ref();
         if tls.and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) {
-            model.invalid.get_or_insert((
-                reasons::UNSUPPORTED_VALUE,
-                "tls.mode Passthrough is not supported on HTTPS listeners".into(),
+            model.invalid.get_or_insert(Problem::new(
+                Reason::UnsupportedValue,
+                "tls.mode Passthrough is not supported on HTTPS listeners",
             ));
         }
         let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
         if refs.is_empty() {
-            model.unresolved.get_or_insert((
-                reasons::INVALID_CERTIFICATE_REF,
-                "an HTTPS listener needs tls.certificateRefs".into(),
+            model.unresolved.get_or_insert(Problem::new(
+                Reason::InvalidCertificateRef,
+                "an HTTPS listener needs tls.certificateRefs",
             ));
         }
         for r in refs {
@@ -436,7 +444,7 @@ fn build_listener<'w>(
                 Ok(cert) => model.certificates.push(cert),
                 Err(e) => {
                     // RefNotPermitted takes precedence: it tells the user what to add.
-                    if model.unresolved.as_ref().is_none_or(|(reason, _)| *reason != reasons::REF_NOT_PERMITTED) {
+                    if model.unresolved.as_ref().is_none_or(|p| p.reason != Reason::RefNotPermitted) {
                         model.unresolved = Some(e);
                     }
                 }
@@ -468,13 +476,13 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
                 continue;
             }
             let conflict = if pa != pb {
-                Some((
-                    reasons::PROTOCOL_CONFLICT,
+                Some(Problem::new(
+                    Reason::ProtocolConflict,
                     format!("listener {} uses port {} with protocol {}", b.spec.name, b.port, b.spec.protocol),
                 ))
             } else if a.hostname == b.hostname {
-                Some((
-                    reasons::HOSTNAME_CONFLICT,
+                Some(Problem::new(
+                    Reason::HostnameConflict,
                     format!(
                         "listener {} uses the same port {} and hostname {}",
                         b.spec.name,
@@ -518,7 +526,7 @@ fn mark_overlapping_tls(listeners: &mut [ListenerModel<'_>]) {
             .collect();
         if !others.is_empty() {
             let message = format!("hostname overlaps with listeners {} on port {}", others.join(", "), a.port);
-            listeners[i].overlapping_tls = Some(message);
+            listeners[i].overlapping_tls = Some(Problem::new(Reason::OverlappingHostnames, message));
         }
     }
 }
@@ -554,26 +562,26 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
                         && (other.ip().is_unspecified() || addr.ip().is_unspecified())
                 });
                 if let Some((other, claim)) = overlapping {
-                    return Some((
-                        reasons::PORT_UNAVAILABLE,
+                    return Some(Problem::new(
+                        Reason::PortUnavailable,
                         format!("cannot listen on {addr} while {other} is used by {}", claim.hosts[0].1),
                     ));
                 }
                 let claim = claims.get(addr)?;
                 if claim.protocol != protocol {
-                    return Some((
-                        reasons::PROTOCOL_CONFLICT,
+                    return Some(Problem::new(
+                        Reason::ProtocolConflict,
                         format!("{addr} is already served over {} by {}", claim.protocol, claim.hosts[0].1),
                     ));
                 }
                 claim.hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
-                    (reasons::HOSTNAME_CONFLICT, format!("{addr} already serves this hostname for {other}"))
+                    Problem::new(Reason::HostnameConflict, format!("{addr} already serves this hostname for {other}"))
                 })
             });
             match conflict {
                 // The operating system refuses the socket: not a conflict
                 // between listeners in the Gateway API's sense.
-                Some(c) if c.0 == reasons::PORT_UNAVAILABLE => l.invalid = Some(c),
+                Some(c) if c.reason == Reason::PortUnavailable => l.invalid = Some(c),
                 Some(c) => l.conflict = Some(c),
                 None => {
                     for addr in sockets {
@@ -633,37 +641,35 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
         .collect();
     let all_invalid = invalid.len() == gw.listeners.len();
     let (accepted, programmed) = match &gw.accepted {
-        Err((reason, message)) => (
-            condition(types::ACCEPTED, false, reason, message.clone(), generation),
-            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation),
+        Err(problem) => (
+            problem.condition(types::ACCEPTED, false, generation),
+            condition(types::PROGRAMMED, false, Reason::Invalid, "the Gateway is not accepted", generation),
         ),
         Ok(()) if all_invalid => (
             condition(
                 types::ACCEPTED,
                 false,
-                reasons::LISTENERS_NOT_VALID,
+                Reason::ListenersNotValid,
                 format!("no listener is valid: {}", invalid.join(", ")),
                 generation,
             ),
-            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway has no valid listener", generation),
+            condition(types::PROGRAMMED, false, Reason::Invalid, "the Gateway has no valid listener", generation),
         ),
         Ok(()) => (
             if invalid.is_empty() {
-                condition(types::ACCEPTED, true, reasons::ACCEPTED, "the Gateway is accepted", generation)
+                condition(types::ACCEPTED, true, Reason::Accepted, "the Gateway is accepted", generation)
             } else {
                 condition(
                     types::ACCEPTED,
                     true,
-                    reasons::LISTENERS_NOT_VALID,
+                    Reason::ListenersNotValid,
                     format!("listeners not valid and not served: {}", invalid.join(", ")),
                     generation,
                 )
             },
             match &gw.address_problem {
-                None => {
-                    condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation)
-                }
-                Some((reason, message)) => condition(types::PROGRAMMED, false, reason, message.clone(), generation),
+                None => condition(types::PROGRAMMED, true, Reason::Programmed, "the Gateway is programmed", generation),
+                Some(problem) => problem.condition(types::PROGRAMMED, false, generation),
             },
         ),
     };
@@ -674,11 +680,11 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
         let mut message = format!("default for its routes: {}", scale_to_zero::describe(gate.as_ref()));
         let reason = if !gw.gate.errors.is_empty() {
             message = format!("{}; {message}", gw.gate.errors.join("; "));
-            reasons::INVALID_ANNOTATION
+            Reason::InvalidAnnotation
         } else if gate.is_some() {
-            reasons::ENABLED
+            Reason::Enabled
         } else {
-            reasons::DISABLED
+            Reason::Disabled
         };
         conditions.push(condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation));
     }
@@ -692,49 +698,34 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
 
 fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
     let mut conditions: Vec<Condition> = Vec::with_capacity(4);
-    conditions.push(match (&l.invalid, &l.conflict, &l.bind_error) {
-        (Some((reason, message)), _, _) | (None, Some((reason, message)), _) => {
-            condition(types::ACCEPTED, false, reason, message.clone(), generation)
-        }
-        (None, None, Some(message)) => {
-            condition(types::ACCEPTED, false, reasons::PORT_UNAVAILABLE, message.clone(), generation)
-        }
-        (None, None, None) => {
-            condition(types::ACCEPTED, true, reasons::ACCEPTED, "the listener is accepted", generation)
-        }
+    conditions.push(match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.bind_error.as_ref()) {
+        Some(problem) => problem.condition(types::ACCEPTED, false, generation),
+        None => condition(types::ACCEPTED, true, Reason::Accepted, "the listener is accepted", generation),
     });
     conditions.push(if !gateway_accepted {
-        condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation)
-    } else if let Some(message) = l.bind_error.as_ref().filter(|_| l.programmable()) {
-        condition(types::PROGRAMMED, false, reasons::PENDING, message.clone(), generation)
+        condition(types::PROGRAMMED, false, Reason::Invalid, "the Gateway is not accepted", generation)
+    } else if let Some(problem) = l.bind_error.as_ref().filter(|_| l.programmable()) {
+        condition(types::PROGRAMMED, false, Reason::Pending, problem.message.clone(), generation)
     } else if l.programmable() {
-        condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the listener is programmed", generation)
+        condition(types::PROGRAMMED, true, Reason::Programmed, "the listener is programmed", generation)
     } else {
-        let why = match (&l.invalid, &l.conflict, &l.unresolved) {
-            (Some((_, m)), _, _) | (None, Some((_, m)), _) | (None, None, Some((_, m))) => m.clone(),
-            (None, None, None) => "the listener is not valid".to_owned(),
+        let why = match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.unresolved.as_ref()) {
+            Some(problem) => problem.message.clone(),
+            None => "the listener is not valid".to_owned(),
         };
-        condition(types::PROGRAMMED, false, reasons::INVALID, why, generation)
+        condition(types::PROGRAMMED, false, Reason::Invalid, why, generation)
     });
     conditions.push(match &l.unresolved {
-        Some((reason, message)) => condition(types::RESOLVED_REFS, false, reason, message.clone(), generation),
-        None => {
-            condition(types::RESOLVED_REFS, true, reasons::RESOLVED_REFS, "all references are resolved", generation)
-        }
+        Some(problem) => problem.condition(types::RESOLVED_REFS, false, generation),
+        None => condition(types::RESOLVED_REFS, true, Reason::ResolvedRefs, "all references are resolved", generation),
     });
     conditions.push(match &l.conflict {
-        Some((reason, message)) => condition(types::CONFLICTED, true, reason, message.clone(), generation),
-        None => condition(types::CONFLICTED, false, reasons::NO_CONFLICTS, "no conflicts", generation),
+        Some(problem) => problem.condition(types::CONFLICTED, true, generation),
+        None => condition(types::CONFLICTED, false, Reason::NoConflicts, "no conflicts", generation),
     });
     // "MUST NOT be set when it is False."
-    if let Some(message) = &l.overlapping_tls {
-        conditions.push(condition(
-            types::OVERLAPPING_TLS_CONFIG,
-            true,
-            reasons::OVERLAPPING_HOSTNAMES,
-            message.clone(),
-            generation,
-        ));
+    if let Some(problem) = &l.overlapping_tls {
+        conditions.push(problem.condition(types::OVERLAPPING_TLS_CONFIG, true, generation));
     }
     ListenerStatus {
         attached_routes: l.attached_routes,

@@ -17,8 +17,8 @@ use agimo_shared::snapshot::{
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::Statuses;
-use super::backends::{BackendError, BackendRefSpec, BackendResolver};
-use super::conditions::{condition, reasons, types};
+use super::backends::{BackendRefSpec, BackendResolver};
+use super::conditions::{Problem, Reason, condition, types};
 use super::gateways::GatewayModel;
 use super::scale_to_zero::{self, GateAnnotations};
 use crate::api::{
@@ -73,16 +73,16 @@ pub fn attach_all(
                     for l in listeners {
                         attached.insert((g, l));
                     }
-                    condition(types::ACCEPTED, true, reasons::ACCEPTED, "the route is attached", generation)
+                    condition(types::ACCEPTED, true, Reason::Accepted, "the route is attached", generation)
                 }
-                Err((reason, message)) => condition(types::ACCEPTED, false, reason, message, generation),
+                Err(problem) => problem.condition(types::ACCEPTED, false, generation),
             };
             let mut conditions = vec![accepted];
             conditions.push(match compiled.backend_errors.first() {
                 None => condition(
                     types::RESOLVED_REFS,
                     true,
-                    reasons::RESOLVED_REFS,
+                    Reason::ResolvedRefs,
                     "all references are resolved",
                     generation,
                 ),
@@ -98,7 +98,7 @@ pub fn attach_all(
                 conditions.push(condition(
                     types::PARTIALLY_INVALID,
                     true,
-                    reasons::UNSUPPORTED_VALUE,
+                    Reason::UnsupportedValue,
                     format!("Dropped Rule: {}", compiled.invalid_rules.join("; ")),
                     generation,
                 ));
@@ -171,11 +171,11 @@ fn gate_condition(route: &GateAnnotations, gateway: &GateAnnotations, generation
     let errors: Vec<&str> = route.errors.iter().chain(&gateway.errors).map(String::as_str).collect();
     let reason = if !errors.is_empty() {
         message = format!("{}; {message}", errors.join("; "));
-        reasons::INVALID_ANNOTATION
+        Reason::InvalidAnnotation
     } else if gate.is_some() {
-        reasons::ENABLED
+        Reason::Enabled
     } else {
-        reasons::DISABLED
+        Reason::Disabled
     };
     condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation)
 }
@@ -199,9 +199,10 @@ fn attach(
     route: &ObjectRef,
     compiled: &CompiledRoute,
     parent: &api::ParentRef,
-) -> Result<Vec<usize>, (&'static str, String)> {
-    if let Err((_, why)) = &gw.accepted {
-        return Err((reasons::GATEWAY_NOT_ACCEPTED, format!("Gateway {} is not accepted: {why}", gw.key)));
+) -> Result<Vec<usize>, Problem> {
+    if let Err(why) = &gw.accepted {
+        let message = format!("Gateway {} is not accepted: {}", gw.key, why.message);
+        return Err(Problem::new(Reason::GatewayNotAccepted, message));
     }
     let selected: Vec<usize> = gw
         .listeners
@@ -219,8 +220,8 @@ fn attach(
         if let Some(p) = parent.port {
             what.push(format!("port {p}"));
         }
-        return Err((
-            reasons::NO_MATCHING_PARENT,
+        return Err(Problem::new(
+            Reason::NoMatchingParent,
             format!("Gateway {} has no listener with {}", gw.key, what.join(" and ")),
         ));
     }
@@ -232,8 +233,8 @@ fn attach(
         })
         .collect();
     if allowed.is_empty() {
-        return Err((
-            reasons::NOT_ALLOWED_BY_LISTENERS,
+        return Err(Problem::new(
+            Reason::NotAllowedByListeners,
             format!("no listener of Gateway {} allows HTTPRoutes from namespace {}", gw.key, route.namespace),
         ));
     }
@@ -246,13 +247,13 @@ fn attach(
         })
         .collect();
     if matching.is_empty() {
-        return Err((
-            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+        return Err(Problem::new(
+            Reason::NoMatchingListenerHostname,
             format!("no listener of Gateway {} has a hostname that matches the route's hostnames", gw.key),
         ));
     }
-    if let Some(why) = &compiled.invalid {
-        return Err((reasons::UNSUPPORTED_VALUE, why.clone()));
+    if let Some(problem) = &compiled.invalid {
+        return Err(problem.clone());
     }
     Ok(matching)
 }
@@ -265,8 +266,9 @@ struct CompiledRoute {
     /// Messages for rules that answer 500 because they are invalid.
     invalid_rules: Vec<String>,
     /// Why the whole route is invalid, if it is.
-    invalid: Option<String>,
-    backend_errors: Vec<BackendError>,
+    invalid: Option<Problem>,
+    /// Why backendRefs cannot be used (ResolvedRefs is False).
+    backend_errors: Vec<Problem>,
 }
 
 impl CompiledRoute {
@@ -287,7 +289,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
     for h in route.spec.hostnames.iter().flatten() {
         match Hostname::parse(h) {
             Ok(h) => compiled.hostnames.push(h),
-            Err(e) => compiled.invalid = Some(e.to_string()),
+            Err(e) => compiled.invalid = Some(Problem::new(Reason::UnsupportedValue, e.to_string())),
         }
     }
     let default_rule = [api::Rule::default()];
@@ -331,7 +333,8 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
         compiled.rules.push((rule, matches));
     }
     if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {
-        compiled.invalid = Some(format!("every rule is invalid: {}", compiled.invalid_rules.join("; ")));
+        let message = format!("every rule is invalid: {}", compiled.invalid_rules.join("; "));
+        compiled.invalid = Some(Problem::new(Reason::UnsupportedValue, message));
     }
     compiled
 }
@@ -348,7 +351,7 @@ fn compile_action(
     spec: &api::Rule,
     matches: &[RequestMatch],
     resolver: &mut BackendResolver<'_>,
-    backend_errors: &mut Vec<BackendError>,
+    backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
     let (filters, redirect) = compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
