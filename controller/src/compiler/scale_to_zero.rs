@@ -18,6 +18,8 @@ use std::time::Duration;
 use agimo_shared::snapshot::Gate;
 
 use super::Carryover;
+use super::conditions::{self, Reason, types};
+use crate::api::Condition;
 
 pub const SCALE_TO_ZERO: &str = "agimo.dev/scale-to-zero";
 pub const WAIT_TIMEOUT: &str = "agimo.dev/wait-timeout";
@@ -107,8 +109,30 @@ pub fn effective(route: &GateAnnotations, gateway: &GateAnnotations) -> Option<G
     })
 }
 
+/// The `agimo.dev/ScaleToZero` condition of a route on one Gateway: whether
+/// requests are held, with what settings, and any annotation that is wrong.
+/// Without a route, the Gateway's own: the default for its routes.
+pub fn condition(route: Option<&GateAnnotations>, gateway: &GateAnnotations, generation: Option<i64>) -> Condition {
+    let gate = effective(route.unwrap_or(&GateAnnotations::default()), gateway);
+    let mut message = describe(gate.as_ref());
+    if route.is_none() {
+        message = format!("default for its routes: {message}");
+    }
+    let errors: Vec<&str> =
+        route.into_iter().flat_map(|r| &r.errors).chain(&gateway.errors).map(String::as_str).collect();
+    let reason = if !errors.is_empty() {
+        message = format!("{}; {message}", errors.join("; "));
+        Reason::InvalidAnnotation
+    } else if gate.is_some() {
+        Reason::Enabled
+    } else {
+        Reason::Disabled
+    };
+    conditions::condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation)
+}
+
 /// A human summary of a gate, for status messages.
-pub fn describe(gate: Option<&Gate>) -> String {
+fn describe(gate: Option<&Gate>) -> String {
     match gate {
         Some(g) => format!(
             "requests wait up to {}ms for a ready endpoint, at most {} per host",
