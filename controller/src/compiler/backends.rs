@@ -106,9 +106,16 @@ impl<'w> BackendResolver<'w> {
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
         }
-        let port_name = service_port.name.as_deref().unwrap_or("");
+        let endpoints = self.ready_endpoints(&key, service_port.name.as_deref().unwrap_or(""));
+        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
+        self.resolved.insert(cache_key, backend.clone());
+        Ok(backend)
+    }
+
+    /// The ready endpoints of a Service's port named `port_name`, sorted.
+    fn ready_endpoints(&self, service: &ObjectRef, port_name: &str) -> Vec<SocketAddr> {
         let mut endpoints = Vec::new();
-        for slice in self.slices.get(&key).into_iter().flatten() {
+        for slice in self.slices.get(service).into_iter().flatten() {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                 continue;
             }
@@ -137,8 +144,6 @@ impl<'w> BackendResolver<'w> {
         }
         endpoints.sort();
         endpoints.dedup();
-        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
-        self.resolved.insert(cache_key, backend.clone());
-        Ok(backend)
+        endpoints
     }
 }
