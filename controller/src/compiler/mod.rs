@@ -17,6 +17,7 @@
 
 mod backends;
 mod conditions;
+mod duration;
 mod gateways;
 mod grants;
 mod routes;

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
@@ -19,6 +18,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::Statuses;
 use super::backends::{BackendRefSpec, BackendResolver};
 use super::conditions::{Problem, Reason, condition, types};
+use super::duration;
 use super::gateways::{GatewayModel, ListenerModel};
 use super::scale_to_zero::{self, GateAnnotations};
 use crate::api::{
@@ -454,13 +454,11 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
     Ok((out, redirect))
 }
 
-/// Parses a Gateway API duration (`1h30m`, `500ms`); zero means no limit.
+/// A rule's timeouts, Gateway API durations; zero means no limit.
 fn compile_timeouts(t: Option<&api::Timeouts>) -> Result<Timeouts, String> {
     let parse = |field: &str, v: Option<&String>| -> Result<Option<Duration>, String> {
         let Some(v) = v else { return Ok(None) };
-        let d: gateway_api::Duration =
-            v.parse().map_err(|e| format!("timeouts.{field} {v:?} is not a Gateway API duration: {e}"))?;
-        let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let d = duration::parse(v).map_err(|e| format!("timeouts.{field} {v:?} is not a Gateway API duration: {e}"))?;
         Ok((!d.is_zero()).then_some(d))
     };
     let Some(t) = t else { return Ok(Timeouts::default()) };
@@ -635,13 +633,7 @@ fn compile_redirect(r: &api::RequestRedirect, matches: &[RequestMatch]) -> Resul
                     .replace_prefix_match
                     .clone()
                     .ok_or("redirect path type ReplacePrefixMatch needs replacePrefixMatch")?;
-                let prefix = match matches {
-                    [RequestMatch { path: PathMatch::Prefix(prefix), .. }] => prefix.clone(),
-                    _ => {
-                        return Err("ReplacePrefixMatch needs exactly one PathPrefix match in the rule".into());
-                    }
-                };
-                PathModifier::ReplacePrefixMatch { prefix, replacement }
+                PathModifier::ReplacePrefixMatch { prefix: single_prefix(matches)?, replacement }
             }
         }),
     };

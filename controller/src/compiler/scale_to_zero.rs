@@ -19,6 +19,7 @@ use agimo_shared::snapshot::Gate;
 
 use super::Carryover;
 use super::conditions::{self, Reason, types};
+use super::duration;
 use crate::api::Condition;
 
 pub const SCALE_TO_ZERO: &str = "agimo.dev/scale-to-zero";
@@ -152,8 +153,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_wait_timeout(v: &str) -> Result<Duration, String> {
-    let d: gateway_api::Duration = v.parse().map_err(|e| format!("expected a duration such as 90s or 2m: {e}"))?;
-    let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let d = duration::parse(v).map_err(|e| format!("expected a duration such as 90s or 2m: {e}"))?;
     if d.is_zero() {
         return Err("must be longer than 0s".into());
     }
