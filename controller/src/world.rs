@@ -1,7 +1,8 @@
 //! The world: every resource the compiler reads, keyed by namespace and name.
 //!
 //! Sources (YAML files in standalone mode, watches in Kubernetes mode) fill a
-//! `World`; [`crate::compile`] reads it and nothing else.
+//! `World`; the compiler reads it and nothing else. It holds inputs only: it
+//! imports no later stage of the controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,8 +43,8 @@ pub struct World {
     pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
 }
 
-/// How one Gateway is exposed through its Gateway Service, as
-/// [`crate::gateway_services::plan`] decided from the world.
+/// How one Gateway is exposed through its Gateway Service, as the Gateway
+/// Services plan decided from the world.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exposed {
     /// The name of its Service (in Agimo's namespace).

@@ -9,7 +9,7 @@ use agimo_shared::Snapshot;
 use agimo_shared::hostname::Hostname;
 use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
 
-use super::Statuses;
+use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
 use super::scale_to_zero::{self, GateAnnotations};

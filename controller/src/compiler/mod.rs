@@ -16,6 +16,7 @@
 //! carryover.
 
 mod backends;
+mod compiled;
 mod conditions;
 mod duration;
 mod gateways;
@@ -24,57 +25,12 @@ mod routes;
 mod scale_to_zero;
 mod tls;
 
-use std::collections::BTreeMap;
-
-use agimo_shared::Snapshot;
-use agimo_shared::snapshot::ObjectRef;
-use serde::Serialize;
-
-use crate::api::{GatewayClassStatus, GatewayStatus, RouteParentStatus};
 use crate::world::World;
-use scale_to_zero::{AnnotationKey, Annotations};
+use scale_to_zero::Annotations;
 
+pub use compiled::{Carryover, Compiled, Statuses};
 pub use conditions::condition;
 pub use gateways::SUPPORTED_FEATURES;
-
-/// What the compiler says about each resource we own, in the Gateway API's
-/// own status types. Routes list only the `parents` entries for our
-/// controller; the status writer merges them with other controllers' entries.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Statuses {
-    pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
-    pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
-    #[serde(rename = "httpRoutes")]
-    pub http_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
-}
-
-/// What one compile hands the next: the last good value of each
-/// scale-to-zero annotation, so that a bad new value leaves it in force. The
-/// first compile starts from `Carryover::default()`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Carryover {
-    annotations_in_force: BTreeMap<AnnotationKey, String>,
-}
-
-impl Carryover {
-    /// The value of an annotation in force on an object (`"HTTPRoute ns/name"`).
-    pub fn annotation_in_force(&self, object: &str, annotation: &str) -> Option<&str> {
-        self.annotations_in_force
-            .iter()
-            .find(|(key, _)| key.object == object && key.annotation == annotation)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// What a compile produces.
-#[derive(Debug)]
-pub struct Compiled {
-    pub snapshot: Snapshot,
-    pub statuses: Statuses,
-    /// For the next compile.
-    pub carryover: Carryover,
-}
 
 /// Compiles the world into a snapshot and statuses; `previous` is what the
 /// previous compile carried over.

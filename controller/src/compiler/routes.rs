@@ -15,8 +15,8 @@ use agimo_shared::snapshot::{
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use super::Statuses;
 use super::backends::{BackendRefSpec, BackendResolver};
+use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::duration;
 use super::gateways::{GatewayModel, ListenerModel};

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use agimo_shared::snapshot::Gate;
 
-use super::Carryover;
+use super::compiled::{AnnotationKey, Carryover};
 use super::conditions::{self, Reason, types};
 use super::duration;
 use crate::api::Condition;
@@ -27,14 +27,6 @@ pub const WAIT_TIMEOUT: &str = "agimo.dev/wait-timeout";
 pub const MAX_PENDING: &str = "agimo.dev/max-pending";
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_PENDING: usize = 1000;
-
-/// Which annotation of which object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct AnnotationKey {
-    /// `"HTTPRoute ns/name"` or `"Gateway ns/name"`.
-    pub object: String,
-    pub annotation: &'static str,
-}
 
 /// The annotation values in force: those the previous compile carried over,
 /// and those this compile carries over to the next.
@@ -77,7 +69,7 @@ pub fn parse(
         let kept = match parse(value) {
             Ok(()) => Some(value.clone()),
             Err(why) => {
-                let previous = in_force.previous.annotations_in_force.get(&key).cloned();
+                let previous = in_force.previous.last_good(&key).cloned();
                 let keeping = match &previous {
                     Some(p) => format!("keeping the previous value {p:?}"),
                     None => "using the default".to_owned(),
@@ -87,7 +79,7 @@ pub fn parse(
             }
         };
         if let Some(kept) = &kept {
-            in_force.next.annotations_in_force.insert(key, kept.clone());
+            in_force.next.keep(key, kept.clone());
         }
         kept
     };

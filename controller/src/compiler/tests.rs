@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use agimo_shared::snapshot::{Action, BackendTarget, Rule};
+use agimo_shared::Snapshot;
+use agimo_shared::snapshot::{Action, BackendTarget, ObjectRef, Rule};
 
 use super::*;
 use crate::api::Condition;
