@@ -2,10 +2,16 @@
 //! routing snapshot and statuses, and hands the snapshot to the dataplane.
 //!
 //! ```text
-//!   sources::files (YAML) ──► World ──► compiler::compile ──► Snapshot ──► dataplane
-//!                                              │
-//!                                              └──────────► Statuses ──► /status, logs
+//!   sources::files (YAML) ──┐
+//!   sources::kube (watches) ┴─► World ──► compiler::compile ──► Snapshot ──► dataplane
+//!                                              ▲       │
+//!                                              │       ├────► Statuses ──► /status, logs, status writer
+//!                                              └───────┘ Carryover (to the next compile)
 //! ```
+//!
+//! Modules depend one way, along that path: `api` ← `world` ← `sources`,
+//! `compiler`, `address_pool`, `gateway_services`, `leader` ← `status` ← `runtime` ←
+//! `standalone`, `kubernetes` ← `main`.
 #![forbid(unsafe_code)]
 
 pub mod address_pool;
