@@ -32,9 +32,8 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::addresses::ours_oldest_first;
 use crate::api::{Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
-use crate::world::World;
+use crate::world::{Exposed, World};
 
 /// Marks the Services Agimo manages (with `app.kubernetes.io/managed-by`).
 pub const MANAGED_BY: &str = "agimo";
@@ -64,23 +63,6 @@ pub struct Exposure {
     pub static_ranges: Vec<IpNet>,
 }
 
-/// What one Gateway gets.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Exposed {
-    /// The name of its Service (in [`Exposure::namespace`]).
-    pub service: String,
-    /// Listener port → the pods' port.
-    pub pod_ports: BTreeMap<u16, u16>,
-    /// Listener ports left without a pod port (the range is exhausted).
-    pub unassigned_ports: Vec<u16>,
-    /// What `status.addresses` publishes; empty until the Service has one.
-    pub addresses: Vec<GatewayStatusAddress>,
-    /// Static addresses outside every `--gateway-static-address-range`.
-    pub unusable: Vec<String>,
-    /// Why there is no address yet, when there is none.
-    pub pending: Option<String>,
-}
-
 /// The plan for every Gateway of ours, and the Services it takes.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
@@ -91,109 +73,137 @@ pub struct Plan {
 
 /// Plans the Services of `world`'s Gateways.
 pub fn plan(world: &World, exposure: &Exposure) -> Plan {
-    let gateways = ours_oldest_first(world);
+    let gateways = world.our_gateways_oldest_first();
     let current = managed_services(world, exposure);
-    let mut plan = Plan::default();
+    let mut plan = Plan { gateways: assign_pod_ports(&gateways, &current, exposure), services: BTreeMap::new() };
+    for (key, gateway) in &gateways {
+        let exposed = plan.gateways.get_mut(*key).expect("planned above");
+        let have = current.get(&exposed.service).copied();
+        if let Some(service) = plan_service(key, gateway, exposed, have, exposure, &world.controller_name) {
+            plan.services.insert(exposed.service.clone(), service);
+        }
+    }
+    plan
+}
+
+/// Gives each listener port of each Gateway a port on the pods: the one its
+/// Service already maps it to, else the lowest free one, oldest Gateway
+/// first.
+fn assign_pod_ports(
+    gateways: &[(&ObjectRef, &Gateway)],
+    current: &BTreeMap<String, &Service>,
+    exposure: &Exposure,
+) -> BTreeMap<ObjectRef, Exposed> {
     // Every pod port a Service points at stays taken until its Service lets
     // go of it: a port reused at once would, until the old Service is
     // updated, bring one Gateway's traffic to another's listener.
-    let mut taken: BTreeSet<u16> = current
-        .values()
-        .flat_map(|s| s.spec.iter().flat_map(|s| s.ports.iter().flatten()))
-        .filter_map(|p| match &p.target_port {
-            Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
-            _ => None,
-        })
-        .collect();
-    // Ports a Gateway's own Service already gives its listeners are kept.
+    let mut taken: BTreeSet<u16> = current.values().flat_map(|s| target_ports(s)).filter_map(|(_, t)| t).collect();
     let mut kept: BTreeSet<u16> = BTreeSet::new();
-    let mut wanted: Vec<(ObjectRef, Vec<u16>)> = Vec::new();
-    for (key, gateway) in &gateways {
-        let name = service_name(key);
-        let ports: Vec<u16> = listener_ports(gateway);
-        let mut exposed = Exposed { service: name.clone(), ..Exposed::default() };
-        if let Some(service) = current.get(&name) {
-            for p in service.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-                let Ok(port) = u16::try_from(p.port) else { continue };
-                let target = match &p.target_port {
-                    Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
-                    _ => None,
-                };
-                if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !kept.contains(t))
-                    && ports.contains(&port)
-                {
-                    kept.insert(target);
-                    exposed.pod_ports.insert(port, target);
-                }
+    let mut planned = BTreeMap::new();
+    let mut wanted: Vec<(&ObjectRef, Vec<u16>)> = Vec::new();
+    for (key, gateway) in gateways {
+        let ports = listener_ports(gateway);
+        let mut exposed = Exposed { service: service_name(key), ..Exposed::default() };
+        // Ports a Gateway's own Service already gives its listeners are kept.
+        for (port, target) in current.get(&exposed.service).into_iter().flat_map(|s| target_ports(s)) {
+            let Ok(port) = u16::try_from(port) else { continue };
+            if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !kept.contains(t))
+                && ports.contains(&port)
+            {
+                kept.insert(target);
+                exposed.pod_ports.insert(port, target);
             }
         }
-        wanted.push(((*key).clone(), ports));
-        plan.gateways.insert((*key).clone(), exposed);
+        planned.insert((*key).clone(), exposed);
+        wanted.push((*key, ports));
     }
     taken.extend(&kept);
     let mut free = exposure.pod_ports.clone().filter(|p| !taken.contains(p));
-    for (key, ports) in &wanted {
-        let exposed = plan.gateways.get_mut(key).expect("planned above");
+    for (key, ports) in wanted {
+        let exposed = planned.get_mut(key).expect("planned above");
         for port in ports {
-            if exposed.pod_ports.contains_key(port) {
+            if exposed.pod_ports.contains_key(&port) {
                 continue;
             }
             match free.next() {
                 Some(target) => {
-                    exposed.pod_ports.insert(*port, target);
+                    exposed.pod_ports.insert(port, target);
                 }
-                None => exposed.unassigned_ports.push(*port),
+                None => exposed.unassigned_ports.push(port),
             }
         }
         if !exposed.unassigned_ports.is_empty() {
             tracing::warn!(gateway = %key, range = ?exposure.pod_ports, "--gateway-pod-ports is exhausted");
         }
     }
-    for (key, gateway) in &gateways {
-        let exposed = plan.gateways.get_mut(*key).expect("planned above");
-        let statics = static_addresses(gateway);
-        for ip in &statics {
-            if !exposure.static_ranges.iter().any(|r| r.contains(ip)) {
-                exposed.unusable.push(ip.to_string());
-            }
-        }
-        let usable: Vec<IpAddr> =
-            statics.iter().copied().filter(|ip| exposure.static_ranges.iter().any(|r| r.contains(ip))).collect();
-        let name = format!("{}/{}", exposure.namespace, exposed.service);
-        if exposed.pod_ports.is_empty() {
-            // A Service needs a port: without one, the Gateway has none.
-            exposed.pending = Some(format!("no port left in --gateway-pod-ports for a Service {name}"));
-            continue;
-        }
-        let service = desired_service(key, exposed, &usable, exposure, &world.controller_name);
-        let have = current.get(&exposed.service);
-        if !statics.is_empty() {
-            // Published once the Service carries them as external IPs.
-            let external: Vec<String> = have.and_then(|s| s.spec.as_ref()?.external_ips.clone()).unwrap_or_default();
-            if usable.iter().all(|ip| external.contains(&ip.to_string())) {
-                exposed.addresses = usable.iter().map(|ip| ip_address(&ip.to_string())).collect();
-            } else {
-                exposed.pending = Some(format!("Service {name} does not have the external IPs yet"));
-            }
-        } else {
-            match have {
-                Some(have) => {
-                    exposed.addresses = service_addresses(have);
-                    if exposed.addresses.is_empty() {
-                        let what = if exposure.service_type == "LoadBalancer" {
-                            "load balancer address"
-                        } else {
-                            "cluster IP"
-                        };
-                        exposed.pending = Some(format!("Service {name} has no {what} yet"));
-                    }
-                }
-                None => exposed.pending = Some(format!("Service {name} is not created yet")),
-            }
-        }
-        plan.services.insert(exposed.service.clone(), service);
+    planned
+}
+
+/// Each port of a Service with its target port, if that is a number.
+fn target_ports(service: &Service) -> impl Iterator<Item = (i32, Option<u16>)> + '_ {
+    service.spec.iter().flat_map(|s| s.ports.iter().flatten()).map(|p| {
+        let target = match &p.target_port {
+            Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+            _ => None,
+        };
+        (p.port, target)
+    })
+}
+
+/// The Service a Gateway with its pod ports gets (none without a pod port),
+/// and the addresses the Gateway publishes, or why there are none yet.
+fn plan_service(
+    key: &ObjectRef,
+    gateway: &Gateway,
+    exposed: &mut Exposed,
+    have: Option<&Service>,
+    exposure: &Exposure,
+    controller_name: &str,
+) -> Option<Service> {
+    let statics = static_addresses(gateway);
+    let in_range = |ip: &IpAddr| exposure.static_ranges.iter().any(|r| r.contains(ip));
+    exposed.unusable = statics.iter().filter(|ip| !in_range(ip)).map(ToString::to_string).collect();
+    let usable: Vec<IpAddr> = statics.iter().copied().filter(in_range).collect();
+    let name = format!("{}/{}", exposure.namespace, exposed.service);
+    if exposed.pod_ports.is_empty() {
+        // A Service needs a port: without one, the Gateway has none.
+        exposed.pending = Some(format!("no port left in --gateway-pod-ports for a Service {name}"));
+        return None;
     }
-    plan
+    let service = desired_service(key, exposed, &usable, exposure, controller_name);
+    match published_addresses(have, !statics.is_empty(), &usable, exposure, &name) {
+        Ok(addresses) => exposed.addresses = addresses,
+        Err(pending) => exposed.pending = Some(pending),
+    }
+    Some(service)
+}
+
+/// What `status.addresses` publishes given the Service as it is (`have`):
+/// the static addresses once the Service carries them as external IPs, else
+/// its load balancer ingress or cluster IP; or why there is none yet.
+fn published_addresses(
+    have: Option<&Service>,
+    statics: bool,
+    usable: &[IpAddr],
+    exposure: &Exposure,
+    name: &str,
+) -> Result<Vec<GatewayStatusAddress>, String> {
+    if statics {
+        let external: Vec<String> = have.and_then(|s| s.spec.as_ref()?.external_ips.clone()).unwrap_or_default();
+        if !usable.iter().all(|ip| external.contains(&ip.to_string())) {
+            return Err(format!("Service {name} does not have the external IPs yet"));
+        }
+        return Ok(usable.iter().map(|ip| ip_address(&ip.to_string())).collect());
+    }
+    let Some(have) = have else {
+        return Err(format!("Service {name} is not created yet"));
+    };
+    let addresses = service_addresses(have);
+    if addresses.is_empty() {
+        let what = if exposure.service_type == "LoadBalancer" { "load balancer address" } else { "cluster IP" };
+        return Err(format!("Service {name} has no {what} yet"));
+    }
+    Ok(addresses)
 }
 
 /// The Services of `exposure.namespace` that Agimo manages, by name.
@@ -553,7 +563,7 @@ spec:
                 + &existing(&a, "a", &[(80, 20000)], "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}")),
         );
         w.exposed = Some(plan(&w, &exposure()).gateways);
-        let (snapshot, statuses) = crate::compile(&w);
+        let crate::Compiled { snapshot, statuses, .. } = crate::compile(&w, &crate::Carryover::default());
         let binds: Vec<String> = snapshot.binds.iter().map(|b| b.address.to_string()).collect();
         // Both Gateways listen on port 80, each through a pod port of its own.
         assert_eq!(binds, vec!["0.0.0.0:20000", "0.0.0.0:20001"]);
@@ -572,7 +582,7 @@ spec:
     fn a_static_address_out_of_range_is_not_usable() {
         let mut w = world(&gateway("s", "2026-01-01T00:00:00Z", &[8080], "  addresses: [{value: 192.0.2.55}]\n"));
         w.exposed = Some(plan(&w, &exposure()).gateways);
-        let (_, statuses) = crate::compile(&w);
+        let statuses = crate::compile(&w, &crate::Carryover::default()).statuses;
         assert_eq!(programmed(&statuses, "s"), ("False".into(), "AddressNotUsable".into()));
     }
 

@@ -26,7 +26,7 @@ use crate::leader::{self, LeaseConfig};
 use crate::runtime::{Runtime, ServeOptions, lock, shutdown_signal};
 use crate::sources::kube::Stores;
 use crate::world::World;
-use crate::{addresses, status};
+use crate::{address_pool, status};
 
 /// The Gateway Services the plan wants, by name.
 type Desired = watch::Sender<Arc<BTreeMap<String, Service>>>;
@@ -58,7 +58,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     let desired: Desired = watch::Sender::new(Arc::default());
     let mut world = world(&stores, &options, World::default(), &desired);
-    let runtime = Runtime::start(&options.serve, "kubernetes".to_owned(), &mut world).await?;
+    let mut runtime = Runtime::start(&options.serve, "kubernetes".to_owned(), &world).await?;
     let mut sockets = runtime.sockets();
 
     let stop = CancellationToken::new();
@@ -101,13 +101,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 last_compile = tokio::time::Instant::now();
                 world = self::world(&stores, &options, world, &desired);
-                runtime.compile(&mut world);
+                runtime.compile(&world);
             }
             Ok(()) = sockets.changed() => {
                 let errors = sockets.borrow_and_update().errors.clone();
                 if errors != world.bind_errors {
                     world.bind_errors = errors;
-                    runtime.compile(&mut world);
+                    runtime.compile(&world);
                 }
             }
             Ok(()) = leading_updates.changed() => {
@@ -120,16 +120,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The current objects, with what the previous world carried that is not an
-/// object (bind errors, annotation values in force).
+/// The current objects, with the previous world's bind errors (which are
+/// not objects).
 fn world(stores: &Stores, options: &Options, previous: World, desired: &Desired) -> World {
     let mut world = stores.world();
     world.controller_name = options.controller_name.clone();
     world.default_address = Some(options.serve.bind_address);
     world.bind_errors = previous.bind_errors;
-    world.gate_annotations_in_force = previous.gate_annotations_in_force;
     if let Some(pool) = &options.gateway_address_pool {
-        world.assigned_addresses = addresses::allocate(&world, pool);
+        world.assigned_addresses = address_pool::allocate(&world, pool);
     }
     if let Some(exposure) = &options.exposure {
         let plan = gateway_services::plan(&world, exposure);

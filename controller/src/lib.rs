@@ -2,13 +2,19 @@
 //! routing snapshot and statuses, and hands the snapshot to the dataplane.
 //!
 //! ```text
-//!   sources::files (YAML) ──► World ──► compiler::compile ──► Snapshot ──► dataplane
-//!                                              │
-//!                                              └──────────► Statuses ──► /status, logs
+//!   sources::files (YAML) ──┐
+//!   sources::kube (watches) ┴─► World ──► compiler::compile ──► Snapshot ──► dataplane
+//!                                              ▲       │
+//!                                              │       ├────► Statuses ──► /status, logs, status writer
+//!                                              └───────┘ Carryover (to the next compile)
 //! ```
+//!
+//! Modules depend one way, along that path: `api` ← `world` ← `sources`,
+//! `compiler`, `address_pool`, `gateway_services`, `leader` ← `status` ← `runtime` ←
+//! `standalone`, `kubernetes` ← `main`.
 #![forbid(unsafe_code)]
 
-pub mod addresses;
+pub mod address_pool;
 pub mod api;
 pub mod compiler;
 pub mod gateway_services;
@@ -20,5 +26,5 @@ pub mod standalone;
 pub mod status;
 pub mod world;
 
-pub use compiler::{Statuses, compile};
+pub use compiler::{Carryover, Compiled, Statuses, compile};
 pub use world::World;

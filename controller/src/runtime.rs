@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  World ──Runtime::compile──► Snapshot ──watch channel──► Dataplane::run
-//!                                 └────► Statuses ──► logs, /status (and the status writer)
+//!                  ▲    │  └───► Statuses ──► logs, /status (and the status writer)
+//!                  └────┘ Carryover (to the next compile)
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Time, Timestamp};
-use crate::compiler::{Statuses, compile};
+use crate::compiler::{Carryover, Compiled, Statuses, compile};
 use crate::status;
 use crate::world::World;
 
@@ -71,6 +72,8 @@ pub struct Runtime {
     pub published: Arc<Mutex<Published>>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     statuses: watch::Sender<Arc<Statuses>>,
+    /// What the last compile carried over to the next.
+    carryover: Carryover,
     stop: CancellationToken,
     admin_stop: CancellationToken,
     dataplane_task: tokio::task::JoinHandle<()>,
@@ -78,7 +81,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds the admin endpoints and starts the dataplane on the first world.
-    pub async fn start(options: &ServeOptions, source: String, world: &mut World) -> anyhow::Result<Runtime> {
+    pub async fn start(options: &ServeOptions, source: String, world: &World) -> anyhow::Result<Runtime> {
         let dataplane = Dataplane::new(options.dataplane.clone(), Metrics::new());
         let published = Arc::new(Mutex::new(Published { source, ..Published::default() }));
         // The admin endpoints outlive the listeners, so /readyz can say
@@ -88,7 +91,8 @@ impl Runtime {
         if let Some(addr) = options.keda_scaler_address {
             start_scaler(addr, options.keda_scaler_peers.clone(), &dataplane, &admin_stop).await?;
         }
-        let (first, statuses) = compile_and_stamp(world, &published);
+        let mut carryover = Carryover::default();
+        let (first, statuses) = compile_and_stamp(world, &mut carryover, &published);
         let (snapshots, receiver) = watch::channel(first);
         let stop = CancellationToken::new();
         let (runner, run_stop) = (dataplane.clone(), stop.clone());
@@ -102,17 +106,17 @@ impl Runtime {
             published,
             snapshots,
             statuses: watch::Sender::new(statuses),
+            carryover,
             stop,
             admin_stop,
             dataplane_task,
         })
     }
 
-    /// Compiles `world`, hands the snapshot to the dataplane and publishes the
-    /// statuses. What the compile remembers for the next one (annotation
-    /// values in force) goes back into `world`.
-    pub fn compile(&self, world: &mut World) {
-        let (snapshot, statuses) = compile_and_stamp(world, &self.published);
+    /// Compiles `world` (with what the last compile carried over), hands the
+    /// snapshot to the dataplane and publishes the statuses.
+    pub fn compile(&mut self, world: &World) {
+        let (snapshot, statuses) = compile_and_stamp(world, &mut self.carryover, &self.published);
         self.snapshots.send_replace(snapshot);
         self.statuses.send_replace(statuses);
     }
@@ -147,10 +151,14 @@ impl Runtime {
     }
 }
 
-fn compile_and_stamp(world: &mut World, published: &Mutex<Published>) -> (Arc<Snapshot>, Arc<Statuses>) {
+fn compile_and_stamp(
+    world: &World,
+    carryover: &mut Carryover,
+    published: &Mutex<Published>,
+) -> (Arc<Snapshot>, Arc<Statuses>) {
     let started = std::time::Instant::now();
-    let (snapshot, mut statuses) = compile(world);
-    world.gate_annotations_in_force = statuses.gate_annotations_in_force.clone();
+    let Compiled { snapshot, mut statuses, carryover: next } = compile(world, carryover);
+    *carryover = next;
     let elapsed = started.elapsed();
     let now = Time(Timestamp::now());
     let mut published = lock(published);

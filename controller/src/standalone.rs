@@ -43,7 +43,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .load(&options.config, options.serve.bind_address)
         .map_err(|e| anyhow::anyhow!("cannot load {}:\n{e}", options.config.display()))?;
     let _watcher = watcher?;
-    let runtime = Runtime::start(&options.serve, options.config.display().to_string(), &mut state.world).await?;
+    let mut runtime = Runtime::start(&options.serve, options.config.display().to_string(), &state.world).await?;
     state.world.clear_objects();
     let mut sockets = runtime.sockets();
 
@@ -54,13 +54,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(()) = changed.recv() => state.load_and_compile(&options, &runtime),
+            Some(()) = changed.recv() => state.load_and_compile(&options, &mut runtime),
             Ok(()) = sockets.changed() => {
                 // Sockets that cannot be bound show in the listeners' statuses.
                 let errors = sockets.borrow_and_update().errors.clone();
                 if errors != state.world.bind_errors {
                     state.world.bind_errors = errors;
-                    state.load_and_compile(&options, &runtime);
+                    state.load_and_compile(&options, &mut runtime);
                 }
             }
         }
@@ -82,10 +82,10 @@ struct State {
 impl State {
     /// Loads the files and compiles them; if they do not load, the last good
     /// configuration keeps serving and the errors show at `/status`.
-    fn load_and_compile(&mut self, options: &Options, runtime: &Runtime) {
+    fn load_and_compile(&mut self, options: &Options, runtime: &mut Runtime) {
         match self.load(&options.config, options.serve.bind_address) {
             Ok(()) => {
-                runtime.compile(&mut self.world);
+                runtime.compile(&self.world);
                 self.world.clear_objects();
             }
             Err(errors) => {
@@ -116,7 +116,6 @@ impl State {
         self.first_seen = seen;
         world.default_address = Some(bind_address);
         world.bind_errors = std::mem::take(&mut self.world.bind_errors);
-        world.gate_annotations_in_force = std::mem::take(&mut self.world.gate_annotations_in_force);
         self.world = world;
         Ok(())
     }

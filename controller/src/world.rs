@@ -1,16 +1,18 @@
 //! The world: every resource the compiler reads, keyed by namespace and name.
 //!
 //! Sources (YAML files in standalone mode, watches in Kubernetes mode) fill a
-//! `World`; [`crate::compile`] reads it and nothing else.
+//! `World`; the compiler reads it and nothing else. It holds inputs only: it
+//! imports no later stage of the controller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
+    EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, Namespace, ObjectMeta, ReferenceGrant,
+    Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -32,16 +34,31 @@ pub struct World {
     pub assigned_addresses: BTreeMap<ObjectRef, IpAddr>,
     /// With Gateway Services (`--gateway-service-type`): each Gateway's
     /// Service, pod ports and addresses.
-    pub exposed: Option<BTreeMap<ObjectRef, crate::gateway_services::Exposed>>,
+    pub exposed: Option<BTreeMap<ObjectRef, Exposed>>,
     /// Where Gateways with neither `spec.addresses` nor an assigned address
     /// listen (`--bind-address`); `None` means `0.0.0.0`.
     pub default_address: Option<IpAddr>,
     /// Sockets the dataplane could not bind, with the error, so statuses can
     /// say so.
     pub bind_errors: BTreeMap<SocketAddr, agimo_dataplane::BindError>,
-    /// Scale-to-zero annotation values in force from the previous compile,
-    /// so a bad new value leaves the last good one in force.
-    pub gate_annotations_in_force: BTreeMap<crate::compiler::gate::AnnotationKey, String>,
+}
+
+/// How one Gateway is exposed through its Gateway Service, as the Gateway
+/// Services plan decided from the world.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exposed {
+    /// The name of its Service (in Agimo's namespace).
+    pub service: String,
+    /// Listener port → the pods' port.
+    pub pod_ports: BTreeMap<u16, u16>,
+    /// Listener ports left without a pod port (the range is exhausted).
+    pub unassigned_ports: Vec<u16>,
+    /// What `status.addresses` publishes; empty until the Service has one.
+    pub addresses: Vec<GatewayStatusAddress>,
+    /// Static addresses outside every `--gateway-static-address-range`.
+    pub unusable: Vec<String>,
+    /// Why there is no address yet, when there is none.
+    pub pending: Option<String>,
 }
 
 /// One resource of a kind the world holds.
@@ -118,7 +135,6 @@ impl Default for World {
             exposed: None,
             default_address: None,
             bind_errors: BTreeMap::new(),
-            gate_annotations_in_force: BTreeMap::new(),
         }
     }
 }
@@ -149,8 +165,8 @@ impl World {
         }
     }
 
-    /// Drops the objects, keeping what the world carries from one compile to
-    /// the next (bind errors, annotation values in force, addresses).
+    /// Drops the objects, keeping the inputs that are not objects (bind
+    /// errors, addresses, Gateway Services).
     pub fn clear_objects(&mut self) {
         self.gateway_classes.clear();
         self.gateways.clear();
@@ -160,6 +176,25 @@ impl World {
         self.endpoint_slices.clear();
         self.secrets.clear();
         self.namespaces.clear();
+    }
+
+    /// Our Gateways (of a GatewayClass with our controller name), oldest
+    /// first, then by namespace/name, as the Gateway API breaks ties.
+    pub fn our_gateways_oldest_first(&self) -> Vec<(&ObjectRef, &Gateway)> {
+        let ours: BTreeSet<&str> = self
+            .gateway_classes
+            .iter()
+            .filter(|(_, c)| c.spec.controller_name == self.controller_name)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let mut gateways: Vec<(&ObjectRef, &Gateway)> = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| ours.contains(g.spec.gateway_class_name.as_str()))
+            .map(|(k, g)| (k, g.as_ref()))
+            .collect();
+        gateways.sort_by(|(ka, a), (kb, b)| oldest_first(a, ka, b, kb));
+        gateways
     }
 
     pub fn default_address(&self) -> IpAddr {
@@ -173,6 +208,14 @@ impl World {
         labels.insert(crate::api::NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
         labels
     }
+}
+
+/// The Gateway API's order of precedence between Gateways: the oldest
+/// first (one without `creationTimestamp` last), then by namespace/name.
+pub fn oldest_first(a: &Gateway, a_key: &ObjectRef, b: &Gateway, b_key: &ObjectRef) -> std::cmp::Ordering {
+    let created = |g: &Gateway| g.metadata.creation_timestamp.clone().map(|t| t.0);
+    let (ca, cb) = (created(a), created(b));
+    ca.is_none().cmp(&cb.is_none()).then(ca.cmp(&cb)).then_with(|| a_key.cmp(b_key))
 }
 
 /// The key of a namespaced object.

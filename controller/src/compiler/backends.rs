@@ -6,18 +6,10 @@ use std::sync::Arc;
 
 use agimo_shared::snapshot::{Backend, BackendProtocol, ObjectRef};
 
-use super::conditions::reasons;
+use super::conditions::{Problem, Reason};
 use super::grants;
 use crate::api::{EndpointSlice, SERVICE_NAME_LABEL};
 use crate::world::World;
-
-/// Why a backendRef cannot be used: a route `ResolvedRefs` reason and a
-/// message.
-#[derive(Clone, Debug)]
-pub struct BackendError {
-    pub reason: &'static str,
-    pub message: String,
-}
 
 /// A backendRef's target, whatever its route's filters say.
 pub struct BackendRefSpec<'a> {
@@ -51,15 +43,15 @@ impl<'w> BackendResolver<'w> {
         BackendResolver { world, slices, resolved: HashMap::new() }
     }
 
-    pub fn resolve(&mut self, route_namespace: &str, r: &BackendRefSpec<'_>) -> Result<Arc<Backend>, BackendError> {
+    pub fn resolve(&mut self, route_namespace: &str, r: &BackendRefSpec<'_>) -> Result<Arc<Backend>, Problem> {
         let group = r.group.unwrap_or("");
         let kind = r.kind.unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
             let shown = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
-            return Err(BackendError {
-                reason: reasons::INVALID_KIND,
-                message: format!("backendRef {}: unsupported kind {shown}; only core Services are supported", r.name),
-            });
+            return Err(Problem::new(
+                Reason::InvalidKind,
+                format!("backendRef {}: unsupported kind {shown}; only core Services are supported", r.name),
+            ));
         }
         let key = ObjectRef { namespace: r.namespace.unwrap_or(route_namespace).to_owned(), name: r.name.to_owned() };
         let allowed = grants::allows(
@@ -68,41 +60,32 @@ impl<'w> BackendResolver<'w> {
             grants::To { group: "", kind: "Service", namespace: &key.namespace, name: &key.name },
         );
         if !allowed {
-            return Err(BackendError {
-                reason: reasons::REF_NOT_PERMITTED,
-                message: format!(
+            return Err(Problem::new(
+                Reason::RefNotPermitted,
+                format!(
                     "backendRef to Service {key} is not permitted: no ReferenceGrant in namespace {} allows HTTPRoutes \
                      from namespace {route_namespace}",
                     key.namespace
                 ),
-            });
+            ));
         }
         let Some(service) = self.world.services.get(&key) else {
-            return Err(BackendError {
-                reason: reasons::BACKEND_NOT_FOUND,
-                message: format!("Service {key} not found"),
-            });
+            return Err(Problem::new(Reason::BackendNotFound, format!("Service {key} not found")));
         };
         let Some(port) = r.port else {
-            return Err(BackendError {
-                reason: reasons::BACKEND_NOT_FOUND,
-                message: format!("backendRef to Service {key} has no port"),
-            });
+            return Err(Problem::new(Reason::BackendNotFound, format!("backendRef to Service {key} has no port")));
         };
         let spec = service.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            return Err(BackendError {
-                reason: reasons::BACKEND_NOT_FOUND,
-                message: format!("Service {key} is of type ExternalName, which Agimo does not route to"),
-            });
+            return Err(Problem::new(
+                Reason::BackendNotFound,
+                format!("Service {key} is of type ExternalName, which Agimo does not route to"),
+            ));
         }
         let Some(service_port) =
             spec.and_then(|s| s.ports.as_ref()).and_then(|ports| ports.iter().find(|p| p.port == port))
         else {
-            return Err(BackendError {
-                reason: reasons::BACKEND_NOT_FOUND,
-                message: format!("Service {key} has no port {port}"),
-            });
+            return Err(Problem::new(Reason::BackendNotFound, format!("Service {key} has no port {port}")));
         };
         // "kubernetes.io/h2c" and "kubernetes.io/ws" are the Gateway API's
         // (GEP-1911); a protocol Agimo cannot speak makes the ref invalid.
@@ -110,22 +93,29 @@ impl<'w> BackendResolver<'w> {
             None | Some("http" | "HTTP" | "kubernetes.io/ws") => BackendProtocol::Http1,
             Some("kubernetes.io/h2c") => BackendProtocol::H2c,
             Some(other) => {
-                return Err(BackendError {
-                    reason: reasons::UNSUPPORTED_PROTOCOL,
-                    message: format!(
+                return Err(Problem::new(
+                    Reason::UnsupportedProtocol,
+                    format!(
                         "Service {key} port {port} has appProtocol {other:?}; Agimo speaks HTTP/1.1, kubernetes.io/h2c \
                          and kubernetes.io/ws to backends"
                     ),
-                });
+                ));
             }
         };
         let cache_key = (key.clone(), port);
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
         }
-        let port_name = service_port.name.as_deref().unwrap_or("");
+        let endpoints = self.ready_endpoints(&key, service_port.name.as_deref().unwrap_or(""));
+        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
+        self.resolved.insert(cache_key, backend.clone());
+        Ok(backend)
+    }
+
+    /// The ready endpoints of a Service's port named `port_name`, sorted.
+    fn ready_endpoints(&self, service: &ObjectRef, port_name: &str) -> Vec<SocketAddr> {
         let mut endpoints = Vec::new();
-        for slice in self.slices.get(&key).into_iter().flatten() {
+        for slice in self.slices.get(service).into_iter().flatten() {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                 continue;
             }
@@ -154,8 +144,6 @@ impl<'w> BackendResolver<'w> {
         }
         endpoints.sort();
         endpoints.dedup();
-        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
-        self.resolved.insert(cache_key, backend.clone());
-        Ok(backend)
+        endpoints
     }
 }

@@ -10,14 +10,14 @@ use crate::api::{Condition, Time, Timestamp};
 pub fn condition(
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: impl Into<String>,
     generation: Option<i64>,
 ) -> Condition {
     Condition {
         type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.as_ref().to_owned(),
         message: message.into(),
         observed_generation: generation,
         last_transition_time: Time(Timestamp::UNIX_EPOCH),
@@ -35,35 +35,100 @@ pub mod types {
     pub const SCALE_TO_ZERO: &str = "agimo.dev/ScaleToZero";
 }
 
-pub mod reasons {
-    pub const ACCEPTED: &str = "Accepted";
-    pub const PROGRAMMED: &str = "Programmed";
-    pub const RESOLVED_REFS: &str = "ResolvedRefs";
-    pub const INVALID: &str = "Invalid";
-    pub const PENDING: &str = "Pending";
-    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
-    pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
-    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
-    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
-    pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
-    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
-    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
-    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
-    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
-    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
-    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
-    pub const NO_CONFLICTS: &str = "NoConflicts";
-    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
-    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
-    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
-    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
-    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
-    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
-    pub const INVALID_KIND: &str = "InvalidKind";
-    pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
+/// The reason of a condition: the Gateway API's own, or Agimo's where it
+/// adds something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Accepted,
+    Programmed,
+    ResolvedRefs,
+    Invalid,
+    Pending,
+    InvalidParameters,
+    ListenersNotValid,
+    UnsupportedAddress,
+    AddressNotUsable,
+    AddressNotAssigned,
+    UnsupportedProtocol,
+    UnsupportedValue,
+    PortUnavailable,
+    InvalidRouteKinds,
+    InvalidCertificateRef,
+    RefNotPermitted,
+    NoConflicts,
+    HostnameConflict,
+    ProtocolConflict,
+    NotAllowedByListeners,
+    NoMatchingListenerHostname,
+    NoMatchingParent,
+    BackendNotFound,
+    InvalidKind,
+    OverlappingHostnames,
     /// Agimo's own route reason: the parent Gateway exists but is not accepted.
-    pub const GATEWAY_NOT_ACCEPTED: &str = "GatewayNotAccepted";
-    pub const ENABLED: &str = "Enabled";
-    pub const DISABLED: &str = "Disabled";
-    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    GatewayNotAccepted,
+    /// Agimo's own `agimo.dev/ScaleToZero` reasons.
+    Enabled,
+    Disabled,
+    InvalidAnnotation,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "Accepted",
+            Reason::Programmed => "Programmed",
+            Reason::ResolvedRefs => "ResolvedRefs",
+            Reason::Invalid => "Invalid",
+            Reason::Pending => "Pending",
+            Reason::InvalidParameters => "InvalidParameters",
+            Reason::ListenersNotValid => "ListenersNotValid",
+            Reason::UnsupportedAddress => "UnsupportedAddress",
+            Reason::AddressNotUsable => "AddressNotUsable",
+            Reason::AddressNotAssigned => "AddressNotAssigned",
+            Reason::UnsupportedProtocol => "UnsupportedProtocol",
+            Reason::UnsupportedValue => "UnsupportedValue",
+            Reason::PortUnavailable => "PortUnavailable",
+            Reason::InvalidRouteKinds => "InvalidRouteKinds",
+            Reason::InvalidCertificateRef => "InvalidCertificateRef",
+            Reason::RefNotPermitted => "RefNotPermitted",
+            Reason::NoConflicts => "NoConflicts",
+            Reason::HostnameConflict => "HostnameConflict",
+            Reason::ProtocolConflict => "ProtocolConflict",
+            Reason::NotAllowedByListeners => "NotAllowedByListeners",
+            Reason::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            Reason::NoMatchingParent => "NoMatchingParent",
+            Reason::BackendNotFound => "BackendNotFound",
+            Reason::InvalidKind => "InvalidKind",
+            Reason::OverlappingHostnames => "OverlappingHostnames",
+            Reason::GatewayNotAccepted => "GatewayNotAccepted",
+            Reason::Enabled => "Enabled",
+            Reason::Disabled => "Disabled",
+            Reason::InvalidAnnotation => "InvalidAnnotation",
+        }
+    }
+}
+
+impl AsRef<str> for Reason {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Why something is not as its spec asks: the reason and message of the
+/// condition that says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Problem {
+        Problem { reason, message: message.into() }
+    }
+
+    /// The condition of type `type_` that reports this problem.
+    pub fn condition(&self, type_: &str, status: bool, generation: Option<i64>) -> Condition {
+        condition(type_, status, self.reason, self.message.clone(), generation)
+    }
 }

@@ -9,16 +9,16 @@ use agimo_shared::Snapshot;
 use agimo_shared::hostname::Hostname;
 use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
 
-use super::Statuses;
-use super::conditions::{condition, reasons, types};
-use super::gate::{self, GateAnnotations};
+use super::compiled::Statuses;
+use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
+use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::CertificateCache;
 use crate::api::{
     Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus, GatewayStatusAddress,
     Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
 };
-use crate::world::World;
+use crate::world::{Exposed, World, oldest_first};
 
 /// The features Agimo claims in `GatewayClass.status.supportedFeatures`,
 /// sorted by name as the spec requires. The conformance run reads this list
@@ -63,12 +63,12 @@ pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<Stri
         let accepted_condition = match &class.spec.parameters_ref {
             None => {
                 accepted.insert(name.clone());
-                condition(types::ACCEPTED, true, reasons::ACCEPTED, "Agimo serves this GatewayClass", generation)
+                condition(types::ACCEPTED, true, Reason::Accepted, "Agimo serves this GatewayClass", generation)
             }
             Some(p) => condition(
                 types::ACCEPTED,
                 false,
-                reasons::INVALID_PARAMETERS,
+                Reason::InvalidParameters,
                 format!("parametersRef {}/{} {}: Agimo takes no GatewayClass parameters", p.group, p.kind, p.name),
                 generation,
             ),
@@ -98,11 +98,11 @@ pub struct GatewayModel<'w> {
     pub pod_ports: Option<BTreeMap<u16, u16>>,
     /// What `status.addresses` publishes.
     pub status_addresses: Vec<GatewayStatusAddress>,
-    /// Programmed=False reason and message: an address that cannot be used,
-    /// or none assigned yet.
-    pub address_problem: Option<(&'static str, String)>,
-    /// `Err` holds the Accepted=False reason and message.
-    pub accepted: Result<(), (&'static str, String)>,
+    /// Why Programmed is False: an address that cannot be used, or none
+    /// assigned yet.
+    pub address_problem: Option<Problem>,
+    /// `Err` says why Accepted is False.
+    pub accepted: Result<(), Problem>,
     pub listeners: Vec<ListenerModel<'w>>,
     /// Scale-to-zero defaults for the Gateway's routes.
     pub gate: GateAnnotations,
@@ -118,17 +118,17 @@ pub struct ListenerModel<'w> {
     pub allows_http_routes: bool,
     pub supported_kinds: Vec<SupportedKind>,
     pub certificates: Vec<Certificate>,
-    /// Accepted=False reason and message.
-    pub invalid: Option<(&'static str, String)>,
-    /// ResolvedRefs=False reason and message.
-    pub unresolved: Option<(&'static str, String)>,
-    /// Conflicted=True reason and message.
-    pub conflict: Option<(&'static str, String)>,
+    /// Why Accepted is False.
+    pub invalid: Option<Problem>,
+    /// Why ResolvedRefs is False.
+    pub unresolved: Option<Problem>,
+    /// Why Conflicted is True.
+    pub conflict: Option<Problem>,
     /// The dataplane could not listen on this listener's socket.
-    pub bind_error: Option<String>,
-    /// OverlappingTLSConfig=True message: another HTTPS listener on the port
+    pub bind_error: Option<Problem>,
+    /// Why OverlappingTLSConfig is True: another HTTPS listener on the port
     /// has an overlapping hostname.
-    pub overlapping_tls: Option<String>,
+    pub overlapping_tls: Option<Problem>,
     pub attached_routes: i32,
     pub routes: RouteTable,
 }
@@ -172,7 +172,7 @@ impl ListenerModel<'_> {
 pub fn build<'w>(
     world: &'w World,
     classes: &BTreeSet<String>,
-    in_force: &mut BTreeMap<gate::AnnotationKey, String>,
+    in_force: &mut scale_to_zero::Annotations<'_>,
 ) -> Vec<GatewayModel<'w>> {
     let mut certificates = CertificateCache::default();
     let mut models: Vec<_> = world
@@ -181,18 +181,11 @@ pub fn build<'w>(
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
         .map(|(key, gw)| {
             let mut model = build_gateway(world, key, gw, &mut certificates);
-            model.gate = gate::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), world, in_force);
+            model.gate = scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), in_force);
             model
         })
         .collect();
-    models.sort_by(|a, b| {
-        let created = |m: &GatewayModel<'_>| m.gateway.metadata.creation_timestamp.clone();
-        created(a)
-            .is_none()
-            .cmp(&created(b).is_none())
-            .then_with(|| created(a).cmp(&created(b)))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    models.sort_by(|a, b| oldest_first(a.gateway, &a.key, b.gateway, &b.key));
     models
 }
 
@@ -202,113 +195,18 @@ fn build_gateway<'w>(
     gw: &'w Gateway,
     certs: &mut CertificateCache,
 ) -> GatewayModel<'w> {
-    let mut accepted = Ok(());
-    if let Some(p) = gw.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) {
-        accepted = Err((
-            reasons::INVALID_PARAMETERS,
-            format!(
-                "infrastructure.parametersRef {}/{} {}: Agimo takes no Gateway parameters",
-                p.group, p.kind, p.name
-            ),
-        ));
-    }
-    let mut addresses = Vec::new();
-    for a in gw.spec.addresses.iter().flatten() {
-        let type_ = a.r#type.as_deref().unwrap_or("IPAddress");
-        match (type_, a.value.as_deref().filter(|v| !v.is_empty())) {
-            ("IPAddress", None) => {}
-            ("IPAddress", Some(v)) => match v.parse::<IpAddr>() {
-                Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
-                Ok(_) => {}
-                Err(_) => {
-                    accepted =
-                        accepted.and(Err((reasons::UNSUPPORTED_ADDRESS, format!("address {v:?} is not an IP address"))))
-                }
-            },
-            (other, _) => {
-                accepted = accepted.and(Err((
-                    reasons::UNSUPPORTED_ADDRESS,
-                    format!("address type {other} is not supported; use IPAddress"),
-                )))
-            }
-        }
-    }
+    let (requested, accepted) = check_spec(gw);
     let exposed = world.exposed.as_ref().map(|m| m.get(key).cloned().unwrap_or_default());
-    let mut publish_addresses = true;
-    if exposed.is_some() {
-        // Gateway Services: clients come through the Service; the pods
-        // listen on every address.
-        addresses = vec![world.default_address()];
-    } else if addresses.is_empty() {
-        let address = world.assigned_addresses.get(key).copied().unwrap_or_else(|| world.default_address());
-        publish_addresses = !address.is_unspecified();
-        addresses.push(address);
-    }
-
+    let (addresses, publish_addresses) = bind_addresses(world, key, requested, exposed.is_some());
     let mut listeners: Vec<_> =
         gw.spec.listeners.iter().map(|l| build_listener(world, &key.namespace, l, certs)).collect();
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
-    // Sockets the dataplane could not bind: an address that is not local
-    // makes the Gateway's addresses unusable; a refused port is the
-    // listener's problem.
     let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
-    let socket_port = |port: u16| match &pod_ports {
-        Some(ports) => ports.get(&port).copied(),
-        None => Some(port),
-    };
-    let mut unusable: Vec<String> = Vec::new();
-    for l in &mut listeners {
-        let mut failed = Vec::new();
-        let Some(port) = socket_port(l.port) else {
-            l.bind_error = Some("no port left in --gateway-pod-ports for this listener port".to_owned());
-            continue;
-        };
-        for ip in &addresses {
-            match world.bind_errors.get(&SocketAddr::new(*ip, port)) {
-                Some(e) if e.address_not_available => {
-                    let why = format!("{ip}: {e}");
-                    if !unusable.contains(&why) {
-                        unusable.push(why);
-                    }
-                }
-                Some(e) => failed.push(format!("{ip}:{port}: {e}")),
-                None => {}
-            }
-        }
-        if !failed.is_empty() {
-            l.bind_error = Some(format!("cannot listen on {}; retrying", failed.join(", ")));
-        }
-    }
+    let unusable = mark_bind_errors(world, &mut listeners, &addresses, pod_ports.as_ref());
     let (status_addresses, address_problem) = match &exposed {
-        Some(exposed) => {
-            let problem = if !exposed.unusable.is_empty() {
-                Some((
-                    reasons::ADDRESS_NOT_USABLE,
-                    format!("not in any --gateway-static-address-range: {}", exposed.unusable.join(", ")),
-                ))
-            } else {
-                exposed
-                    .pending
-                    .clone()
-                    .map(|why| (reasons::ADDRESS_NOT_ASSIGNED, format!("waiting for an address: {why}")))
-            };
-            (exposed.addresses.clone(), problem)
-        }
-        None => {
-            let published = addresses
-                .iter()
-                .filter(|_| publish_addresses)
-                .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
-                .collect();
-            let problem = (!unusable.is_empty()).then(|| {
-                (
-                    reasons::ADDRESS_NOT_USABLE,
-                    format!("cannot listen on {}; use addresses of this machine (retrying)", unusable.join(", ")),
-                )
-            });
-            (published, problem)
-        }
+        Some(exposed) => service_addresses(exposed),
+        None => own_addresses(&addresses, publish_addresses, &unusable),
     };
     GatewayModel {
         key: key.clone(),
@@ -324,133 +222,263 @@ fn build_gateway<'w>(
     }
 }
 
+/// The IP addresses `spec.addresses` requests, and whether the rest of the
+/// spec (parameters, address types) lets the Gateway be accepted.
+fn check_spec(gw: &Gateway) -> (Vec<IpAddr>, Result<(), Problem>) {
+    let mut accepted = Ok(());
+    if let Some(p) = gw.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) {
+        accepted = Err(Problem::new(
+            Reason::InvalidParameters,
+            format!(
+                "infrastructure.parametersRef {}/{} {}: Agimo takes no Gateway parameters",
+                p.group, p.kind, p.name
+            ),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for a in gw.spec.addresses.iter().flatten() {
+        let type_ = a.r#type.as_deref().unwrap_or("IPAddress");
+        let problem = match (type_, a.value.as_deref().filter(|v| !v.is_empty())) {
+            ("IPAddress", None) => None,
+            ("IPAddress", Some(v)) => match v.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if !addresses.contains(&ip) {
+                        addresses.push(ip);
+                    }
+                    None
+                }
+                Err(_) => Some(format!("address {v:?} is not an IP address")),
+            },
+            (other, _) => Some(format!("address type {other} is not supported; use IPAddress")),
+        };
+        if let Some(message) = problem {
+            accepted = accepted.and(Err(Problem::new(Reason::UnsupportedAddress, message)));
+        }
+    }
+    (addresses, accepted)
+}
+
+/// The addresses a Gateway's listeners bind, and whether `status.addresses`
+/// publishes them (not when the Gateway listens on all addresses).
+fn bind_addresses(world: &World, key: &ObjectRef, requested: Vec<IpAddr>, exposed: bool) -> (Vec<IpAddr>, bool) {
+    if exposed {
+        // Gateway Services: clients come through the Service; the pods
+        // listen on every address.
+        return (vec![world.default_address()], true);
+    }
+    if !requested.is_empty() {
+        return (requested, true);
+    }
+    let address = world.assigned_addresses.get(key).copied().unwrap_or_else(|| world.default_address());
+    (vec![address], !address.is_unspecified())
+}
+
+/// Sockets the dataplane could not bind: a refused port is the listener's
+/// problem (its `bind_error`); an address that is not local makes the
+/// Gateway's addresses unusable, and is returned.
+fn mark_bind_errors(
+    world: &World,
+    listeners: &mut [ListenerModel<'_>],
+    addresses: &[IpAddr],
+    pod_ports: Option<&BTreeMap<u16, u16>>,
+) -> Vec<String> {
+    let mut unusable: Vec<String> = Vec::new();
+    for l in listeners {
+        let port = match pod_ports {
+            Some(ports) => ports.get(&l.port).copied(),
+            None => Some(l.port),
+        };
+        let Some(port) = port else {
+            let message = "no port left in --gateway-pod-ports for this listener port";
+            l.bind_error = Some(Problem::new(Reason::PortUnavailable, message));
+            continue;
+        };
+        let mut failed = Vec::new();
+        for ip in addresses {
+            match world.bind_errors.get(&SocketAddr::new(*ip, port)) {
+                Some(e) if e.address_not_available => {
+                    let why = format!("{ip}: {e}");
+                    if !unusable.contains(&why) {
+                        unusable.push(why);
+                    }
+                }
+                Some(e) => failed.push(format!("{ip}:{port}: {e}")),
+                None => {}
+            }
+        }
+        if !failed.is_empty() {
+            let message = format!("cannot listen on {}; retrying", failed.join(", "));
+            l.bind_error = Some(Problem::new(Reason::PortUnavailable, message));
+        }
+    }
+    unusable
+}
+
+/// With a Gateway Service: what `status.addresses` publishes, and why
+/// Programmed is False if there is no usable address yet.
+fn service_addresses(exposed: &Exposed) -> (Vec<GatewayStatusAddress>, Option<Problem>) {
+    let problem = if !exposed.unusable.is_empty() {
+        let message = format!("not in any --gateway-static-address-range: {}", exposed.unusable.join(", "));
+        Some(Problem::new(Reason::AddressNotUsable, message))
+    } else {
+        let waiting = |why: &String| format!("waiting for an address: {why}");
+        exposed.pending.as_ref().map(|why| Problem::new(Reason::AddressNotAssigned, waiting(why)))
+    };
+    (exposed.addresses.clone(), problem)
+}
+
+/// Without a Gateway Service: the addresses the Gateway binds, and why
+/// Programmed is False if some are not this machine's.
+fn own_addresses(
+    addresses: &[IpAddr],
+    publish: bool,
+    unusable: &[String],
+) -> (Vec<GatewayStatusAddress>, Option<Problem>) {
+    let published = addresses
+        .iter()
+        .filter(|_| publish)
+        .map(|ip| GatewayStatusAddress { r#type: Some("IPAddress".to_owned()), value: ip.to_string() })
+        .collect();
+    let problem = (!unusable.is_empty()).then(|| {
+        let message = format!("cannot listen on {}; use addresses of this machine (retrying)", unusable.join(", "));
+        Problem::new(Reason::AddressNotUsable, message)
+    });
+    (published, problem)
+}
+
 fn build_listener<'w>(
     world: &World,
     namespace: &str,
     l: &'w Listener,
     certs: &mut CertificateCache,
 ) -> ListenerModel<'w> {
-    let mut model = ListenerModel {
-        spec: l,
-        hostname: None,
-        port: 0,
-        protocol: None,
-        namespaces: AllowedNamespaces::Same,
-        allows_http_routes: false,
-        supported_kinds: Vec::new(),
-        certificates: Vec::new(),
-        invalid: None,
-        unresolved: None,
-        conflict: None,
-        overlapping_tls: None,
-        bind_error: None,
-        attached_routes: 0,
-        routes: RouteTable::default(),
-    };
+    let mut model = ListenerModel::new(l);
     model.protocol = match l.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
         other => {
-            model.invalid = Some((
-                reasons::UNSUPPORTED_PROTOCOL,
-                format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners"),
-            ));
+            let message = format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners");
+            model.invalid = Some(Problem::new(Reason::UnsupportedProtocol, message));
             return model;
         }
     };
     match u16::try_from(l.port) {
         Ok(port) if port > 0 => model.port = port,
-        _ => {
-            model.invalid = Some((reasons::PORT_UNAVAILABLE, format!("port {} is out of range", l.port)));
-        }
+        _ => model.invalid = Some(Problem::new(Reason::PortUnavailable, format!("port {} is out of range", l.port))),
     }
     if let Some(h) = l.hostname.as_deref().filter(|h| !h.is_empty()) {
         match Hostname::parse(h) {
             Ok(h) => model.hostname = Some(h),
-            Err(e) => model.invalid = Some((reasons::UNSUPPORTED_VALUE, e.to_string())),
+            Err(e) => model.invalid = Some(Problem::new(Reason::UnsupportedValue, e.to_string())),
         }
     }
-
-    // allowedRoutes.namespaces
-    let allowed = l.allowed_routes.as_ref();
-    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
-    model.namespaces = match namespaces.and_then(|n| n.from.as_ref()) {
-        None | Some(FromNamespaces::Same) => AllowedNamespaces::Same,
-        Some(FromNamespaces::All) => AllowedNamespaces::All,
-        Some(FromNamespaces::Selector) => match namespaces.and_then(|n| n.selector.as_ref()) {
-            Some(selector) => match LabelSelector::compile(selector) {
-                Ok(s) => AllowedNamespaces::Selector(s),
-                Err(e) => {
-                    model.invalid.get_or_insert((reasons::UNSUPPORTED_VALUE, e));
-                    AllowedNamespaces::Same
-                }
-            },
-            None => {
-                model.invalid.get_or_insert((
-                    reasons::UNSUPPORTED_VALUE,
-                    "allowedRoutes.namespaces.from is Selector but no selector is set".into(),
-                ));
-                AllowedNamespaces::Same
-            }
-        },
-    };
-
-    // allowedRoutes.kinds: only HTTPRoute is supported on HTTP and HTTPS.
-    let kinds = allowed.and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty());
-    match kinds {
-        None => model.allows_http_routes = true,
-        Some(kinds) => {
-            let mut invalid = Vec::new();
-            for k in kinds {
-                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
-                    model.allows_http_routes = true;
-                } else {
-                    invalid.push(format!("{}.{}", k.kind, group));
-                }
-            }
-            if !invalid.is_empty() {
-                model.unresolved = Some((
-                    reasons::INVALID_ROUTE_KINDS,
-                    format!("route kinds {} are not supported; Agimo supports HTTPRoute", invalid.join(", ")),
-                ));
-            }
-        }
-    }
+    model.namespaces = allowed_namespaces(l).unwrap_or_else(|problem| {
+        model.invalid.get_or_insert(problem);
+        AllowedNamespaces::Same
+    });
+    (model.allows_http_routes, model.unresolved) = allowed_kinds(l);
     if model.allows_http_routes {
         model
             .supported_kinds
             .push(SupportedKind { group: Some(GATEWAY_GROUP.to_owned()), kind: "HTTPRoute".to_owned() });
     }
-
     if model.protocol == Some(Protocol::Https) {
-        let tls = l.tls.as_ref();
-        if tls.and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) {
-            model.invalid.get_or_insert((
-                reasons::UNSUPPORTED_VALUE,
-                "tls.mode Passthrough is not supported on HTTPS listeners".into(),
-            ));
-        }
-        let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
-        if refs.is_empty() {
-            model.unresolved.get_or_insert((
-                reasons::INVALID_CERTIFICATE_REF,
-                "an HTTPS listener needs tls.certificateRefs".into(),
-            ));
-        }
-        for r in refs {
-            match certs.resolve(world, namespace, r) {
-                Ok(cert) => model.certificates.push(cert),
-                Err(e) => {
-                    // RefNotPermitted takes precedence: it tells the user what to add.
-                    if model.unresolved.as_ref().is_none_or(|(reason, _)| *reason != reasons::REF_NOT_PERMITTED) {
-                        model.unresolved = Some(e);
-                    }
-                }
-            }
-        }
+        resolve_tls(world, namespace, &mut model, certs);
     }
     model
+}
+
+impl<'w> ListenerModel<'w> {
+    /// A listener with nothing decided yet.
+    fn new(spec: &'w Listener) -> Self {
+        ListenerModel {
+            spec,
+            hostname: None,
+            port: 0,
+            protocol: None,
+            namespaces: AllowedNamespaces::Same,
+            allows_http_routes: false,
+            supported_kinds: Vec::new(),
+            certificates: Vec::new(),
+            invalid: None,
+            unresolved: None,
+            conflict: None,
+            overlapping_tls: None,
+            bind_error: None,
+            attached_routes: 0,
+            routes: RouteTable::default(),
+        }
+    }
+}
+
+/// `allowedRoutes.namespaces`; an invalid selector makes the listener invalid.
+fn allowed_namespaces(l: &Listener) -> Result<AllowedNamespaces, Problem> {
+    let namespaces = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(FromNamespaces::Same) => Ok(AllowedNamespaces::Same),
+        Some(FromNamespaces::All) => Ok(AllowedNamespaces::All),
+        Some(FromNamespaces::Selector) => match namespaces.and_then(|n| n.selector.as_ref()) {
+            Some(selector) => LabelSelector::compile(selector)
+                .map(AllowedNamespaces::Selector)
+                .map_err(|e| Problem::new(Reason::UnsupportedValue, e)),
+            None => Err(Problem::new(
+                Reason::UnsupportedValue,
+                "allowedRoutes.namespaces.from is Selector but no selector is set",
+            )),
+        },
+    }
+}
+
+/// `allowedRoutes.kinds`: whether HTTPRoutes may attach (the only kind
+/// supported on HTTP and HTTPS), and why ResolvedRefs is False if other
+/// kinds are listed.
+fn allowed_kinds(l: &Listener) -> (bool, Option<Problem>) {
+    let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty());
+    let Some(kinds) = kinds else {
+        return (true, None);
+    };
+    let mut allows_http_routes = false;
+    let mut invalid = Vec::new();
+    for k in kinds {
+        let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
+            allows_http_routes = true;
+        } else {
+            invalid.push(format!("{}.{}", k.kind, group));
+        }
+    }
+    let problem = (!invalid.is_empty()).then(|| {
+        let message = format!("route kinds {} are not supported; Agimo supports HTTPRoute", invalid.join(", "));
+        Problem::new(Reason::InvalidRouteKinds, message)
+    });
+    (allows_http_routes, problem)
+}
+
+/// An HTTPS listener's `tls`: its certificates, or why they cannot be used.
+fn resolve_tls(world: &World, namespace: &str, model: &mut ListenerModel<'_>, certs: &mut CertificateCache) {
+    let tls = model.spec.tls.as_ref();
+    if tls.and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) {
+        model.invalid.get_or_insert(Problem::new(
+            Reason::UnsupportedValue,
+            "tls.mode Passthrough is not supported on HTTPS listeners",
+        ));
+    }
+    let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
+    if refs.is_empty() {
+        model
+            .unresolved
+            .get_or_insert(Problem::new(Reason::InvalidCertificateRef, "an HTTPS listener needs tls.certificateRefs"));
+    }
+    for r in refs {
+        match certs.resolve(world, namespace, r) {
+            Ok(cert) => model.certificates.push(cert),
+            // RefNotPermitted takes precedence: it tells the user what to add.
+            Err(e) if model.unresolved.as_ref().is_none_or(|p| p.reason != Reason::RefNotPermitted) => {
+                model.unresolved = Some(e)
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Marks listeners of one Gateway that are not distinct: "ALL indistinct
@@ -475,13 +503,13 @@ fn mark_conflicts(listeners: &mut [ListenerModel<'_>]) {
                 continue;
             }
             let conflict = if pa != pb {
-                Some((
-                    reasons::PROTOCOL_CONFLICT,
+                Some(Problem::new(
+                    Reason::ProtocolConflict,
                     format!("listener {} uses port {} with protocol {}", b.spec.name, b.port, b.spec.protocol),
                 ))
             } else if a.hostname == b.hostname {
-                Some((
-                    reasons::HOSTNAME_CONFLICT,
+                Some(Problem::new(
+                    Reason::HostnameConflict,
                     format!(
                         "listener {} uses the same port {} and hostname {}",
                         b.spec.name,
@@ -525,7 +553,7 @@ fn mark_overlapping_tls(listeners: &mut [ListenerModel<'_>]) {
             .collect();
         if !others.is_empty() {
             let message = format!("hostname overlaps with listeners {} on port {}", others.join(", "), a.port);
-            listeners[i].overlapping_tls = Some(message);
+            listeners[i].overlapping_tls = Some(Problem::new(Reason::OverlappingHostnames, message));
         }
     }
 }
@@ -561,26 +589,26 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
                         && (other.ip().is_unspecified() || addr.ip().is_unspecified())
                 });
                 if let Some((other, claim)) = overlapping {
-                    return Some((
-                        reasons::PORT_UNAVAILABLE,
+                    return Some(Problem::new(
+                        Reason::PortUnavailable,
                         format!("cannot listen on {addr} while {other} is used by {}", claim.hosts[0].1),
                     ));
                 }
                 let claim = claims.get(addr)?;
                 if claim.protocol != protocol {
-                    return Some((
-                        reasons::PROTOCOL_CONFLICT,
+                    return Some(Problem::new(
+                        Reason::ProtocolConflict,
                         format!("{addr} is already served over {} by {}", claim.protocol, claim.hosts[0].1),
                     ));
                 }
                 claim.hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
-                    (reasons::HOSTNAME_CONFLICT, format!("{addr} already serves this hostname for {other}"))
+                    Problem::new(Reason::HostnameConflict, format!("{addr} already serves this hostname for {other}"))
                 })
             });
             match conflict {
                 // The operating system refuses the socket: not a conflict
                 // between listeners in the Gateway API's sense.
-                Some(c) if c.0 == reasons::PORT_UNAVAILABLE => l.invalid = Some(c),
+                Some(c) if c.reason == Reason::PortUnavailable => l.invalid = Some(c),
                 Some(c) => l.conflict = Some(c),
                 None => {
                     for addr in sockets {
@@ -629,66 +657,13 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
 }
 
 fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
-    let generation = gw.generation;
     let listeners: Vec<ListenerStatus> =
-        gw.listeners.iter().map(|l| listener_status(l, gw.accepted.is_ok(), generation)).collect();
-    let invalid: Vec<&str> = gw
-        .listeners
-        .iter()
-        .filter(|l| l.invalid.is_some() || l.conflict.is_some() || l.bind_error.is_some())
-        .map(|l| l.spec.name.as_str())
-        .collect();
-    let all_invalid = invalid.len() == gw.listeners.len();
-    let (accepted, programmed) = match &gw.accepted {
-        Err((reason, message)) => (
-            condition(types::ACCEPTED, false, reason, message.clone(), generation),
-            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation),
-        ),
-        Ok(()) if all_invalid => (
-            condition(
-                types::ACCEPTED,
-                false,
-                reasons::LISTENERS_NOT_VALID,
-                format!("no listener is valid: {}", invalid.join(", ")),
-                generation,
-            ),
-            condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway has no valid listener", generation),
-        ),
-        Ok(()) => (
-            if invalid.is_empty() {
-                condition(types::ACCEPTED, true, reasons::ACCEPTED, "the Gateway is accepted", generation)
-            } else {
-                condition(
-                    types::ACCEPTED,
-                    true,
-                    reasons::LISTENERS_NOT_VALID,
-                    format!("listeners not valid and not served: {}", invalid.join(", ")),
-                    generation,
-                )
-            },
-            match &gw.address_problem {
-                None => {
-                    condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the Gateway is programmed", generation)
-                }
-                Some((reason, message)) => condition(types::PROGRAMMED, false, reason, message.clone(), generation),
-            },
-        ),
-    };
-    let addresses = gw.status_addresses.clone();
-    let mut conditions = vec![accepted, programmed];
+        gw.listeners.iter().map(|l| listener_status(l, gw.accepted.is_ok(), gw.generation)).collect();
+    let mut conditions = accepted_and_programmed(gw).to_vec();
     if gw.gate.present() {
-        let gate = gate::effective(&GateAnnotations::default(), &gw.gate);
-        let mut message = format!("default for its routes: {}", gate::describe(gate.as_ref()));
-        let reason = if !gw.gate.errors.is_empty() {
-            message = format!("{}; {message}", gw.gate.errors.join("; "));
-            reasons::INVALID_ANNOTATION
-        } else if gate.is_some() {
-            reasons::ENABLED
-        } else {
-            reasons::DISABLED
-        };
-        conditions.push(condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation));
+        conditions.push(scale_to_zero::condition(None, &gw.gate, gw.generation));
     }
+    let addresses = gw.status_addresses.clone();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
         attached_listener_sets: None,
@@ -697,51 +672,72 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     }
 }
 
+/// A Gateway's Accepted and Programmed conditions.
+fn accepted_and_programmed(gw: &GatewayModel<'_>) -> [Condition; 2] {
+    let generation = gw.generation;
+    let invalid: Vec<&str> = gw
+        .listeners
+        .iter()
+        .filter(|l| l.invalid.is_some() || l.conflict.is_some() || l.bind_error.is_some())
+        .map(|l| l.spec.name.as_str())
+        .collect();
+    let not_accepted = |message| condition(types::PROGRAMMED, false, Reason::Invalid, message, generation);
+    match &gw.accepted {
+        Err(problem) => {
+            [problem.condition(types::ACCEPTED, false, generation), not_accepted("the Gateway is not accepted")]
+        }
+        Ok(()) if invalid.len() == gw.listeners.len() => {
+            let message = format!("no listener is valid: {}", invalid.join(", "));
+            [
+                condition(types::ACCEPTED, false, Reason::ListenersNotValid, message, generation),
+                not_accepted("the Gateway has no valid listener"),
+            ]
+        }
+        Ok(()) => [
+            if invalid.is_empty() {
+                condition(types::ACCEPTED, true, Reason::Accepted, "the Gateway is accepted", generation)
+            } else {
+                let message = format!("listeners not valid and not served: {}", invalid.join(", "));
+                condition(types::ACCEPTED, true, Reason::ListenersNotValid, message, generation)
+            },
+            match &gw.address_problem {
+                None => condition(types::PROGRAMMED, true, Reason::Programmed, "the Gateway is programmed", generation),
+                Some(problem) => problem.condition(types::PROGRAMMED, false, generation),
+            },
+        ],
+    }
+}
+
 fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
     let mut conditions: Vec<Condition> = Vec::with_capacity(4);
-    conditions.push(match (&l.invalid, &l.conflict, &l.bind_error) {
-        (Some((reason, message)), _, _) | (None, Some((reason, message)), _) => {
-            condition(types::ACCEPTED, false, reason, message.clone(), generation)
-        }
-        (None, None, Some(message)) => {
-            condition(types::ACCEPTED, false, reasons::PORT_UNAVAILABLE, message.clone(), generation)
-        }
-        (None, None, None) => {
-            condition(types::ACCEPTED, true, reasons::ACCEPTED, "the listener is accepted", generation)
-        }
+    conditions.push(match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.bind_error.as_ref()) {
+        Some(problem) => problem.condition(types::ACCEPTED, false, generation),
+        None => condition(types::ACCEPTED, true, Reason::Accepted, "the listener is accepted", generation),
     });
     conditions.push(if !gateway_accepted {
-        condition(types::PROGRAMMED, false, reasons::INVALID, "the Gateway is not accepted", generation)
-    } else if let Some(message) = l.bind_error.as_ref().filter(|_| l.programmable()) {
-        condition(types::PROGRAMMED, false, reasons::PENDING, message.clone(), generation)
+        condition(types::PROGRAMMED, false, Reason::Invalid, "the Gateway is not accepted", generation)
+    } else if let Some(problem) = l.bind_error.as_ref().filter(|_| l.programmable()) {
+        condition(types::PROGRAMMED, false, Reason::Pending, problem.message.clone(), generation)
     } else if l.programmable() {
-        condition(types::PROGRAMMED, true, reasons::PROGRAMMED, "the listener is programmed", generation)
+        condition(types::PROGRAMMED, true, Reason::Programmed, "the listener is programmed", generation)
     } else {
-        let why = match (&l.invalid, &l.conflict, &l.unresolved) {
-            (Some((_, m)), _, _) | (None, Some((_, m)), _) | (None, None, Some((_, m))) => m.clone(),
-            (None, None, None) => "the listener is not valid".to_owned(),
+        let why = match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.unresolved.as_ref()) {
+            Some(problem) => problem.message.clone(),
+            None => "the listener is not valid".to_owned(),
         };
-        condition(types::PROGRAMMED, false, reasons::INVALID, why, generation)
+        condition(types::PROGRAMMED, false, Reason::Invalid, why, generation)
     });
     conditions.push(match &l.unresolved {
-        Some((reason, message)) => condition(types::RESOLVED_REFS, false, reason, message.clone(), generation),
-        None => {
-            condition(types::RESOLVED_REFS, true, reasons::RESOLVED_REFS, "all references are resolved", generation)
-        }
+        Some(problem) => problem.condition(types::RESOLVED_REFS, false, generation),
+        None => condition(types::RESOLVED_REFS, true, Reason::ResolvedRefs, "all references are resolved", generation),
     });
     conditions.push(match &l.conflict {
-        Some((reason, message)) => condition(types::CONFLICTED, true, reason, message.clone(), generation),
-        None => condition(types::CONFLICTED, false, reasons::NO_CONFLICTS, "no conflicts", generation),
+        Some(problem) => problem.condition(types::CONFLICTED, true, generation),
+        None => condition(types::CONFLICTED, false, Reason::NoConflicts, "no conflicts", generation),
     });
     // "MUST NOT be set when it is False."
-    if let Some(message) = &l.overlapping_tls {
-        conditions.push(condition(
-            types::OVERLAPPING_TLS_CONFIG,
-            true,
-            reasons::OVERLAPPING_HOSTNAMES,
-            message.clone(),
-            generation,
-        ));
+    if let Some(problem) = &l.overlapping_tls {
+        conditions.push(problem.condition(types::OVERLAPPING_TLS_CONFIG, true, generation));
     }
     ListenerStatus {
         attached_routes: l.attached_routes,

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
@@ -16,11 +15,12 @@ use agimo_shared::snapshot::{
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use super::Statuses;
-use super::backends::{BackendError, BackendRefSpec, BackendResolver};
-use super::conditions::{condition, reasons, types};
-use super::gate::{self, GateAnnotations};
-use super::gateways::GatewayModel;
+use super::backends::{BackendRefSpec, BackendResolver};
+use super::compiled::Statuses;
+use super::conditions::{Problem, Reason, condition, types};
+use super::duration;
+use super::gateways::{GatewayModel, ListenerModel};
+use super::scale_to_zero::{self, GateAnnotations};
 use crate::api::{
     self, Condition, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
     QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
@@ -29,150 +29,135 @@ use crate::world::World;
 
 /// Attaches every HTTPRoute that names one of our Gateways, filling the
 /// listeners' route tables and the routes' statuses.
-pub fn attach_all(world: &World, gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses) {
+pub fn attach_all(
+    world: &World,
+    gateways: &mut [GatewayModel<'_>],
+    in_force: &mut scale_to_zero::Annotations<'_>,
+    statuses: &mut Statuses,
+) {
     let mut resolver = BackendResolver::new(world);
-    let in_force = &mut statuses.gate_annotations_in_force;
     for (key, route) in &world.http_routes {
-        let parents: Vec<(usize, &api::ParentRef, usize)> = route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                let kind = p.kind.as_deref().unwrap_or("Gateway");
-                if group != GATEWAY_GROUP || kind != "Gateway" {
-                    return None;
-                }
-                let gateway = ObjectRef {
-                    namespace: p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-                    name: p.name.clone(),
-                };
-                let g = gateways.iter().position(|g| g.key == gateway)?;
-                Some((i, p, g))
-            })
-            .collect();
+        let parents = parents_of_ours(key, route, gateways);
         if parents.is_empty() {
             continue;
         }
         let compiled = compile_route(key, route, &mut resolver);
-        let generation = route.metadata.generation;
-        let route_gate = gate::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), world, in_force);
-        let mut attached: BTreeSet<(usize, usize)> = BTreeSet::new();
-        let mut parent_statuses = Vec::new();
-        for (_, parent, g) in parents {
+        let gate = scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), in_force);
+        // Gateway → the listeners the route attaches to.
+        let mut attached: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+        let mut parent_statuses = Vec::with_capacity(parents.len());
+        for (parent, g) in parents {
             let outcome = attach(world, &gateways[g], key, &compiled, parent);
-            let accepted = match outcome {
-                Ok(listeners) => {
-                    for l in listeners {
-                        attached.insert((g, l));
-                    }
-                    condition(types::ACCEPTED, true, reasons::ACCEPTED, "the route is attached", generation)
-                }
-                Err((reason, message)) => condition(types::ACCEPTED, false, reason, message, generation),
-            };
-            let mut conditions = vec![accepted];
-            conditions.push(match compiled.backend_errors.first() {
-                None => condition(
-                    types::RESOLVED_REFS,
-                    true,
-                    reasons::RESOLVED_REFS,
-                    "all references are resolved",
-                    generation,
-                ),
-                Some(first) => condition(
-                    types::RESOLVED_REFS,
-                    false,
-                    first.reason,
-                    compiled.backend_errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "),
-                    generation,
-                ),
-            });
-            if compiled.partially_invalid() {
-                conditions.push(condition(
-                    types::PARTIALLY_INVALID,
-                    true,
-                    reasons::UNSUPPORTED_VALUE,
-                    format!("Dropped Rule: {}", compiled.invalid_rules.join("; ")),
-                    generation,
-                ));
+            if let Ok(listeners) = &outcome {
+                attached.entry(g).or_default().extend(listeners);
             }
-            let gateway_gate = &gateways[g].gate;
-            if route_gate.present() || gateway_gate.enabled.is_some() {
-                conditions.push(gate_condition(&route_gate, gateway_gate, generation));
-            }
-            let gateway_key = &gateways[g].key;
-            parent_statuses.push(RouteParentStatus {
-                conditions,
-                controller_name: world.controller_name.clone(),
-                parent_ref: ParentReference {
-                    group: Some(GATEWAY_GROUP.to_owned()),
-                    kind: Some("Gateway".to_owned()),
-                    name: parent.name.clone(),
-                    namespace: Some(gateway_key.namespace.clone()),
-                    port: parent.port,
-                    section_name: parent.section_name.clone(),
-                },
-            });
+            let (gw, generation) = (&gateways[g], route.metadata.generation);
+            parent_statuses.push(parent_status(world, gw, parent, &compiled, &gate, outcome.map(drop), generation));
         }
-        // Rules carry the gate of the Gateway they serve (its annotations are
-        // the default), so a route on two Gateways may get two variants.
-        let mut gated: BTreeMap<usize, Vec<Arc<Rule>>> = BTreeMap::new();
-        for (g, l) in attached {
-            let rules = gated.entry(g).or_insert_with(|| {
-                let gate = gate::effective(&route_gate, &gateways[g].gate);
-                compiled
-                    .rules
-                    .iter()
-                    .map(|(rule, _)| match &gate {
-                        None => rule.clone(),
-                        Some(_) => Arc::new(Rule { gate: gate.clone(), ..(**rule).clone() }),
-                    })
-                    .collect()
-            });
-            let listener = &mut gateways[g].listeners[l];
-            listener.attached_routes += 1;
-            for hostname in effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames) {
-                for ((_, matches), rule) in compiled.rules.iter().zip(rules.iter()) {
-                    for (match_index, m) in matches.iter().enumerate() {
-                        listener.routes.insert(
-                            hostname.as_ref(),
-                            RouteEntry {
-                                matcher: m.clone(),
-                                origin: MatchOrigin {
-                                    route_created: compiled.created,
-                                    route_namespace: key.namespace.clone(),
-                                    route_name: key.name.clone(),
-                                    rule_index: rule.index,
-                                    match_index,
-                                },
-                                rule: rule.clone(),
-                            },
-                        );
-                    }
-                }
+        for (g, listeners) in attached {
+            let rules = gated_rules(&compiled, &gate, &gateways[g].gate);
+            for l in listeners {
+                insert_routes(&mut gateways[g].listeners[l], key, &compiled, &rules);
             }
         }
         statuses.http_routes.insert(key.clone(), parent_statuses);
     }
 }
 
-/// The `agimo.dev/ScaleToZero` condition of a route on one parent: whether
-/// requests are held, with what settings, and any annotation that is wrong.
-fn gate_condition(route: &GateAnnotations, gateway: &GateAnnotations, generation: Option<i64>) -> Condition {
-    let gate = gate::effective(route, gateway);
-    let mut message = gate::describe(gate.as_ref());
-    let errors: Vec<&str> = route.errors.iter().chain(&gateway.errors).map(String::as_str).collect();
-    let reason = if !errors.is_empty() {
-        message = format!("{}; {message}", errors.join("; "));
-        reasons::INVALID_ANNOTATION
-    } else if gate.is_some() {
-        reasons::ENABLED
-    } else {
-        reasons::DISABLED
+/// The parentRefs of a route that name one of our Gateways, each with the
+/// index of its Gateway's model.
+fn parents_of_ours<'r>(
+    key: &ObjectRef,
+    route: &'r HttpRoute,
+    gateways: &[GatewayModel<'_>],
+) -> Vec<(&'r api::ParentRef, usize)> {
+    let gateway_of = |p: &api::ParentRef| {
+        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            return None;
+        }
+        let namespace = p.namespace.as_ref().unwrap_or(&key.namespace);
+        gateways.iter().position(|g| g.key.namespace == *namespace && g.key.name == p.name)
     };
-    condition(types::SCALE_TO_ZERO, gate.is_some(), reason, message, generation)
+    route.spec.parent_refs.iter().flatten().filter_map(|p| Some((p, gateway_of(p)?))).collect()
+}
+
+/// A route's status on one parentRef: whether it attached (`attached`),
+/// whether its references resolve, whether some rules are dropped, and (if
+/// scale-to-zero is in play) whether requests are held.
+fn parent_status(
+    world: &World,
+    gw: &GatewayModel<'_>,
+    parent: &api::ParentRef,
+    compiled: &CompiledRoute,
+    gate: &GateAnnotations,
+    attached: Result<(), Problem>,
+    generation: Option<i64>,
+) -> RouteParentStatus {
+    let mut conditions = vec![
+        match attached {
+            Ok(()) => condition(types::ACCEPTED, true, Reason::Accepted, "the route is attached", generation),
+            Err(problem) => problem.condition(types::ACCEPTED, false, generation),
+        },
+        compiled.resolved_refs(generation),
+    ];
+    if compiled.partially_invalid() {
+        let message = format!("Dropped Rule: {}", compiled.invalid_rules.join("; "));
+        conditions.push(condition(types::PARTIALLY_INVALID, true, Reason::UnsupportedValue, message, generation));
+    }
+    if gate.present() || gw.gate.enabled.is_some() {
+        conditions.push(scale_to_zero::condition(Some(gate), &gw.gate, generation));
+    }
+    RouteParentStatus {
+        conditions,
+        controller_name: world.controller_name.clone(),
+        parent_ref: ParentReference {
+            group: Some(GATEWAY_GROUP.to_owned()),
+            kind: Some("Gateway".to_owned()),
+            name: parent.name.clone(),
+            namespace: Some(gw.key.namespace.clone()),
+            port: parent.port,
+            section_name: parent.section_name.clone(),
+        },
+    }
+}
+
+/// A route's rules as they serve one Gateway: with the gate of the route's
+/// annotations over the Gateway's (its default), so a route on two Gateways
+/// may get two variants.
+fn gated_rules(compiled: &CompiledRoute, route: &GateAnnotations, gateway: &GateAnnotations) -> Vec<Arc<Rule>> {
+    let gate = scale_to_zero::effective(route, gateway);
+    compiled
+        .rules
+        .iter()
+        .map(|(rule, _)| match &gate {
+            None => rule.clone(),
+            Some(_) => Arc::new(Rule { gate: gate.clone(), ..(**rule).clone() }),
+        })
+        .collect()
+}
+
+/// Adds a route's `rules` (in the order of `compiled.rules`) to a listener's
+/// route table, under each hostname the route and the listener share.
+fn insert_routes(listener: &mut ListenerModel<'_>, key: &ObjectRef, compiled: &CompiledRoute, rules: &[Arc<Rule>]) {
+    listener.attached_routes += 1;
+    for hostname in effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames) {
+        for ((_, matches), rule) in compiled.rules.iter().zip(rules) {
+            for (match_index, m) in matches.iter().enumerate() {
+                let origin = MatchOrigin {
+                    route_created: compiled.created,
+                    route_namespace: key.namespace.clone(),
+                    route_name: key.name.clone(),
+                    rule_index: rule.index,
+                    match_index,
+                };
+                listener
+                    .routes
+                    .insert(hostname.as_ref(), RouteEntry { matcher: m.clone(), origin, rule: rule.clone() });
+            }
+        }
+    }
 }
 
 /// The effective hostnames of a route on a listener (`None`: any host).
@@ -194,9 +179,10 @@ fn attach(
     route: &ObjectRef,
     compiled: &CompiledRoute,
     parent: &api::ParentRef,
-) -> Result<Vec<usize>, (&'static str, String)> {
-    if let Err((_, why)) = &gw.accepted {
-        return Err((reasons::GATEWAY_NOT_ACCEPTED, format!("Gateway {} is not accepted: {why}", gw.key)));
+) -> Result<Vec<usize>, Problem> {
+    if let Err(why) = &gw.accepted {
+        let message = format!("Gateway {} is not accepted: {}", gw.key, why.message);
+        return Err(Problem::new(Reason::GatewayNotAccepted, message));
     }
     let selected: Vec<usize> = gw
         .listeners
@@ -214,8 +200,8 @@ fn attach(
         if let Some(p) = parent.port {
             what.push(format!("port {p}"));
         }
-        return Err((
-            reasons::NO_MATCHING_PARENT,
+        return Err(Problem::new(
+            Reason::NoMatchingParent,
             format!("Gateway {} has no listener with {}", gw.key, what.join(" and ")),
         ));
     }
@@ -227,8 +213,8 @@ fn attach(
         })
         .collect();
     if allowed.is_empty() {
-        return Err((
-            reasons::NOT_ALLOWED_BY_LISTENERS,
+        return Err(Problem::new(
+            Reason::NotAllowedByListeners,
             format!("no listener of Gateway {} allows HTTPRoutes from namespace {}", gw.key, route.namespace),
         ));
     }
@@ -241,13 +227,13 @@ fn attach(
         })
         .collect();
     if matching.is_empty() {
-        return Err((
-            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+        return Err(Problem::new(
+            Reason::NoMatchingListenerHostname,
             format!("no listener of Gateway {} has a hostname that matches the route's hostnames", gw.key),
         ));
     }
-    if let Some(why) = &compiled.invalid {
-        return Err((reasons::UNSUPPORTED_VALUE, why.clone()));
+    if let Some(problem) = &compiled.invalid {
+        return Err(problem.clone());
     }
     Ok(matching)
 }
@@ -260,13 +246,28 @@ struct CompiledRoute {
     /// Messages for rules that answer 500 because they are invalid.
     invalid_rules: Vec<String>,
     /// Why the whole route is invalid, if it is.
-    invalid: Option<String>,
-    backend_errors: Vec<BackendError>,
+    invalid: Option<Problem>,
+    /// Why backendRefs cannot be used (ResolvedRefs is False).
+    backend_errors: Vec<Problem>,
 }
 
 impl CompiledRoute {
     fn partially_invalid(&self) -> bool {
         self.invalid.is_none() && !self.invalid_rules.is_empty()
+    }
+
+    /// The ResolvedRefs condition: the first unresolved backendRef's reason,
+    /// with every one's message.
+    fn resolved_refs(&self, generation: Option<i64>) -> Condition {
+        match self.backend_errors.first() {
+            None => {
+                condition(types::RESOLVED_REFS, true, Reason::ResolvedRefs, "all references are resolved", generation)
+            }
+            Some(first) => {
+                let messages: Vec<&str> = self.backend_errors.iter().map(|e| e.message.as_str()).collect();
+                condition(types::RESOLVED_REFS, false, first.reason, messages.join("; "), generation)
+            }
+        }
     }
 }
 
@@ -282,7 +283,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
     for h in route.spec.hostnames.iter().flatten() {
         match Hostname::parse(h) {
             Ok(h) => compiled.hostnames.push(h),
-            Err(e) => compiled.invalid = Some(e.to_string()),
+            Err(e) => compiled.invalid = Some(Problem::new(Reason::UnsupportedValue, e.to_string())),
         }
     }
     let default_rule = [api::Rule::default()];
@@ -326,7 +327,8 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
         compiled.rules.push((rule, matches));
     }
     if compiled.invalid.is_none() && compiled.invalid_rules.len() == rules.len() {
-        compiled.invalid = Some(format!("every rule is invalid: {}", compiled.invalid_rules.join("; ")));
+        let message = format!("every rule is invalid: {}", compiled.invalid_rules.join("; "));
+        compiled.invalid = Some(Problem::new(Reason::UnsupportedValue, message));
     }
     compiled
 }
@@ -343,7 +345,7 @@ fn compile_action(
     spec: &api::Rule,
     matches: &[RequestMatch],
     resolver: &mut BackendResolver<'_>,
-    backend_errors: &mut Vec<BackendError>,
+    backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
     let (filters, redirect) = compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
@@ -452,13 +454,11 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
     Ok((out, redirect))
 }
 
-/// Parses a Gateway API duration (`1h30m`, `500ms`); zero means no limit.
+/// A rule's timeouts, Gateway API durations; zero means no limit.
 fn compile_timeouts(t: Option<&api::Timeouts>) -> Result<Timeouts, String> {
     let parse = |field: &str, v: Option<&String>| -> Result<Option<Duration>, String> {
         let Some(v) = v else { return Ok(None) };
-        let d: gateway_api::Duration =
-            v.parse().map_err(|e| format!("timeouts.{field} {v:?} is not a Gateway API duration: {e}"))?;
-        let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let d = duration::parse(v).map_err(|e| format!("timeouts.{field} {v:?} is not a Gateway API duration: {e}"))?;
         Ok((!d.is_zero()).then_some(d))
     };
     let Some(t) = t else { return Ok(Timeouts::default()) };
@@ -633,13 +633,7 @@ fn compile_redirect(r: &api::RequestRedirect, matches: &[RequestMatch]) -> Resul
                     .replace_prefix_match
                     .clone()
                     .ok_or("redirect path type ReplacePrefixMatch needs replacePrefixMatch")?;
-                let prefix = match matches {
-                    [RequestMatch { path: PathMatch::Prefix(prefix), .. }] => prefix.clone(),
-                    _ => {
-                        return Err("ReplacePrefixMatch needs exactly one PathPrefix match in the rule".into());
-                    }
-                };
-                PathModifier::ReplacePrefixMatch { prefix, replacement }
+                PathModifier::ReplacePrefixMatch { prefix: single_prefix(matches)?, replacement }
             }
         }),
     };

@@ -8,14 +8,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::conditions::reasons;
+use super::conditions::{Problem, Reason};
 use super::grants;
 use crate::api::CertificateRef;
 use crate::world::World;
-
-/// Why a certificateRef cannot be used: a listener `ResolvedRefs` reason
-/// and a message.
-pub type RefError = (&'static str, String);
 
 /// Resolves certificate refs once per Secret within one compile.
 #[derive(Default)]
@@ -29,7 +25,7 @@ impl CertificateCache {
         world: &World,
         gateway_namespace: &str,
         r: &CertificateRef,
-    ) -> Result<Certificate, RefError> {
+    ) -> Result<Certificate, Problem> {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
         let secret = ObjectRef {
@@ -43,8 +39,8 @@ impl CertificateCache {
             grants::To { group, kind, namespace: &secret.namespace, name: &secret.name },
         );
         if !allowed {
-            return Err((
-                reasons::REF_NOT_PERMITTED,
+            return Err(Problem::new(
+                Reason::RefNotPermitted,
                 format!(
                     "certificateRef to {kind} {secret} is not permitted: no ReferenceGrant in namespace {} allows \
                      Gateways from namespace {gateway_namespace}",
@@ -54,15 +50,15 @@ impl CertificateCache {
         }
         if !group.is_empty() || kind != "Secret" {
             let shown = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
-            return Err((
-                reasons::INVALID_CERTIFICATE_REF,
+            return Err(Problem::new(
+                Reason::InvalidCertificateRef,
                 format!("certificateRef {}: unsupported kind {shown}; only core Secrets are supported", r.name),
             ));
         }
         let parsed = self.parsed.entry(secret.clone()).or_insert_with(|| load_secret(world, &secret));
         match parsed {
             Ok(key) => Ok(Certificate { secret, key: key.clone() }),
-            Err(message) => Err((reasons::INVALID_CERTIFICATE_REF, format!("Secret {secret}: {message}"))),
+            Err(message) => Err(Problem::new(Reason::InvalidCertificateRef, format!("Secret {secret}: {message}"))),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use agimo_controller::sources::files;
-use agimo_controller::{Statuses, compile};
+use agimo_controller::{Carryover, Compiled, Statuses, compile};
 use agimo_dataplane::{Config, Dataplane, Metrics};
 use agimo_shared::Snapshot;
 use agimo_testkit::client::{self, Mode, Reply};
@@ -123,7 +123,7 @@ endpoints: [{{addresses: [127.0.0.1]}}]
 pub struct Agimo {
     pub ip: IpAddr,
     /// What one compile hands the next (annotation values in force).
-    in_force: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>>,
+    in_force: std::sync::Mutex<Carryover>,
     pub dataplane: Dataplane,
     pub backends: BTreeMap<String, Echo>,
     snapshots: watch::Sender<Arc<Snapshot>>,
@@ -173,9 +173,8 @@ impl Agimo {
     pub async fn apply(&self, yaml: &str) -> Statuses {
         let mut world = files::load_str("test.yaml", &self.render(yaml)).unwrap_or_else(|e| panic!("{e}"));
         world.default_address = Some(self.ip);
-        world.gate_annotations_in_force = self.in_force.lock().unwrap().clone();
-        let (snapshot, statuses) = compile(&world);
-        *self.in_force.lock().unwrap() = statuses.gate_annotations_in_force.clone();
+        let Compiled { snapshot, statuses, carryover } = compile(&world, &self.in_force.lock().unwrap());
+        *self.in_force.lock().unwrap() = carryover;
         let snapshot = Arc::new(snapshot);
         self.snapshots.send_replace(snapshot.clone());
         self.dataplane.wait_for(&snapshot).await;

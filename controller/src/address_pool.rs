@@ -14,31 +14,9 @@ use ipnet::IpNet;
 use crate::api::Gateway;
 use crate::world::World;
 
-/// Our Gateways (of a GatewayClass with our controller name), oldest first,
-/// then by namespace/name, as the Gateway API breaks ties.
-pub fn ours_oldest_first(world: &World) -> Vec<(&ObjectRef, &Gateway)> {
-    let ours: BTreeSet<&str> = world
-        .gateway_classes
-        .iter()
-        .filter(|(_, c)| c.spec.controller_name == world.controller_name)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let mut gateways: Vec<(&ObjectRef, &Gateway)> = world
-        .gateways
-        .iter()
-        .filter(|(_, g)| ours.contains(g.spec.gateway_class_name.as_str()))
-        .map(|(k, g)| (k, g.as_ref()))
-        .collect();
-    gateways.sort_by(|(ka, a), (kb, b)| {
-        let created = |g: &Gateway| g.metadata.creation_timestamp.clone().map(|t| t.0);
-        created(a).is_none().cmp(&created(b).is_none()).then(created(a).cmp(&created(b))).then(ka.cmp(kb))
-    });
-    gateways
-}
-
 /// Assigns a pool address to each of our Gateways without `spec.addresses`.
 pub fn allocate(world: &World, pool: &IpNet) -> BTreeMap<ObjectRef, IpAddr> {
-    let gateways = ours_oldest_first(world);
+    let gateways = world.our_gateways_oldest_first();
     let requested =
         |g: &Gateway| g.spec.addresses.iter().flatten().any(|a| a.value.as_deref().is_some_and(|v| !v.is_empty()));
     // Addresses Gateways asked for explicitly are never handed out.
