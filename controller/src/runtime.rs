@@ -257,6 +257,4 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub use agimo_shared::lock;

@@ -23,3 +23,10 @@ mod ser;
 pub mod snapshot;
 
 pub use snapshot::Snapshot;
+
+/// Locks `mutex`, going on past a panic of another holder: what Agimo
+/// guards with a mutex (idle connections, counters, the status document)
+/// stays consistent at every step. (For the crates above this one.)
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
