@@ -215,3 +215,37 @@ async fn tunnel<G>(
         Err(e) => tracing::warn!(backend = %backend_id, error = %e, "protocol upgrade failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agimo_shared::snapshot::{Filters, ObjectRef, Protocol, Rejection, Rule, Timeouts};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    /// An invalid rule is answered with the status its rejection carries,
+    /// whatever the compiler chose.
+    #[tokio::test]
+    async fn an_invalid_rule_answers_its_rejections_status() {
+        let proxy = Proxy::new(Config::default(), Metrics::new());
+        let conn = ConnInfo::new("192.0.2.1:5000".parse().unwrap(), "127.0.0.1:80".parse().unwrap(), Protocol::Http);
+        for status in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::SERVICE_UNAVAILABLE] {
+            let rule = Arc::new(Rule {
+                route: ObjectRef { namespace: "ns".into(), name: "r".into() },
+                index: 0,
+                name: None,
+                filters: Filters::default(),
+                timeouts: Timeouts::default(),
+                gate: None,
+                action: Action::Reject(Rejection { status, reason: "why".into() }),
+            });
+            let routed = Routed { stats: proxy.metrics.host("a.example"), rule, listener_port: 80 };
+            let req = Box::new(Request::get("/").body(RequestBody::Empty).unwrap());
+            let answered = apply(&proxy, &conn, req, &routed, Instant::now(), &mut RequestGuard::default()).await;
+            let response = answered.err().expect("an error").into_response();
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()[crate::proxy::REASON_HEADER], "invalid-rule");
+        }
+    }
+}
