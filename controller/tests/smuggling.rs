@@ -194,6 +194,22 @@ async fn invalid_chunk_sizes_never_reach_the_backend_complete() {
     assert!(probe.recorder.requests().iter().all(|r| !r.target().contains("smuggled")));
 }
 
+/// A request target that is neither a path, an absolute URI nor `*` for
+/// OPTIONS is refused, with or without a body: it must not reach the backend
+/// as some other path (fuzzing found `GET '` forwarded as `GET /`).
+#[tokio::test]
+async fn request_targets_of_no_valid_form_are_refused() {
+    let probe = Probe::start().await;
+    for target in ["'", "a.example", "a.example:80", "*"] {
+        for request in [
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"),
+        ] {
+            probe.send(request.as_bytes()).await.assert_refused();
+        }
+    }
+}
+
 /// A broken chunked body is the client's fault: a 400 with its own reason,
 /// as nginx answers, never a 502 that blames the backend.
 #[tokio::test]

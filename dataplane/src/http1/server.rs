@@ -329,12 +329,31 @@ pub(crate) fn parse_head<Q: Default>(read: &mut BytesMut, config: &Config) -> Re
         let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.append(name, value);
     }
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
+    if !is_request_target(&uri, &method) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
     let mut request = Box::new(Request::new(Q::default()));
     *request.method_mut() = method;
-    *request.uri_mut() = Uri::from_maybe_shared(head.slice(target)).map_err(|_| StatusCode::BAD_REQUEST)?;
+    *request.uri_mut() = uri;
     *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     *request.headers_mut() = headers;
     Ok(Parsed::Plain(Plain { request, keep_alive, http10 }))
+}
+
+/// Whether a request target has one of the forms a request without
+/// `CONNECT` may have (RFC 9112 section 3.2): origin form (`/path?query`),
+/// absolute form (`http://host/path`), or `*` for `OPTIONS`. Anything else
+/// (`GET example.com`, `GET '`) would reach the backend as some other path.
+fn is_request_target(uri: &Uri, method: &Method) -> bool {
+    if uri.scheme().is_some() {
+        return uri.authority().is_some();
+    }
+    match uri.path_and_query().map(|pq| pq.as_str()) {
+        Some("*") => method == Method::OPTIONS,
+        Some(target) => target.starts_with('/') && uri.authority().is_none(),
+        None => false,
+    }
 }
 
 /// Answers a malformed request head and closes the connection.
@@ -630,6 +649,20 @@ mod tests {
         assert!(!keeps(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(keeps(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(!keeps(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"));
+    }
+
+    #[test]
+    fn request_targets_are_origin_or_absolute_form_or_an_options_star() {
+        for good in ["GET /a?b HTTP/1.1", "GET http://a.example/b HTTP/1.1", "OPTIONS * HTTP/1.1"] {
+            let (parsed, _) = parse(format!("{good}\r\nHost: x\r\n\r\n").as_bytes());
+            assert!(matches!(parsed, Ok(Parsed::Plain(_))), "{good}");
+        }
+        // The first found by fuzzing (fuzz/seeds/http1_request_head/target-quote):
+        // it went to the backend as `GET /`.
+        for bad in ["GET ' HTTP/1.1", "GET a.example HTTP/1.1", "GET a.example:80 HTTP/1.1", "GET * HTTP/1.1"] {
+            let (parsed, _) = parse(format!("{bad}\r\nHost: x\r\n\r\n").as_bytes());
+            assert_eq!(parsed.err(), Some(StatusCode::BAD_REQUEST), "{bad}");
+        }
     }
 
     #[test]
