@@ -210,6 +210,21 @@ async fn request_targets_of_no_valid_form_are_refused() {
     }
 }
 
+/// A fragment (no part of a request target) is dropped, by Agimo's server
+/// and by hyper alike: the path routed on is the path forwarded.
+#[tokio::test]
+async fn a_fragment_is_dropped_from_what_is_routed_and_forwarded() {
+    let probe = Probe::start().await;
+    for request in
+        ["GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n", "POST /a#b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"]
+    {
+        let outcome = probe.send(request.as_bytes()).await;
+        assert_eq!(outcome.statuses, [200], "{outcome:#?}");
+        assert_eq!(outcome.forwarded.len(), 1, "{outcome:#?}");
+        assert_eq!(outcome.forwarded[0].target(), "/a", "{outcome:#?}");
+    }
+}
+
 /// A broken chunked body is the client's fault: a 400 with its own reason,
 /// as nginx answers, never a 502 that blames the backend.
 #[tokio::test]

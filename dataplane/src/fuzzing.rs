@@ -33,7 +33,11 @@ pub fn request_head(bytes: &[u8]) {
                 Ok(Parsed::Plain(back)) => {
                     assert!(again.is_empty(), "the forwarded head is one head");
                     assert_eq!(back.request.method(), request.method());
-                    assert_eq!(back.request.uri().path_and_query(), request.uri().path_and_query());
+                    // The path and query routed on are those forwarded (a
+                    // fragment is dropped from both, as hyper does:
+                    // fuzz/seeds/http1_request_head/target-fragment).
+                    assert_eq!(back.request.uri().path(), request.uri().path());
+                    assert_eq!(back.request.uri().query(), request.uri().query());
                     assert_eq!(back.request.headers(), request.headers());
                 }
                 // `content-length: 0` added for a method that has content.
