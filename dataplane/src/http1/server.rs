@@ -79,11 +79,31 @@ pub(crate) struct Connection<'c> {
     pub activity: &'c Arc<Activity>,
 }
 
+/// What answers the requests this server reads: any function from a
+/// request (its body type `Q` the empty body, `Default`) to a response.
+pub(crate) trait Handler<Q> {
+    type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin;
+    type Answer: Future<Output = Response<Self::Body>>;
+    fn answer(&self, request: Box<Request<Q>>) -> Self::Answer;
+}
+
+impl<Q, F, A, B> Handler<Q> for F
+where
+    F: Fn(Box<Request<Q>>) -> A,
+    A: Future<Output = Response<B>>,
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin,
+{
+    type Body = B;
+    type Answer = A;
+    fn answer(&self, request: Box<Request<Q>>) -> A {
+        self(request)
+    }
+}
+
 /// Serves HTTP/1.1 requests on `io`, the bytes read so far in `read`, until
 /// the connection ends, is to be parked, or brings a request for hyper.
-/// `handler` answers each request; a request's body type `Q` is its empty
-/// body (`Default`).
-pub(crate) async fn serve<S, H, F, Q, B>(
+/// `handler` answers each request.
+pub(crate) async fn serve<S, Q, H>(
     io: &mut S,
     read: &mut BytesMut,
     conn: &Connection<'_>,
@@ -92,11 +112,8 @@ pub(crate) async fn serve<S, H, F, Q, B>(
 ) -> Served
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Box<Request<Q>>) -> F,
-    F: Future<Output = Response<B>>,
     Q: Default,
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    H: Handler<Q>,
 {
     let Connection { config, peer, activity } = *conn;
     let closing = AtomicBool::new(false);
@@ -148,7 +165,7 @@ where
 }
 
 /// The request loop: read a head, answer it, again.
-async fn requests<S, H, F, Q, B>(
+async fn requests<S, Q, H>(
     io: &mut S,
     read: &mut BytesMut,
     conn: &Connection<'_>,
@@ -157,11 +174,8 @@ async fn requests<S, H, F, Q, B>(
 ) -> Served
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Box<Request<Q>>) -> F,
-    F: Future<Output = Response<B>>,
     Q: Default,
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    H: Handler<Q>,
 {
     let Connection { config, peer, activity } = *conn;
     let mut out = Vec::new();
@@ -193,7 +207,7 @@ where
         let in_flight = activity.begin();
         // Pinned where it is made: the future is large, and each move of
         // it a copy.
-        let answer = pin!(handler(plain.request));
+        let answer = pin!(handler.answer(plain.request));
         let Some(response) = until_answered(io, read, answer).await else {
             tracing::debug!(%peer, "the client closed its connection before the response: request dropped");
             return Served::Ended;
