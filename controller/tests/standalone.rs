@@ -362,8 +362,19 @@ async fn a_configmap_style_file_reloads_when_its_symlinks_swap() {
 async fn a_held_request_is_released_when_the_endpointslice_file_gets_an_endpoint() {
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let running = start(echo.addr.port()).await;
-    // The backend scales to zero: its EndpointSlice file lists no endpoint,
-    // and a route with the gate on sends to it.
+    let held = hold_one_request(&running).await;
+    // The workload scales up: the EndpointSlice file gets the endpoint.
+    write(&running.dir, "backend.yaml", &support::service_at("v1", &echo.addr.port().to_string()));
+    let reply = held.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo().path, "/held");
+    assert_eq!(gated_pending(&running).await, Some(0.0));
+}
+
+/// Scales the backend to zero (its EndpointSlice file lists no endpoint),
+/// adds a route with the gate on (`gated.example`, default wait-timeout of
+/// 60 s), and sends one request there; returns it once it is held.
+async fn hold_one_request(running: &Running) -> tokio::task::JoinHandle<std::io::Result<Reply>> {
     write(&running.dir, "backend.yaml", &support::service_without_endpoints("v1"));
     let gated = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -374,20 +385,20 @@ spec:
   rules: [{backendRefs: [{name: v1, port: 80}]}]
 ";
     write(&running.dir, "gated.yaml", gated);
-    let metrics = SocketAddr::new(running.http.ip(), 9090);
-    let pending = || async move {
-        let text = String::from_utf8_lossy(&get(metrics, "/metrics").await.unwrap().body).into_owned();
-        support::metric(&text, "pending_requests_total", "gated.example")
-    };
-    eventually("the gated route is served (series declared at 0)", || async { pending().await == Some(0.0) }).await;
+    eventually("the gated route is served (series declared at 0)", || async {
+        gated_pending(running).await == Some(0.0)
+    })
+    .await;
     let held = tokio::spawn(client::send(running.http, Mode::Http1, client::get("gated.example", "/held")));
-    eventually("the request is held", || async { pending().await == Some(1.0) }).await;
-    // The workload scales up: the EndpointSlice file gets the endpoint.
-    write(&running.dir, "backend.yaml", &support::service_at("v1", &echo.addr.port().to_string()));
-    let reply = held.await.unwrap().unwrap();
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.echo().path, "/held");
-    assert_eq!(pending().await, Some(0.0));
+    eventually("the request is held", || async { gated_pending(running).await == Some(1.0) }).await;
+    held
+}
+
+/// `pending_requests_total` of `gated.example`.
+async fn gated_pending(running: &Running) -> Option<f64> {
+    let metrics = SocketAddr::new(running.http.ip(), 9090);
+    let text = String::from_utf8_lossy(&get(metrics, "/metrics").await.unwrap().body).into_owned();
+    support::metric(&text, "pending_requests_total", "gated.example")
 }
 
 /// A request held for a backend scaled to zero when SIGTERM comes gets a
@@ -397,24 +408,7 @@ spec:
 async fn sigterm_answers_held_requests_503_shutting_down() {
     let echo = agimo_testkit::echo::spawn("127.0.0.1:0".parse().unwrap(), "v1").await.unwrap();
     let mut running = start_with(echo.addr.port(), &["--shutdown-grace-period", "30s"]).await;
-    write(&running.dir, "backend.yaml", &support::service_without_endpoints("v1"));
-    let gated = "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: gated, namespace: default, annotations: {agimo.dev/scale-to-zero: 'true', agimo.dev/wait-timeout: 60s}}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [gated.example]
-  rules: [{backendRefs: [{name: v1, port: 80}]}]
-";
-    write(&running.dir, "gated.yaml", gated);
-    let metrics = SocketAddr::new(running.http.ip(), 9090);
-    let pending = || async move {
-        let text = String::from_utf8_lossy(&get(metrics, "/metrics").await.unwrap().body).into_owned();
-        support::metric(&text, "pending_requests_total", "gated.example")
-    };
-    eventually("the gated route is served (series declared at 0)", || async { pending().await == Some(0.0) }).await;
-    let held = tokio::spawn(client::send(running.http, Mode::Http1, client::get("gated.example", "/held")));
-    eventually("the request is held", || async { pending().await == Some(1.0) }).await;
+    let held = hold_one_request(&running).await;
 
     let signalled = Instant::now();
     let kill = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();

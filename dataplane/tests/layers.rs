@@ -18,20 +18,18 @@ const LAYERS: &[&[&str]] = &[
     &["admin", "fuzzing"],
 ];
 
+fn src() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
 #[test]
 fn modules_depend_one_way_with_no_cycle() {
-    let graph = layers::graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    for module in graph.keys().filter(|m| !m.is_empty()) {
-        let top = module.split("::").next().unwrap();
-        assert!(LAYERS.iter().any(|l| l.contains(&top)), "module {module} is in no layer: add it to LAYERS");
-    }
-    assert_eq!(layers::upward_uses(&graph, LAYERS), Vec::<String>::new(), "uses against the layers");
-    assert_eq!(layers::cycle(&graph), None, "a cycle among the modules");
+    layers::check(&src(), LAYERS);
 }
 
 #[test]
 fn the_http1_code_uses_only_the_bottom_of_the_crate() {
-    let graph = layers::graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let graph = layers::graph(&src());
     let used: Vec<&String> = graph
         .iter()
         .filter(|(module, _)| module.starts_with("http1"))

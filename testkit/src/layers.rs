@@ -87,6 +87,20 @@ pub fn upward_uses(graph: &Graph, layers: &[&[&str]]) -> Vec<String> {
     wrong
 }
 
+/// Checks a crate's `src` against `layers` (lowest first): every module is
+/// in a layer, no module uses a higher layer, and no modules use each other
+/// in a cycle. Returns the graph, for further checks.
+pub fn check(src: &Path, layers: &[&[&str]]) -> Graph {
+    let graph = graph(src);
+    for module in graph.keys().filter(|m| !m.is_empty()) {
+        let top = module.split("::").next().unwrap_or_default();
+        assert!(layers.iter().any(|l| l.contains(&top)), "module {module} is in no layer: add it to the layers");
+    }
+    assert_eq!(upward_uses(&graph, layers), Vec::<String>::new(), "uses against the layers");
+    assert_eq!(cycle(&graph), None, "a cycle among the modules");
+    graph
+}
+
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir).expect("a source folder").flatten().map(|e| e.path()).collect();
     entries.sort();
