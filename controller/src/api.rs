@@ -3,10 +3,10 @@
 //! Everything else in the controller imports from here, so a crate upgrade
 //! (or generating our own types from newer CRDs) touches this file only.
 
-pub use gateway_api::gatewayclasses::{
+pub use gateway_api::experimental::gatewayclasses::{
     GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures as SupportedFeature,
 };
-pub use gateway_api::gateways::{
+pub use gateway_api::experimental::gateways::{
     Gateway, GatewayAddresses as GatewayAddress, GatewayListeners as Listener,
     GatewayListenersAllowedRoutesKinds as RouteGroupKind,
     GatewayListenersAllowedRoutesNamespacesFrom as FromNamespaces,
@@ -15,7 +15,7 @@ pub use gateway_api::gateways::{
     GatewayStatus, GatewayStatusAddresses as GatewayStatusAddress, GatewayStatusListeners as ListenerStatus,
     GatewayStatusListenersSupportedKinds as SupportedKind,
 };
-pub use gateway_api::httproutes::{
+pub use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,
     HttpRouteRulesFilters as Filter, HttpRouteRulesFiltersRequestHeaderModifier as HeaderModifier,
     HttpRouteRulesFiltersRequestRedirect as RequestRedirect,
@@ -27,7 +27,7 @@ pub use gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
     HttpRouteStatus, HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
 };
-pub use gateway_api::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
+pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 
 pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
