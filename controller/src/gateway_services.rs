@@ -42,9 +42,16 @@ pub const GATEWAY_ANNOTATION: &str = "agimo.dev/gateway";
 /// The annotation naming the controller that manages a Service, so that two
 /// installations sharing a namespace leave each other's Services alone.
 pub const CONTROLLER_ANNOTATION: &str = "agimo.dev/controller-name";
+/// A digest of the Gateway's `spec.infrastructure` labels and annotations: a
+/// label or annotation the Gateway drops changes it, so the writer applies
+/// the Service again and the API server removes what Agimo no longer sets.
+const INFRASTRUCTURE_ANNOTATION: &str = "agimo.dev/infrastructure-digest";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const GATEWAY_NAMESPACE_LABEL: &str = "agimo.dev/gateway-namespace";
 const GATEWAY_NAME_LABEL: &str = "agimo.dev/gateway-name";
+/// The label the Gateway API asks generated resources to carry with their
+/// Gateway's name.
+pub const GATEWAY_API_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// How Gateways are exposed, from the flags.
 #[derive(Clone, Debug)]
@@ -170,7 +177,7 @@ fn plan_service(
         exposed.pending = Some(format!("no port left in --gateway-pod-ports for a Service {name}"));
         return None;
     }
-    let service = desired_service(key, exposed, &usable, exposure, controller_name);
+    let service = desired_service((key, gateway), exposed, &usable, exposure, controller_name);
     match published_addresses(have, !statics.is_empty(), &usable, exposure, &name) {
         Ok(addresses) => exposed.addresses = addresses,
         Err(pending) => exposed.pending = Some(pending),
@@ -226,17 +233,23 @@ pub fn is_managed(service: &Service, controller_name: &str) -> bool {
 /// `agimo-<namespace>-<name>-<hash>`: a DNS label (at most 63 characters)
 /// that no other Gateway gets, since the hash covers the exact key.
 pub fn service_name(key: &ObjectRef) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{}/{}", key.namespace, key.name).as_bytes());
-    let mut hash = String::new();
-    for b in &digest.as_ref()[..4] {
-        let _ = write!(hash, "{b:02x}");
-    }
+    let hash = digest_of(&format!("{}/{}", key.namespace, key.name));
     let readable: String = format!("agimo-{}-{}", key.namespace, key.name)
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
         .take(63 - 1 - hash.len())
         .collect();
     format!("{}-{hash}", readable.trim_end_matches('-'))
+}
+
+/// The first 4 bytes of the SHA-256 of `text`, in hex.
+fn digest_of(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut hash = String::new();
+    for b in &digest.as_ref()[..4] {
+        let _ = write!(hash, "{b:02x}");
+    }
+    hash
 }
 
 fn listener_ports(gateway: &Gateway) -> Vec<u16> {
@@ -287,20 +300,32 @@ fn service_addresses(service: &Service) -> Vec<GatewayStatusAddress> {
     ips.into_iter().flatten().filter(|ip| !ip.is_empty() && ip != "None").map(|ip| ip_address(&ip)).collect()
 }
 
+/// The Service of Gateway `key`. Its labels and annotations: the Gateway's
+/// `spec.infrastructure` ones (over the `--gateway-service-annotation` ones),
+/// then Agimo's own, which no Gateway can override since they decide which
+/// Services Agimo manages.
 fn desired_service(
-    key: &ObjectRef,
+    (key, gateway): (&ObjectRef, &Gateway),
     exposed: &Exposed,
     external_ips: &[IpAddr],
     exposure: &Exposure,
     controller_name: &str,
 ) -> Service {
-    let labels = BTreeMap::from([
+    let infrastructure = gateway.spec.infrastructure.as_ref();
+    let mut labels = infrastructure.and_then(|i| i.labels.clone()).unwrap_or_default();
+    let infrastructure_labels = labels.clone();
+    labels.extend([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         // Label values are at most 63 characters; the annotation has the key whole.
         (GATEWAY_NAMESPACE_LABEL.to_owned(), label_value(&key.namespace)),
         (GATEWAY_NAME_LABEL.to_owned(), label_value(&key.name)),
+        (GATEWAY_API_NAME_LABEL.to_owned(), label_value(&key.name)),
     ]);
     let mut annotations = exposure.annotations.clone();
+    let infrastructure_annotations = infrastructure.and_then(|i| i.annotations.clone()).unwrap_or_default();
+    let digest = digest_of(&format!("{infrastructure_labels:?}{infrastructure_annotations:?}"));
+    annotations.extend(infrastructure_annotations);
+    annotations.insert(INFRASTRUCTURE_ANNOTATION.to_owned(), digest);
     annotations.insert(GATEWAY_ANNOTATION.to_owned(), format!("{}/{}", key.namespace, key.name));
     annotations.insert(CONTROLLER_ANNOTATION.to_owned(), controller_name.to_owned());
     let ports = exposed
@@ -584,6 +609,40 @@ spec:
         w.exposed = Some(plan(&w, &exposure()).gateways);
         let statuses = crate::compile(&w, &crate::Carryover::default()).statuses;
         assert_eq!(programmed(&statuses, "s"), ("False".into(), "AddressNotUsable".into()));
+    }
+
+    #[test]
+    fn infrastructure_labels_and_annotations_are_on_the_service_but_not_over_agimos_own() {
+        let infrastructure = "  infrastructure:
+    labels: {team: payments, app.kubernetes.io/managed-by: someone-else}
+    annotations: {example.com/lb: external, note: hi, agimo.dev/gateway: other/gw}
+";
+        let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], infrastructure));
+        let plan = plan(&w, &exposure());
+        let service = &plan.services[&plan.gateways[&key("a")].service];
+        let labels = service.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels[GATEWAY_API_NAME_LABEL], "a");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY, "the label that makes the Service Agimo's stays");
+        let annotations = service.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations["note"], "hi");
+        assert_eq!(annotations["example.com/lb"], "external", "the Gateway's own beat the flag's");
+        assert_eq!(annotations[GATEWAY_ANNOTATION], "ns/a");
+        assert!(is_managed(service, "agimo.dev/gateway-controller"));
+        // A Gateway without infrastructure keeps the flag's annotation.
+        let w = world(&gateway("b", "2026-01-01T00:00:00Z", &[80], ""));
+        let plan = super::plan(&w, &exposure());
+        let service = &plan.services[&plan.gateways[&key("b")].service];
+        assert_eq!(service.metadata.annotations.as_ref().unwrap()["example.com/lb"], "internal");
+        assert!(!service.metadata.labels.as_ref().unwrap().contains_key("team"));
+        // Dropping a label changes what the writer compares, so the Service is
+        // applied again (and the API server removes the label).
+        let digest = |s: &Service| s.metadata.annotations.as_ref().unwrap()[INFRASTRUCTURE_ANNOTATION].clone();
+        let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], infrastructure));
+        let before = digest(&super::plan(&w, &exposure()).services[&service_name(&key("a"))]);
+        let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], &infrastructure.replace("team: payments, ", "")));
+        let after = digest(&super::plan(&w, &exposure()).services[&service_name(&key("a"))]);
+        assert_ne!(before, after);
     }
 
     #[test]
