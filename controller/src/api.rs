@@ -6,6 +6,7 @@
 pub use gateway_api::experimental::gatewayclasses::{
     GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures as SupportedFeature,
 };
+pub use gateway_api::experimental::gateways::GatewayAllowedListenersNamespacesFrom as FromListenerNamespaces;
 pub use gateway_api::experimental::gateways::{
     Gateway, GatewayAddresses as GatewayAddress, GatewayListeners as Listener,
     GatewayListenersAllowedRoutesKinds as RouteGroupKind,
@@ -26,6 +27,10 @@ pub use gateway_api::experimental::httproutes::{
     HttpRouteRulesMatchesMethod as MatchMethod, HttpRouteRulesMatchesPathType as PathMatchType,
     HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
     HttpRouteStatus, HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
+};
+pub use gateway_api::experimental::listenersets::{
+    ListenerSet, ListenerSetStatus, ListenerSetStatusListeners as ListenerSetListenerStatus,
+    ListenerSetStatusListenersSupportedKinds as ListenerSetSupportedKind,
 };
 pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 

@@ -82,7 +82,7 @@ pub struct Plan {
 pub fn plan(world: &World, exposure: &Exposure) -> Plan {
     let gateways = world.our_gateways_oldest_first();
     let current = managed_services(world, exposure);
-    let mut plan = Plan { gateways: assign_pod_ports(&gateways, &current, exposure), services: BTreeMap::new() };
+    let mut plan = Plan { gateways: assign_pod_ports(world, &gateways, &current, exposure), services: BTreeMap::new() };
     for (key, gateway) in &gateways {
         let exposed = plan.gateways.get_mut(*key).expect("planned above");
         let have = current.get(&exposed.service).copied();
@@ -97,6 +97,7 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
 /// Service already maps it to, else the lowest free one, oldest Gateway
 /// first.
 fn assign_pod_ports(
+    world: &World,
     gateways: &[(&ObjectRef, &Gateway)],
     current: &BTreeMap<String, &Service>,
     exposure: &Exposure,
@@ -109,7 +110,7 @@ fn assign_pod_ports(
     let mut planned = BTreeMap::new();
     let mut wanted: Vec<(&ObjectRef, Vec<u16>)> = Vec::new();
     for (key, gateway) in gateways {
-        let ports = listener_ports(gateway);
+        let ports = listener_ports(world, key, gateway);
         let mut exposed = Exposed { service: service_name(key), ..Exposed::default() };
         // Ports a Gateway's own Service already gives its listeners are kept.
         for (port, target) in current.get(&exposed.service).into_iter().flat_map(|s| target_ports(s)) {
@@ -252,9 +253,12 @@ fn digest_of(text: &str) -> String {
     hash
 }
 
-fn listener_ports(gateway: &Gateway) -> Vec<u16> {
-    let ports: BTreeSet<u16> =
-        gateway.spec.listeners.iter().filter_map(|l| u16::try_from(l.port).ok()).filter(|p| *p != 0).collect();
+/// The ports of a Gateway's listeners and of those of the ListenerSets that
+/// name it.
+fn listener_ports(world: &World, key: &ObjectRef, gateway: &Gateway) -> Vec<u16> {
+    let own = gateway.spec.listeners.iter().map(|l| l.port);
+    let sets = world.listener_sets_of(key).flat_map(|s| s.spec.listeners.iter().map(|l| l.port));
+    let ports: BTreeSet<u16> = own.chain(sets).filter_map(|p| u16::try_from(p).ok()).filter(|p| *p != 0).collect();
     ports.into_iter().collect()
 }
 
@@ -643,6 +647,21 @@ spec:
         let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], &infrastructure.replace("team: payments, ", "")));
         let after = digest(&super::plan(&w, &exposure()).services[&service_name(&key("a"))]);
         assert_ne!(before, after);
+    }
+
+    #[test]
+    fn listener_set_ports_get_pod_ports_on_their_gateways_service() {
+        let set = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: extra, namespace: ns}
+spec:
+  parentRef: {name: a}
+  listeners: [{name: extra, port: 8443, protocol: HTTP}]
+";
+        let w = world(&(gateway("a", "2026-01-01T00:00:00Z", &[80], "") + set));
+        let plan = plan(&w, &exposure());
+        assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (8443, 20001)]));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, Namespace, ObjectMeta, ReferenceGrant,
-    Secret, Service,
+    EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, ListenerSet, Namespace, ObjectMeta,
+    ReferenceGrant, Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -24,6 +24,7 @@ pub struct World {
     pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub gateways: BTreeMap<ObjectRef, Arc<Gateway>>,
     pub http_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
+    pub listener_sets: BTreeMap<ObjectRef, Arc<ListenerSet>>,
     pub reference_grants: BTreeMap<ObjectRef, Arc<ReferenceGrant>>,
     pub services: BTreeMap<ObjectRef, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
@@ -67,6 +68,7 @@ pub enum Resource {
     GatewayClass(GatewayClass),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
+    ListenerSet(ListenerSet),
     ReferenceGrant(ReferenceGrant),
     Service(Service),
     EndpointSlice(EndpointSlice),
@@ -80,6 +82,7 @@ impl Resource {
             Resource::GatewayClass(_) => "GatewayClass",
             Resource::Gateway(_) => "Gateway",
             Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::ListenerSet(_) => "ListenerSet",
             Resource::ReferenceGrant(_) => "ReferenceGrant",
             Resource::Service(_) => "Service",
             Resource::EndpointSlice(_) => "EndpointSlice",
@@ -97,6 +100,7 @@ impl Resource {
             Resource::GatewayClass(o) => &o.metadata,
             Resource::Gateway(o) => &o.metadata,
             Resource::HttpRoute(o) => &o.metadata,
+            Resource::ListenerSet(o) => &o.metadata,
             Resource::ReferenceGrant(o) => &o.metadata,
             Resource::Service(o) => &o.metadata,
             Resource::EndpointSlice(o) => &o.metadata,
@@ -110,6 +114,7 @@ impl Resource {
             Resource::GatewayClass(o) => &mut o.metadata,
             Resource::Gateway(o) => &mut o.metadata,
             Resource::HttpRoute(o) => &mut o.metadata,
+            Resource::ListenerSet(o) => &mut o.metadata,
             Resource::ReferenceGrant(o) => &mut o.metadata,
             Resource::Service(o) => &mut o.metadata,
             Resource::EndpointSlice(o) => &mut o.metadata,
@@ -126,6 +131,7 @@ impl Default for World {
             gateway_classes: BTreeMap::new(),
             gateways: BTreeMap::new(),
             http_routes: BTreeMap::new(),
+            listener_sets: BTreeMap::new(),
             reference_grants: BTreeMap::new(),
             services: BTreeMap::new(),
             endpoint_slices: BTreeMap::new(),
@@ -158,6 +164,7 @@ impl World {
             Resource::Namespace(o) => put(&mut self.namespaces, key.name, o),
             Resource::Gateway(o) => put(&mut self.gateways, key, o),
             Resource::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Resource::ListenerSet(o) => put(&mut self.listener_sets, key, o),
             Resource::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             Resource::Service(o) => put(&mut self.services, key, o),
             Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
@@ -171,6 +178,7 @@ impl World {
         self.gateway_classes.clear();
         self.gateways.clear();
         self.http_routes.clear();
+        self.listener_sets.clear();
         self.reference_grants.clear();
         self.services.clear();
         self.endpoint_slices.clear();
@@ -197,6 +205,15 @@ impl World {
         gateways
     }
 
+    /// The ListenerSets whose parentRef names Gateway `gateway` (attached or
+    /// not: the Gateway's `allowedListeners` decides that).
+    pub fn listener_sets_of<'a>(&'a self, gateway: &'a ObjectRef) -> impl Iterator<Item = &'a ListenerSet> + 'a {
+        self.listener_sets
+            .iter()
+            .filter(move |(key, set)| listener_set_parent(key, set).as_ref() == Some(gateway))
+            .map(|(_, s)| s.as_ref())
+    }
+
     pub fn default_address(&self) -> IpAddr {
         self.default_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
@@ -216,6 +233,17 @@ pub fn oldest_first(a: &Gateway, a_key: &ObjectRef, b: &Gateway, b_key: &ObjectR
     let created = |g: &Gateway| g.metadata.creation_timestamp.clone().map(|t| t.0);
     let (ca, cb) = (created(a), created(b));
     ca.is_none().cmp(&cb.is_none()).then(ca.cmp(&cb)).then_with(|| a_key.cmp(b_key))
+}
+
+/// The Gateway a ListenerSet's parentRef names, if it names a Gateway.
+pub fn listener_set_parent(key: &ObjectRef, set: &ListenerSet) -> Option<ObjectRef> {
+    let p = &set.spec.parent_ref;
+    let group = p.group.as_deref().unwrap_or(crate::api::GATEWAY_GROUP);
+    let kind = p.kind.as_deref().unwrap_or("Gateway");
+    (group == crate::api::GATEWAY_GROUP && kind == "Gateway").then(|| ObjectRef {
+        namespace: p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+        name: p.name.clone(),
+    })
 }
 
 /// The key of a namespaced object.

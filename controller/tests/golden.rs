@@ -66,8 +66,8 @@ golden! {
     httproute_invalid_reference_grant,
     httproute_invalid_regex,
     httproute_listener_hostname_matching,
-    httproute_matching_across_routes,
     httproute_matching,
+    httproute_matching_across_routes,
     httproute_multiple_gateways,
     httproute_no_backend_refs,
     httproute_observed_generation_bump,
@@ -81,6 +81,8 @@ golden! {
     httproute_simple_same_namespace,
     httproute_unsupported_filter,
     httproute_weight,
+    listenerset_protocol_and_hostname_conflicts,
+    listenerset_routes,
     scale_to_zero_annotations,
     scale_to_zero_last_good,
 }

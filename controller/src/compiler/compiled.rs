@@ -7,7 +7,7 @@ use agimo_shared::Snapshot;
 use agimo_shared::snapshot::ObjectRef;
 use serde::Serialize;
 
-use crate::api::{GatewayClassStatus, GatewayStatus, RouteParentStatus};
+use crate::api::{GatewayClassStatus, GatewayStatus, ListenerSetStatus, RouteParentStatus};
 
 /// What the compiler says about each resource we own, in the Gateway API's
 /// own status types. Routes list only the `parents` entries for our
@@ -17,6 +17,9 @@ use crate::api::{GatewayClassStatus, GatewayStatus, RouteParentStatus};
 pub struct Statuses {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
+    /// The ListenerSets whose parentRef is one of our Gateways.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
 }

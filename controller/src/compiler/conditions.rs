@@ -66,6 +66,10 @@ pub enum Reason {
     OverlappingHostnames,
     /// Agimo's own route reason: the parent Gateway exists but is not accepted.
     GatewayNotAccepted,
+    /// ListenerSet reasons: the Gateway's `allowedListeners` does not admit
+    /// it; its Gateway is not accepted.
+    NotAllowed,
+    ParentNotAccepted,
     /// Agimo's own `agimo.dev/ScaleToZero` reasons.
     Enabled,
     Disabled,
@@ -101,6 +105,8 @@ impl Reason {
             Reason::InvalidKind => "InvalidKind",
             Reason::OverlappingHostnames => "OverlappingHostnames",
             Reason::GatewayNotAccepted => "GatewayNotAccepted",
+            Reason::NotAllowed => "NotAllowed",
+            Reason::ParentNotAccepted => "ParentNotAccepted",
             Reason::Enabled => "Enabled",
             Reason::Disabled => "Disabled",
             Reason::InvalidAnnotation => "InvalidAnnotation",

@@ -12,6 +12,7 @@ use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, Route
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
+use super::listener_sets::{self, ListenerSetModel, SetListeners};
 use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::CertificateCache;
 use crate::api::{
@@ -49,6 +50,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
+    "ListenerSet",
     "ReferenceGrant",
 ];
 
@@ -103,7 +105,11 @@ pub struct GatewayModel<'w> {
     pub address_problem: Option<Problem>,
     /// `Err` says why Accepted is False.
     pub accepted: Result<(), Problem>,
+    /// The Gateway's own listeners, then those of its attached ListenerSets
+    /// (by creation time, then namespace/name).
     pub listeners: Vec<ListenerModel<'w>>,
+    /// The ListenerSets whose parentRef is this Gateway, attached or not.
+    pub listener_sets: Vec<ListenerSetModel>,
     /// Scale-to-zero defaults for the Gateway's routes.
     pub gate: GateAnnotations,
 }
@@ -111,6 +117,11 @@ pub struct GatewayModel<'w> {
 /// A listener as the compiler sees it, with what decides its conditions.
 pub struct ListenerModel<'w> {
     pub spec: &'w Listener,
+    /// The ListenerSet it comes from; `None` for the Gateway's own.
+    pub set: Option<ObjectRef>,
+    /// The namespace of the Gateway or ListenerSet that defines it: where
+    /// `allowedRoutes.namespaces.from: Same` admits routes from.
+    pub namespace: String,
     pub hostname: Option<Hostname>,
     pub port: u16,
     pub protocol: Option<Protocol>,
@@ -158,9 +169,9 @@ impl ListenerModel<'_> {
             && (self.protocol == Some(Protocol::Http) || !self.certificates.is_empty())
     }
 
-    pub fn allows_namespace(&self, world: &World, gateway_namespace: &str, route_namespace: &str) -> bool {
+    pub fn allows_namespace(&self, world: &World, route_namespace: &str) -> bool {
         match &self.namespaces {
-            AllowedNamespaces::Same => gateway_namespace == route_namespace,
+            AllowedNamespaces::Same => self.namespace == route_namespace,
             AllowedNamespaces::All => true,
             AllowedNamespaces::Selector(s) => s.matches(&world.namespace_labels(route_namespace)),
         }
@@ -171,6 +182,7 @@ impl ListenerModel<'_> {
 /// stable order: oldest first, then by namespace and name.
 pub fn build<'w>(
     world: &'w World,
+    set_listeners: &'w SetListeners,
     classes: &BTreeSet<String>,
     in_force: &mut scale_to_zero::Annotations<'_>,
 ) -> Vec<GatewayModel<'w>> {
@@ -180,7 +192,7 @@ pub fn build<'w>(
         .iter()
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
         .map(|(key, gw)| {
-            let mut model = build_gateway(world, key, gw, &mut certificates);
+            let mut model = build_gateway(world, set_listeners, key, gw, &mut certificates);
             model.gate = scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), in_force);
             model
         })
@@ -191,6 +203,7 @@ pub fn build<'w>(
 
 fn build_gateway<'w>(
     world: &'w World,
+    set_listeners: &'w SetListeners,
     key: &ObjectRef,
     gw: &'w Gateway,
     certs: &mut CertificateCache,
@@ -199,8 +212,11 @@ fn build_gateway<'w>(
     let exposed = world.exposed.as_ref().map(|m| m.get(key).cloned().unwrap_or_default());
     let (addresses, publish_addresses) = bind_addresses(world, key, requested, exposed.is_some());
     let mut listeners: Vec<_> =
-        gw.spec.listeners.iter().map(|l| build_listener(world, &key.namespace, l, certs)).collect();
+        gw.spec.listeners.iter().map(|l| build_listener(world, Owner::gateway(key), l, certs)).collect();
     mark_conflicts(&mut listeners);
+    let listener_sets = listener_sets::attach(world, set_listeners, key, gw, &mut listeners, |owner, l| {
+        build_listener(world, owner, l, certs)
+    });
     mark_overlapping_tls(&mut listeners);
     let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
     let unusable = mark_bind_errors(world, &mut listeners, &addresses, pod_ports.as_ref());
@@ -218,6 +234,7 @@ fn build_gateway<'w>(
         address_problem,
         accepted,
         listeners,
+        listener_sets,
         gate: GateAnnotations::default(),
     }
 }
@@ -346,19 +363,47 @@ fn own_addresses(
     (published, problem)
 }
 
-fn build_listener<'w>(
+/// Who defines a listener: a Gateway or a ListenerSet (its kind, as
+/// ReferenceGrants name it), with its namespace.
+#[derive(Clone, Copy)]
+pub struct Owner<'a> {
+    pub kind: &'static str,
+    pub key: &'a ObjectRef,
+    /// The ListenerSet, for its listeners.
+    pub set: Option<&'a ObjectRef>,
+}
+
+impl<'a> Owner<'a> {
+    fn gateway(key: &'a ObjectRef) -> Self {
+        Owner { kind: "Gateway", key, set: None }
+    }
+}
+
+pub fn build_listener<'w>(
     world: &World,
-    namespace: &str,
+    owner: Owner<'_>,
     l: &'w Listener,
     certs: &mut CertificateCache,
 ) -> ListenerModel<'w> {
     let mut model = ListenerModel::new(l);
+    model.set = owner.set.cloned();
+    model.namespace = owner.key.namespace.clone();
+    let namespace = owner.key.namespace.as_str();
     model.protocol = match l.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
         other => {
             let message = format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners");
             model.invalid = Some(Problem::new(Reason::UnsupportedProtocol, message));
+            // No route kind is supported on it: listed kinds are invalid.
+            if let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) {
+                let listed: Vec<String> = kinds
+                    .iter()
+                    .map(|k| format!("{}.{}", k.kind, k.group.as_deref().unwrap_or(GATEWAY_GROUP)))
+                    .collect();
+                let message = format!("route kinds {} are not supported on protocol {other}", listed.join(", "));
+                model.unresolved = Some(Problem::new(Reason::InvalidRouteKinds, message));
+            }
             return model;
         }
     };
@@ -383,7 +428,7 @@ fn build_listener<'w>(
             .push(SupportedKind { group: Some(GATEWAY_GROUP.to_owned()), kind: "HTTPRoute".to_owned() });
     }
     if model.protocol == Some(Protocol::Https) {
-        resolve_tls(world, namespace, &mut model, certs);
+        resolve_tls(world, owner.kind, namespace, &mut model, certs);
     }
     model
 }
@@ -393,6 +438,8 @@ impl<'w> ListenerModel<'w> {
     fn new(spec: &'w Listener) -> Self {
         ListenerModel {
             spec,
+            set: None,
+            namespace: String::new(),
             hostname: None,
             port: 0,
             protocol: None,
@@ -455,7 +502,13 @@ fn allowed_kinds(l: &Listener) -> (bool, Option<Problem>) {
 }
 
 /// An HTTPS listener's `tls`: its certificates, or why they cannot be used.
-fn resolve_tls(world: &World, namespace: &str, model: &mut ListenerModel<'_>, certs: &mut CertificateCache) {
+fn resolve_tls(
+    world: &World,
+    kind: &'static str,
+    namespace: &str,
+    model: &mut ListenerModel<'_>,
+    certs: &mut CertificateCache,
+) {
     let tls = model.spec.tls.as_ref();
     if tls.and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) {
         model.invalid.get_or_insert(Problem::new(
@@ -470,7 +523,7 @@ fn resolve_tls(world: &World, namespace: &str, model: &mut ListenerModel<'_>, ce
             .get_or_insert(Problem::new(Reason::InvalidCertificateRef, "an HTTPS listener needs tls.certificateRefs"));
     }
     for r in refs {
-        match certs.resolve(world, namespace, r) {
+        match certs.resolve(world, (kind, namespace), r) {
             Ok(cert) => model.certificates.push(cert),
             // RefNotPermitted takes precedence: it tells the user what to add.
             Err(e) if model.unresolved.as_ref().is_none_or(|p| p.reason != Reason::RefNotPermitted) => {
@@ -629,6 +682,7 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
     let mut binds: BTreeMap<SocketAddr, (Protocol, Vec<Arc<snapshot::Listener>>)> = BTreeMap::new();
     for gw in gateways.iter_mut() {
         statuses.gateways.insert(gw.key.clone(), gateway_status(gw));
+        listener_sets::statuses(gw, statuses);
         if gw.accepted.is_err() {
             continue;
         }
@@ -639,9 +693,13 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
             let protocol = l.protocol.expect("programmable listeners have a protocol");
             let mut routes = std::mem::take(&mut l.routes);
             routes.finish();
+            let name = match &l.set {
+                None => l.spec.name.clone(),
+                Some(set) => format!("{set}/{}", l.spec.name),
+            };
             let listener = Arc::new(snapshot::Listener {
                 gateway: gw.key.clone(),
-                name: l.spec.name.clone(),
+                name,
                 hostname: l.hostname.clone(),
                 port: l.port,
                 protocol,
@@ -657,8 +715,12 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
 }
 
 fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
-    let listeners: Vec<ListenerStatus> =
-        gw.listeners.iter().map(|l| listener_status(l, gw.accepted.is_ok(), gw.generation)).collect();
+    let listeners: Vec<ListenerStatus> = gw
+        .listeners
+        .iter()
+        .filter(|l| l.set.is_none())
+        .map(|l| listener_status(l, gw.accepted.is_ok(), gw.generation))
+        .collect();
     let mut conditions = accepted_and_programmed(gw).to_vec();
     if gw.gate.present() {
         conditions.push(scale_to_zero::condition(None, &gw.gate, gw.generation));
@@ -666,7 +728,7 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let addresses = gw.status_addresses.clone();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
-        attached_listener_sets: None,
+        attached_listener_sets: listener_sets::attached_count(gw),
         conditions: Some(conditions),
         listeners: Some(listeners),
     }
@@ -675,9 +737,11 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
 /// A Gateway's Accepted and Programmed conditions.
 fn accepted_and_programmed(gw: &GatewayModel<'_>) -> [Condition; 2] {
     let generation = gw.generation;
+    let own = gw.listeners.iter().filter(|l| l.set.is_none()).count();
     let invalid: Vec<&str> = gw
         .listeners
         .iter()
+        .filter(|l| l.set.is_none())
         .filter(|l| l.invalid.is_some() || l.conflict.is_some() || l.bind_error.is_some())
         .map(|l| l.spec.name.as_str())
         .collect();
@@ -686,7 +750,7 @@ fn accepted_and_programmed(gw: &GatewayModel<'_>) -> [Condition; 2] {
         Err(problem) => {
             [problem.condition(types::ACCEPTED, false, generation), not_accepted("the Gateway is not accepted")]
         }
-        Ok(()) if invalid.len() == gw.listeners.len() => {
+        Ok(()) if invalid.len() == own => {
             let message = format!("no listener is valid: {}", invalid.join(", "));
             [
                 condition(types::ACCEPTED, false, Reason::ListenersNotValid, message, generation),
@@ -708,9 +772,15 @@ fn accepted_and_programmed(gw: &GatewayModel<'_>) -> [Condition; 2] {
     }
 }
 
-fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
+pub fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Option<i64>) -> ListenerStatus {
     let mut conditions: Vec<Condition> = Vec::with_capacity(4);
-    conditions.push(match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.bind_error.as_ref()) {
+    // A ListenerSet's listener can conflict with one that takes precedence
+    // even when it is invalid on its own: the conflict is what it reports.
+    let first_problem = match l.set {
+        None => l.invalid.as_ref().or(l.conflict.as_ref()),
+        Some(_) => l.conflict.as_ref().or(l.invalid.as_ref()),
+    };
+    conditions.push(match first_problem.or(l.bind_error.as_ref()) {
         Some(problem) => problem.condition(types::ACCEPTED, false, generation),
         None => condition(types::ACCEPTED, true, Reason::Accepted, "the listener is accepted", generation),
     });
@@ -720,6 +790,9 @@ fn listener_status(l: &ListenerModel<'_>, gateway_accepted: bool, generation: Op
         condition(types::PROGRAMMED, false, Reason::Pending, problem.message.clone(), generation)
     } else if l.programmable() {
         condition(types::PROGRAMMED, true, Reason::Programmed, "the listener is programmed", generation)
+    } else if let Some(conflict) = l.conflict.as_ref().filter(|_| l.set.is_some()) {
+        // The ListenerSet conformance tests want the conflict's reason here.
+        conflict.condition(types::PROGRAMMED, false, generation)
     } else {
         let why = match l.invalid.as_ref().or(l.conflict.as_ref()).or(l.unresolved.as_ref()) {
             Some(problem) => problem.message.clone(),

@@ -21,6 +21,7 @@ mod conditions;
 mod duration;
 mod gateways;
 mod grants;
+mod listener_sets;
 mod routes;
 mod scale_to_zero;
 mod tls;
@@ -39,7 +40,8 @@ pub fn compile(world: &World, previous: &Carryover) -> Compiled {
     let mut carryover = Carryover::default();
     let mut annotations = Annotations { previous, next: &mut carryover };
     let classes = gateways::accepted_classes(world, &mut statuses);
-    let mut gateways = gateways::build(world, &classes, &mut annotations);
+    let set_listeners = listener_sets::listeners(world);
+    let mut gateways = gateways::build(world, &set_listeners, &classes, &mut annotations);
     gateways::resolve_bind_conflicts(&mut gateways);
     routes::attach_all(world, &mut gateways, &mut annotations, &mut statuses);
     let snapshot = gateways::into_snapshot(&mut gateways, &mut statuses);

@@ -46,13 +46,22 @@ pub fn attach_all(
         // Gateway → the listeners the route attaches to.
         let mut attached: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut parent_statuses = Vec::with_capacity(parents.len());
-        for (parent, g) in parents {
-            let outcome = attach(world, &gateways[g], key, &compiled, parent);
+        for (parent, g, set) in parents {
+            let outcome = attach(world, (&gateways[g], set.as_ref()), key, &compiled, parent);
             if let Ok(listeners) = &outcome {
                 attached.entry(g).or_default().extend(listeners);
             }
             let (gw, generation) = (&gateways[g], route.metadata.generation);
-            parent_statuses.push(parent_status(world, gw, parent, &compiled, &gate, outcome.map(drop), generation));
+            let outcome = outcome.map(drop);
+            parent_statuses.push(parent_status(
+                world,
+                (gw, set.as_ref()),
+                parent,
+                &compiled,
+                &gate,
+                outcome,
+                generation,
+            ));
         }
         for (g, listeners) in attached {
             let rules = gated_rules(&compiled, &gate, &gateways[g].gate);
@@ -64,23 +73,38 @@ pub fn attach_all(
     }
 }
 
-/// The parentRefs of a route that name one of our Gateways, each with the
-/// index of its Gateway's model.
+/// The parentRefs of a route that name one of our Gateways or a ListenerSet
+/// of one, each with the index of its Gateway's model and the ListenerSet.
 fn parents_of_ours<'r>(
     key: &ObjectRef,
     route: &'r HttpRoute,
     gateways: &[GatewayModel<'_>],
-) -> Vec<(&'r api::ParentRef, usize)> {
+) -> Vec<(&'r api::ParentRef, usize, Option<ObjectRef>)> {
     let gateway_of = |p: &api::ParentRef| {
         let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = p.kind.as_deref().unwrap_or("Gateway");
-        if group != GATEWAY_GROUP || kind != "Gateway" {
+        if group != GATEWAY_GROUP {
             return None;
         }
-        let namespace = p.namespace.as_ref().unwrap_or(&key.namespace);
-        gateways.iter().position(|g| g.key.namespace == *namespace && g.key.name == p.name)
+        let target =
+            ObjectRef { namespace: p.namespace.clone().unwrap_or(key.namespace.clone()), name: p.name.clone() };
+        match p.kind.as_deref().unwrap_or("Gateway") {
+            "Gateway" => gateways.iter().position(|g| g.key == target).map(|g| (g, None)),
+            "ListenerSet" => {
+                gateways.iter().position(|g| g.listener_sets.iter().any(|s| s.key == target)).map(|g| (g, Some(target)))
+            }
+            _ => None,
+        }
     };
-    route.spec.parent_refs.iter().flatten().filter_map(|p| Some((p, gateway_of(p)?))).collect()
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let (g, set) = gateway_of(p)?;
+            Some((p, g, set))
+        })
+        .collect()
 }
 
 /// A route's status on one parentRef: whether it attached (`attached`),
@@ -88,7 +112,7 @@ fn parents_of_ours<'r>(
 /// scale-to-zero is in play) whether requests are held.
 fn parent_status(
     world: &World,
-    gw: &GatewayModel<'_>,
+    (gw, set): (&GatewayModel<'_>, Option<&ObjectRef>),
     parent: &api::ParentRef,
     compiled: &CompiledRoute,
     gate: &GateAnnotations,
@@ -114,9 +138,9 @@ fn parent_status(
         controller_name: world.controller_name.clone(),
         parent_ref: ParentReference {
             group: Some(GATEWAY_GROUP.to_owned()),
-            kind: Some("Gateway".to_owned()),
+            kind: Some(if set.is_some() { "ListenerSet" } else { "Gateway" }.to_owned()),
             name: parent.name.clone(),
-            namespace: Some(gw.key.namespace.clone()),
+            namespace: Some(set.map_or(&gw.key.namespace, |s| &s.namespace).clone()),
             port: parent.port,
             section_name: parent.section_name.clone(),
         },
@@ -175,7 +199,7 @@ fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<O
 /// or why it cannot attach (an Accepted=False reason and message).
 fn attach(
     world: &World,
-    gw: &GatewayModel<'_>,
+    (gw, set): (&GatewayModel<'_>, Option<&ObjectRef>),
     route: &ObjectRef,
     compiled: &CompiledRoute,
     parent: &api::ParentRef,
@@ -184,10 +208,23 @@ fn attach(
         let message = format!("Gateway {} is not accepted: {}", gw.key, why.message);
         return Err(Problem::new(Reason::GatewayNotAccepted, message));
     }
+    let parent_name = match set {
+        None => format!("Gateway {}", gw.key),
+        Some(set) => format!("ListenerSet {set}"),
+    };
+    if let Some(set) = set.and_then(|s| gw.listener_sets.iter().find(|m| m.key == *s))
+        && !set.attached(gw)
+    {
+        let why = set.not_allowed.as_ref().map_or("none of its listeners is valid", |p| p.message.as_str());
+        return Err(Problem::new(Reason::NoMatchingParent, format!("{parent_name} is not attached: {why}")));
+    }
     let selected: Vec<usize> = gw
         .listeners
         .iter()
         .enumerate()
+        // A Gateway parentRef selects the Gateway's own listeners; a
+        // ListenerSet parentRef, that ListenerSet's.
+        .filter(|(_, l)| l.set.as_ref() == set)
         .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.spec.name))
         .filter(|(_, l)| parent.port.is_none_or(|p| p == l.spec.port))
         .map(|(i, _)| i)
@@ -202,20 +239,20 @@ fn attach(
         }
         return Err(Problem::new(
             Reason::NoMatchingParent,
-            format!("Gateway {} has no listener with {}", gw.key, what.join(" and ")),
+            format!("{parent_name} has no listener with {}", what.join(" and ")),
         ));
     }
     let allowed: Vec<usize> = selected
         .into_iter()
         .filter(|&i| {
             let l = &gw.listeners[i];
-            l.allows_http_routes && l.allows_namespace(world, &gw.key.namespace, &route.namespace)
+            l.allows_http_routes && l.allows_namespace(world, &route.namespace)
         })
         .collect();
     if allowed.is_empty() {
         return Err(Problem::new(
             Reason::NotAllowedByListeners,
-            format!("no listener of Gateway {} allows HTTPRoutes from namespace {}", gw.key, route.namespace),
+            format!("no listener of {parent_name} allows HTTPRoutes from namespace {}", route.namespace),
         ));
     }
     let matching: Vec<usize> = allowed
@@ -229,7 +266,7 @@ fn attach(
     if matching.is_empty() {
         return Err(Problem::new(
             Reason::NoMatchingListenerHostname,
-            format!("no listener of Gateway {} has a hostname that matches the route's hostnames", gw.key),
+            format!("no listener of {parent_name} has a hostname that matches the route's hostnames"),
         ));
     }
     if let Some(problem) = &compiled.invalid {

@@ -23,7 +23,7 @@ impl CertificateCache {
     pub fn resolve(
         &mut self,
         world: &World,
-        gateway_namespace: &str,
+        (from_kind, gateway_namespace): (&'static str, &str),
         r: &CertificateRef,
     ) -> Result<Certificate, Problem> {
         let group = r.group.as_deref().unwrap_or("");
@@ -35,7 +35,7 @@ impl CertificateCache {
         // A reference that is not allowed is RefNotPermitted whatever it names.
         let allowed = grants::allows(
             world,
-            grants::From { kind: "Gateway", namespace: gateway_namespace },
+            grants::From { kind: from_kind, namespace: gateway_namespace },
             grants::To { group, kind, namespace: &secret.namespace, name: &secret.name },
         );
         if !allowed {
@@ -43,7 +43,7 @@ impl CertificateCache {
                 Reason::RefNotPermitted,
                 format!(
                     "certificateRef to {kind} {secret} is not permitted: no ReferenceGrant in namespace {} allows \
-                     Gateways from namespace {gateway_namespace}",
+                     {from_kind}s from namespace {gateway_namespace}",
                     secret.namespace
                 ),
             ));

@@ -42,7 +42,7 @@ pub enum LoadError {
     #[error("{origin}: {message}")]
     Malformed { origin: Origin, message: String },
     #[error(
-        "{origin}: unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
+        "{origin}: unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, ListenerSet, \
          ReferenceGrant (gateway.networking.k8s.io), Service, Secret, Namespace (v1) and EndpointSlice (discovery.k8s.io/v1)"
     )]
     UnsupportedKind { origin: Origin, api_version: String, kind: String },
@@ -190,6 +190,7 @@ impl Loader {
             ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => {
                 parse(value, &mut unknown).map(Resource::HttpRoute)
             }
+            ("gateway.networking.k8s.io", "v1", "ListenerSet") => parse(value, &mut unknown).map(Resource::ListenerSet),
             ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
                 parse(value, &mut unknown).map(Resource::ReferenceGrant)
             }

@@ -28,7 +28,9 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use crate::api::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service};
+use crate::api::{
+    EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, ReferenceGrant, Secret, Service,
+};
 use crate::world::World;
 
 /// Objects of one kind, parsed, by namespace and name.
@@ -53,6 +55,7 @@ pub struct Stores {
     gateway_classes: Arc<Cache<GatewayClass>>,
     gateways: Arc<Cache<Gateway>>,
     http_routes: Arc<Cache<HttpRoute>>,
+    listener_sets: Arc<Cache<ListenerSet>>,
     reference_grants: Arc<Cache<ReferenceGrant>>,
     services: Arc<Cache<Service>>,
     endpoint_slices: Arc<Cache<EndpointSlice>>,
@@ -65,9 +68,9 @@ impl Stores {
     /// Checks that the Gateway API CRDs are installed (waiting for them if
     /// not), then starts a watch per kind.
     pub async fn start(client: Client) -> Stores {
-        let reference_grants = loop {
+        let (reference_grants, listener_sets) = loop {
             match required_crds(&client).await {
-                Ok(grants) => break grants,
+                Ok(optional) => break optional,
                 Err(e) => {
                     tracing::error!(error = %e, "waiting for the Gateway API CRDs; install them with \
                         `kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/<version>/standard-install.yaml`");
@@ -79,6 +82,7 @@ impl Stores {
             gateway_classes: Cache::new(),
             gateways: Cache::new(),
             http_routes: Cache::new(),
+            listener_sets: Cache::new(),
             reference_grants: Cache::new(),
             services: Cache::new(),
             endpoint_slices: Cache::new(),
@@ -95,6 +99,13 @@ impl Stores {
             None => {
                 tracing::warn!("the ReferenceGrant CRD is not installed: cross-namespace references are refused");
                 stores.reference_grants.ready.send_replace(true);
+            }
+        }
+        match listener_sets {
+            Some(resource) => stores.spawn(&client, &stores.listener_sets, resource, all.clone()),
+            None => {
+                tracing::info!("the ListenerSet CRD is not installed: Gateways have their own listeners only");
+                stores.listener_sets.ready.send_replace(true);
             }
         }
         stores.spawn(&client, &stores.services, ApiResource::erase::<Service>(&()), all.clone());
@@ -122,6 +133,7 @@ impl Stores {
         ready(&self.gateway_classes).await;
         ready(&self.gateways).await;
         ready(&self.http_routes).await;
+        ready(&self.listener_sets).await;
         ready(&self.reference_grants).await;
         ready(&self.services).await;
         ready(&self.endpoint_slices).await;
@@ -148,6 +160,7 @@ impl Stores {
             gateway_classes: by_name(self.gateway_classes.snapshot()),
             gateways: self.gateways.snapshot(),
             http_routes: self.http_routes.snapshot(),
+            listener_sets: self.listener_sets.snapshot(),
             reference_grants: self.reference_grants.snapshot(),
             services: self.services.snapshot(),
             endpoint_slices: self.endpoint_slices.snapshot(),
@@ -158,9 +171,10 @@ impl Stores {
     }
 }
 
-/// Checks the Gateway API kinds Agimo needs are served. Returns the
-/// ReferenceGrant resource to watch (v1, else v1beta1), if any.
-async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
+/// Checks the Gateway API kinds Agimo needs are served. Returns the optional
+/// ones to watch, if served: ReferenceGrant (v1, else v1beta1) and
+/// ListenerSet (v1).
+async fn required_crds(client: &Client) -> anyhow::Result<(Option<ApiResource>, Option<ApiResource>)> {
     let group = kube::discovery::oneshot::group(client, crate::api::GATEWAY_GROUP).await?;
     let find = |kind: &str| -> Option<(ApiResource, ApiCapabilities)> {
         group.versioned_resources("v1").into_iter().find(|(r, _)| r.kind == kind)
@@ -170,9 +184,10 @@ async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
             anyhow::bail!("{kind} {}/v1 is not served", crate::api::GATEWAY_GROUP);
         }
     }
-    Ok(find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
+    let grants = find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
         group.versioned_resources("v1beta1").into_iter().find(|(r, _)| r.kind == "ReferenceGrant").map(|(r, _)| r)
-    }))
+    });
+    Ok((grants, find("ListenerSet").map(|(r, _)| r)))
 }
 
 /// How long a failed watch waits before trying again: from 500 ms,

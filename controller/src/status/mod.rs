@@ -30,6 +30,20 @@ pub fn stamp(current: &mut Statuses, previous: &Statuses, now: &Time) {
             );
         }
     }
+    for (key, status) in &mut current.listener_sets {
+        let old = previous.listener_sets.get(key);
+        let old_conditions = old.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        stamp_conditions(status.conditions.iter_mut().flatten(), old_conditions, now);
+        for listener in status.listeners.iter_mut().flatten() {
+            let old_listener =
+                old.and_then(|s| s.listeners.as_ref()).and_then(|ls| ls.iter().find(|l| l.name == listener.name));
+            stamp_conditions(
+                listener.conditions.iter_mut(),
+                old_listener.map(|l| l.conditions.as_slice()).unwrap_or_default(),
+                now,
+            );
+        }
+    }
     for (key, parents) in &mut current.http_routes {
         let old = previous.http_routes.get(key);
         for parent in parents {
@@ -88,6 +102,21 @@ pub fn log_changes(current: &Statuses, previous: &Statuses) {
                 .map(|l| l.conditions.as_slice());
             for c in listener.conditions.iter().filter(|c| changed(c, old_listener)) {
                 emit(&format!("Gateway {key} listener {}", listener.name), c);
+            }
+        }
+    }
+    for (key, status) in &current.listener_sets {
+        let old = previous.listener_sets.get(key);
+        for c in status.conditions.iter().flatten().filter(|c| changed(c, old.and_then(|s| s.conditions.as_deref()))) {
+            emit(&format!("ListenerSet {key}"), c);
+        }
+        for listener in status.listeners.iter().flatten() {
+            let old_listener = old
+                .and_then(|s| s.listeners.as_ref())
+                .and_then(|ls| ls.iter().find(|l| l.name == listener.name))
+                .map(|l| l.conditions.as_slice());
+            for c in listener.conditions.iter().filter(|c| changed(c, old_listener)) {
+                emit(&format!("ListenerSet {key} listener {}", listener.name), c);
             }
         }
     }

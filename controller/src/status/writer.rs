@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::stamp_conditions;
 use crate::api::{
-    Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus, HttpRoute, HttpRouteStatus, RouteParentStatus,
-    Time, Timestamp,
+    Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus, HttpRoute, HttpRouteStatus, ListenerSet,
+    ListenerSetStatus, RouteParentStatus, Time, Timestamp,
 };
 use crate::compiler::Statuses;
 use crate::sources::kube::Stores;
@@ -75,6 +75,12 @@ impl Writer {
             if let Some(object) = world.gateways.get(key) {
                 let api = Api::<Gateway>::namespaced(self.client.clone(), &key.namespace);
                 written += self.write(api, object, |o| merge_gateway(o, desired)).await;
+            }
+        }
+        for (key, desired) in &statuses.listener_sets {
+            if let Some(object) = world.listener_sets.get(key) {
+                let api = Api::<ListenerSet>::namespaced(self.client.clone(), &key.namespace);
+                written += self.write(api, object, |o| merge_listener_set(o, desired)).await;
             }
         }
         // Every route: ours get our parents; others lose stale entries of ours.
@@ -190,13 +196,14 @@ fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<serde_json
         });
     let unchanged = listeners_unchanged
         && same_conditions(&conditions, &current_conditions)
+        && current.attached_listener_sets == desired.attached_listener_sets
         && current.addresses.clone().unwrap_or_default() == desired.addresses.clone().unwrap_or_default();
     if unchanged {
         return None;
     }
     let status = GatewayStatus {
         addresses: desired.addresses.clone(),
-        attached_listener_sets: current.attached_listener_sets,
+        attached_listener_sets: desired.attached_listener_sets,
         conditions: Some(conditions),
         listeners: Some(listeners),
     };
@@ -204,7 +211,33 @@ fn merge_gateway(object: &Gateway, desired: &GatewayStatus) -> Option<serde_json
     if desired.addresses.is_none() {
         status["addresses"] = serde_json::Value::Null;
     }
+    if desired.attached_listener_sets.is_none() && current.attached_listener_sets.is_some() {
+        status["attachedListenerSets"] = serde_json::Value::Null;
+    }
     Some(status)
+}
+
+/// A ListenerSet's status: ours is all of it (only its Gateway's controller
+/// writes it); unchanged conditions keep their times.
+fn merge_listener_set(object: &ListenerSet, desired: &ListenerSetStatus) -> Option<ListenerSetStatus> {
+    let current = object.status.clone().unwrap_or_default();
+    let current_conditions = current.conditions.clone().unwrap_or_default();
+    let conditions = merge_conditions(desired.conditions.as_deref().unwrap_or_default(), &current_conditions);
+    let mut listeners = desired.listeners.clone().unwrap_or_default();
+    let current_listeners = current.listeners.clone().unwrap_or_default();
+    for l in &mut listeners {
+        let old = current_listeners.iter().find(|c| c.name == l.name).map(|c| c.conditions.as_slice());
+        l.conditions = merge_conditions(&l.conditions, old.unwrap_or_default());
+    }
+    let listeners_unchanged = listeners.len() == current_listeners.len()
+        && listeners.iter().zip(&current_listeners).all(|(a, b)| {
+            a.name == b.name
+                && a.attached_routes == b.attached_routes
+                && a.supported_kinds == b.supported_kinds
+                && same_conditions(&a.conditions, &b.conditions)
+        });
+    let unchanged = listeners_unchanged && same_conditions(&conditions, &current_conditions);
+    (!unchanged).then_some(ListenerSetStatus { conditions: Some(conditions), listeners: Some(listeners) })
 }
 
 /// Other controllers' `parents` entries, untouched, then ours.
