@@ -677,3 +677,49 @@ spec:
     assert_eq!(echo.path, "/over?h2c=1");
     assert_eq!(echo.headers["x-backend"], "h2c");
 }
+
+#[tokio::test]
+async fn a_listener_set_adds_listeners_that_serve_only_its_routes() {
+    let yaml = support::gateway_yaml(
+        "  - {name: http, port: 8080, protocol: HTTP}
+  allowedListeners: {namespaces: {from: Same}}
+",
+    ) + "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: extra, namespace: default}
+spec:
+  parentRef: {name: gw}
+  listeners:
+  - {name: named, port: 8080, protocol: HTTP, hostname: ls.example}
+  - {name: other-port, port: 8081, protocol: HTTP}
+" + &support::service_yaml("own")
+        + &support::service_yaml("from-set")
+        + &route(
+            "metadata: {name: on-gateway, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /gw}}], backendRefs: [{name: own, port: 80}]}]
+",
+        )
+        + &route(
+            "metadata: {name: on-set, namespace: default}
+spec:
+  parentRefs: [{kind: ListenerSet, name: extra}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /ls}}], backendRefs: [{name: from-set, port: 80}]}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["own", "from-set"]).await;
+    // The ListenerSet's listener on the Gateway's port takes its hostname,
+    // and serves the ListenerSet's routes only.
+    assert_eq!(agimo.get(8080, "ls.example", "/ls").await.echo().backend, "from-set");
+    let reply = agimo.get(8080, "ls.example", "/gw").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.header("x-agimo-reason"), Some("no-route"));
+    // The Gateway's own listener keeps the other hostnames and its routes.
+    assert_eq!(agimo.get(8080, "else.example", "/gw").await.echo().backend, "own");
+    assert_eq!(agimo.get(8080, "else.example", "/ls").await.status, 404);
+    // A port only the ListenerSet has is listened on.
+    assert_eq!(agimo.get(8081, "any.example", "/ls").await.echo().backend, "from-set");
+    assert_eq!(agimo.get(8081, "any.example", "/gw").await.status, 404);
+}
