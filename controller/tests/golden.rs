@@ -81,6 +81,7 @@ golden! {
     httproute_simple_same_namespace,
     httproute_unsupported_filter,
     httproute_weight,
+    listenerset_allowed_namespaces_and_reference_grants,
     listenerset_protocol_and_hostname_conflicts,
     listenerset_routes,
     scale_to_zero_annotations,

@@ -20,8 +20,8 @@ use super::conditions::{Problem, Reason, condition, types};
 use super::gateways::{self, GatewayModel, ListenerModel, Owner};
 use super::grants::LabelSelector;
 use crate::api::{
-    FromListenerNamespaces, GATEWAY_GROUP, Gateway, Listener, ListenerSet, ListenerSetListenerStatus,
-    ListenerSetStatus, ListenerSetSupportedKind, NamespaceSelector,
+    FromListenerNamespaces, Gateway, Listener, ListenerSet, ListenerSetListenerStatus, ListenerSetStatus,
+    ListenerSetSupportedKind, NamespaceSelector,
 };
 use crate::world::{World, listener_set_parent};
 
@@ -45,7 +45,7 @@ impl ListenerSetModel {
     pub fn attached(&self, gw: &GatewayModel<'_>) -> bool {
         gw.accepted.is_ok()
             && self.not_allowed.is_none()
-            && gw.listeners[self.listeners.clone()].iter().any(|l| accepted(l))
+            && gw.listeners[self.listeners.clone()].iter().any(ListenerModel::programmable)
     }
 }
 
@@ -202,7 +202,10 @@ pub fn statuses(gw: &GatewayModel<'_>, statuses: &mut Statuses) {
                 problem.condition(types::PROGRAMMED, false, generation),
             ]
         };
-        let invalid: Vec<&str> = listeners.iter().filter(|l| !accepted(l)).map(|l| l.spec.name.as_str()).collect();
+        // Valid: served. A listener whose certificates cannot be used is
+        // accepted on a Gateway, but a ListenerSet with only such listeners
+        // adds nothing: ListenersNotValid, as the suite expects.
+        let invalid: Vec<&str> = listeners.iter().filter(|l| !l.programmable()).map(|l| l.spec.name.as_str()).collect();
         let conditions = if let Some(problem) = &set.not_allowed {
             both(problem)
         } else if let Err(why) = &gw.accepted {
