@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 
 use agimo_shared::Snapshot;
@@ -12,7 +13,6 @@ use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, Route
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
-use super::listener_sets::{self, ListenerSetModel, SetListeners};
 use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::CertificateCache;
 use crate::api::{
@@ -178,11 +178,128 @@ impl ListenerModel<'_> {
     }
 }
 
+/// A ListenerSet whose parentRef names a Gateway, as `listener_sets::inputs`
+/// prepares it.
+pub struct ListenerSetInput {
+    pub key: ObjectRef,
+    pub generation: Option<i64>,
+    /// Why the Gateway's `allowedListeners` refuses it.
+    pub not_allowed: Option<Problem>,
+    /// Its listeners, in the Gateway's listener type.
+    pub listeners: Vec<Listener>,
+}
+
+/// The ListenerSets of each Gateway, in order of precedence.
+pub type ListenerSetInputs = BTreeMap<ObjectRef, Vec<ListenerSetInput>>;
+
+/// A ListenerSet whose parentRef is a Gateway of ours.
+pub struct ListenerSetModel {
+    pub key: ObjectRef,
+    pub generation: Option<i64>,
+    /// Why the Gateway's `allowedListeners` refuses it.
+    pub not_allowed: Option<Problem>,
+    /// Its listeners among the Gateway's (empty when not allowed).
+    pub listeners: Range<usize>,
+}
+
+impl ListenerSetModel {
+    /// "A ListenerSet is successfully attached to a Gateway when [it] is
+    /// selected by the Gateway's AllowedListeners field, [has] a valid
+    /// ParentRef selecting the Gateway, [and] the condition Accepted: true."
+    pub fn attached(&self, gw: &GatewayModel<'_>) -> bool {
+        gw.accepted.is_ok()
+            && self.not_allowed.is_none()
+            && gw.listeners[self.listeners.clone()].iter().any(ListenerModel::programmable)
+    }
+}
+
+/// Whether a listener is accepted (served, or waiting only for its socket).
+fn accepted(l: &ListenerModel<'_>) -> bool {
+    l.invalid.is_none() && l.conflict.is_none() && l.bind_error.is_none()
+}
+
+/// Appends the listeners of the ListenerSets the Gateway allows (`inputs`,
+/// in order of precedence) to its `listeners`, marking the ones that
+/// conflict with a listener that comes before them.
+fn attach_listener_sets<'w>(
+    world: &World,
+    inputs: &'w [ListenerSetInput],
+    listeners: &mut Vec<ListenerModel<'w>>,
+    certs: &mut CertificateCache,
+) -> Vec<ListenerSetModel> {
+    let mut models = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let first = listeners.len();
+        if input.not_allowed.is_none() {
+            for l in &input.listeners {
+                let owner = Owner { kind: "ListenerSet", key: &input.key, set: Some(&input.key) };
+                let mut model = build_listener(world, owner, l, certs);
+                if let Some(conflict) = conflict_with_earlier(listeners, &model) {
+                    model.conflict = Some(conflict);
+                }
+                listeners.push(model);
+            }
+        }
+        models.push(ListenerSetModel {
+            key: input.key.clone(),
+            generation: input.generation,
+            not_allowed: input.not_allowed.clone(),
+            listeners: first..listeners.len(),
+        });
+    }
+    models
+}
+
+/// A ListenerSet's listener conflicts with an accepted listener before it
+/// on the same port: with another protocol (ProtocolConflict), or the same
+/// protocol and hostname (HostnameConflict). Compared as written, so a
+/// listener with a protocol Agimo does not serve still conflicts.
+fn conflict_with_earlier(earlier: &[ListenerModel<'_>], l: &ListenerModel<'_>) -> Option<Problem> {
+    let hostname = |l: &ListenerModel<'_>| l.spec.hostname.clone().filter(|h| !h.is_empty());
+    let owner = |l: &ListenerModel<'_>| match &l.set {
+        None => "the Gateway".to_owned(),
+        Some(set) => format!("ListenerSet {set}"),
+    };
+    earlier.iter().filter(|e| accepted(e) && e.spec.port == l.spec.port).find_map(|e| {
+        if e.spec.protocol != l.spec.protocol {
+            let message = format!(
+                "port {} is used with protocol {} by listener {} of {}",
+                e.spec.port,
+                e.spec.protocol,
+                e.spec.name,
+                owner(e)
+            );
+            Some(Problem::new(Reason::ProtocolConflict, message))
+        } else if hostname(e) == hostname(l) {
+            let message = format!(
+                "port {} and hostname {} are used by listener {} of {}",
+                e.spec.port,
+                hostname(e).unwrap_or_else(|| "(none)".to_owned()),
+                e.spec.name,
+                owner(e)
+            );
+            Some(Problem::new(Reason::HostnameConflict, message))
+        } else {
+            None
+        }
+    })
+}
+
+/// The Gateway's `status.attachedListenerSets`: set once a ListenerSet
+/// names the Gateway or the Gateway allows some.
+pub fn attached_count(gw: &GatewayModel<'_>) -> Option<i32> {
+    if gw.listener_sets.is_empty() && gw.gateway.spec.allowed_listeners.is_none() {
+        return None;
+    }
+    let attached = gw.listener_sets.iter().filter(|s| s.attached(gw)).count();
+    Some(i32::try_from(attached).unwrap_or(i32::MAX))
+}
+
 /// Builds the models of every Gateway of an accepted class of ours, in a
 /// stable order: oldest first, then by namespace and name.
 pub fn build<'w>(
     world: &'w World,
-    set_listeners: &'w SetListeners,
+    listener_sets: &'w ListenerSetInputs,
     classes: &BTreeSet<String>,
     in_force: &mut scale_to_zero::Annotations<'_>,
 ) -> Vec<GatewayModel<'w>> {
@@ -192,7 +309,7 @@ pub fn build<'w>(
         .iter()
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
         .map(|(key, gw)| {
-            let mut model = build_gateway(world, set_listeners, key, gw, &mut certificates);
+            let mut model = build_gateway(world, listener_sets, key, gw, &mut certificates);
             model.gate = scale_to_zero::parse(&format!("Gateway {key}"), gw.metadata.annotations.as_ref(), in_force);
             model
         })
@@ -203,7 +320,7 @@ pub fn build<'w>(
 
 fn build_gateway<'w>(
     world: &'w World,
-    set_listeners: &'w SetListeners,
+    listener_sets: &'w ListenerSetInputs,
     key: &ObjectRef,
     gw: &'w Gateway,
     certs: &mut CertificateCache,
@@ -214,9 +331,8 @@ fn build_gateway<'w>(
     let mut listeners: Vec<_> =
         gw.spec.listeners.iter().map(|l| build_listener(world, Owner::gateway(key), l, certs)).collect();
     mark_conflicts(&mut listeners);
-    let listener_sets = listener_sets::attach(world, set_listeners, key, gw, &mut listeners, |owner, l| {
-        build_listener(world, owner, l, certs)
-    });
+    let inputs = listener_sets.get(key).map(Vec::as_slice).unwrap_or_default();
+    let listener_sets = attach_listener_sets(world, inputs, &mut listeners, certs);
     mark_overlapping_tls(&mut listeners);
     let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
     let unusable = mark_bind_errors(world, &mut listeners, &addresses, pod_ports.as_ref());
@@ -682,7 +798,6 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
     let mut binds: BTreeMap<SocketAddr, (Protocol, Vec<Arc<snapshot::Listener>>)> = BTreeMap::new();
     for gw in gateways.iter_mut() {
         statuses.gateways.insert(gw.key.clone(), gateway_status(gw));
-        listener_sets::statuses(gw, statuses);
         if gw.accepted.is_err() {
             continue;
         }
@@ -728,7 +843,7 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     let addresses = gw.status_addresses.clone();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
-        attached_listener_sets: listener_sets::attached_count(gw),
+        attached_listener_sets: attached_count(gw),
         conditions: Some(conditions),
         listeners: Some(listeners),
     }

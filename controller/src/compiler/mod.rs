@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! World ─► gatewayclasses (ours, Accepted?)
-//!       ─► gateways   ─► listeners (protocol, hostname, allowedRoutes, TLS, conflicts)
+//!       ─► listenersets (by Gateway, in order of precedence; allowedListeners)
+//!       ─► gateways   ─► listeners (protocol, hostname, allowedRoutes, TLS, conflicts),
+//!                        their own, then their ListenerSets'
 //!       ─► httproutes ─► rules (matches, filters, backendRefs ─► Services/EndpointSlices)
 //!                     ─► attachment to listeners (parentRefs, allowedRoutes, hostnames)
-//!       ─► Snapshot (binds ─► listeners ─► route tables) + Statuses
+//!       ─► Snapshot (binds ─► listeners ─► route tables) + Statuses (ListenerSets' too)
 //! Carryover ─► scale-to-zero annotations (last good values) ─► Carryover
 //! ```
 //!
@@ -40,11 +42,12 @@ pub fn compile(world: &World, previous: &Carryover) -> Compiled {
     let mut carryover = Carryover::default();
     let mut annotations = Annotations { previous, next: &mut carryover };
     let classes = gateways::accepted_classes(world, &mut statuses);
-    let set_listeners = listener_sets::listeners(world);
-    let mut gateways = gateways::build(world, &set_listeners, &classes, &mut annotations);
+    let listener_sets = listener_sets::inputs(world);
+    let mut gateways = gateways::build(world, &listener_sets, &classes, &mut annotations);
     gateways::resolve_bind_conflicts(&mut gateways);
     routes::attach_all(world, &mut gateways, &mut annotations, &mut statuses);
     let snapshot = gateways::into_snapshot(&mut gateways, &mut statuses);
+    listener_sets::statuses(&gateways, &mut statuses);
     Compiled { snapshot, statuses, carryover }
 }
 
