@@ -278,7 +278,10 @@ mod tests {
         Cors {
             allow_origins,
             allow_methods: Allowed::Only(vec![Method::GET, Method::OPTIONS]),
-            allow_headers: Allowed::Only(vec![HeaderName::from_static("x-header-1"), HeaderName::from_static("x-header-2")]),
+            allow_headers: Allowed::Only(vec![
+                HeaderName::from_static("x-header-1"),
+                HeaderName::from_static("x-header-2"),
+            ]),
             expose_headers: Allowed::Only(vec![HeaderName::from_static("x-header-3")]),
             max_age_seconds: 3600,
             allow_credentials: credentials,
@@ -318,8 +321,14 @@ mod tests {
 
     #[test]
     fn bad_origins_are_refused() {
-        for bad in ["www.foo.com", "ftp://a.example", "https://", "https://a.example/path", "https://a.example:0", "https://a..b"]
-        {
+        for bad in [
+            "www.foo.com",
+            "ftp://a.example",
+            "https://",
+            "https://a.example/path",
+            "https://a.example:0",
+            "https://a..b",
+        ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
         assert!(OriginPattern::parse("https://[::1]:8443").unwrap().matches("https://[::1]:8443"));
@@ -372,7 +381,8 @@ mod tests {
         assert_eq!(get(&h, "access-control-allow-headers"), Some("x-header-1, x-header-2"));
         assert_eq!(get(&h, "access-control-expose-headers"), None);
         // Without Access-Control-Request-Headers: no Allow-Headers at all.
-        let (_, h) = c.preflight(&request(&[("origin", "https://a.example"), ("access-control-request-method", "PUT")]));
+        let (_, h) =
+            c.preflight(&request(&[("origin", "https://a.example"), ("access-control-request-method", "PUT")]));
         assert_eq!(get(&h, "access-control-allow-headers"), None);
 
         // On the actual response, `*` in exposeHeaders becomes the names the

@@ -385,7 +385,10 @@ pub struct Filters {
 
 impl Filters {
     pub fn is_empty(&self) -> bool {
-        self.request_headers.is_none() && self.response_headers.is_none() && self.rewrite.is_none() && self.cors.is_none()
+        self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.rewrite.is_none()
+            && self.cors.is_none()
     }
 }
 

@@ -475,7 +475,11 @@ fn compile_cors(c: &api::CorsFilter) -> Result<Cors, String> {
         if values.iter().any(|v| v == "*") {
             return if values.len() == 1 { Ok(Allowed::Any) } else { Err(format!("cors.{field}: '*' must be alone")) };
         }
-        values.iter().map(|v| parse(v).map_err(|e| format!("cors.{field}: {e}"))).collect::<Result<_, _>>().map(Allowed::Only)
+        values
+            .iter()
+            .map(|v| parse(v).map_err(|e| format!("cors.{field}: {e}")))
+            .collect::<Result<_, _>>()
+            .map(Allowed::Only)
     }
     let header = |v: &str| HeaderName::try_from(v).map_err(|_| format!("{v:?} is not a header name"));
     let max_age = c.max_age.unwrap_or(5);
