@@ -52,6 +52,7 @@ golden! {
     gatewayclass_observed_generation_bump,
     gateways_sharing_port,
     gateways_wildcard_and_specific_address,
+    httproute_cors,
     httproute_cross_namespace,
     httproute_exact_path_matching,
     httproute_filters_and_timeouts,

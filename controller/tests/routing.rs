@@ -723,3 +723,93 @@ spec:
     assert_eq!(agimo.get(8081, "any.example", "/ls").await.echo().backend, "from-set");
     assert_eq!(agimo.get(8081, "any.example", "/gw").await.status, 404);
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_gateway_and_responses_get_cors_headers() {
+    let yaml = base_yaml(&["v1"])
+        + &route(
+            "metadata: {name: cors, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /listed}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ['https://www.foo.com', 'https://*.bar.com']
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1, x-header-2]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /any}}]
+    filters:
+    - type: CORS
+      cors: {allowOrigins: ['*'], allowMethods: ['*'], allowHeaders: ['*'], allowCredentials: true}
+    backendRefs: [{name: v1, port: 80}]
+",
+        );
+    let agimo = Agimo::start(&yaml, &["v1"]).await;
+    let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut req = http::Request::builder().method(method).uri(path).header("host", "cors.example");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        client::send(agimo.addr(8080), Mode::Http1, req.body(Default::default()).unwrap())
+    };
+
+    // A preflight from an origin the wildcard admits (any labels left of `*`).
+    let preflight = [
+        ("origin", "https://a.www.bar.com"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "x-header-1"),
+    ];
+    let reply = send("OPTIONS", "/listed", &preflight).await.unwrap();
+    assert_eq!(reply.status, 204);
+    assert!(reply.body.is_empty(), "the gateway answers, not the backend: {:?}", reply.body);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("https://a.www.bar.com"));
+    assert_eq!(reply.header("access-control-allow-methods"), Some("GET, OPTIONS"));
+    assert_eq!(reply.header("access-control-allow-headers"), Some("x-header-1, x-header-2"));
+    assert_eq!(reply.header("access-control-expose-headers"), Some("x-header-3"));
+    assert_eq!(reply.header("access-control-max-age"), Some("3600"));
+    assert_eq!(reply.header("access-control-allow-credentials"), Some("true"));
+
+    // An origin not listed: a 204 without CORS headers.
+    let reply = send("OPTIONS", "/listed", &[("origin", "https://bar.com"), ("access-control-request-method", "GET")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+
+    // Actual requests reach the backend; an allowed origin gets the headers.
+    let reply = send("GET", "/listed", &[("origin", "https://www.foo.com")]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo().backend, "v1");
+    assert_eq!(reply.header("access-control-allow-origin"), Some("https://www.foo.com"));
+    assert_eq!(reply.header("access-control-allow-credentials"), Some("true"));
+    let reply = send("GET", "/listed", &[("origin", "https://foobar.com")]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    // An OPTIONS that is not a preflight is forwarded.
+    let reply = send("OPTIONS", "/listed", &[("origin", "https://www.foo.com")]).await.unwrap();
+    assert_eq!(reply.echo().method, "OPTIONS");
+
+    // Wildcards with credentials: never `*`, the request is echoed.
+    let reply = send(
+        "OPTIONS",
+        "/any",
+        &[
+            ("origin", "https://other.foo.com:8443"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-a, x-b"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("https://other.foo.com:8443"));
+    assert_eq!(reply.header("access-control-allow-methods"), Some("PUT"));
+    assert_eq!(reply.header("access-control-allow-headers"), Some("x-a, x-b"));
+    assert_eq!(reply.header("access-control-max-age"), Some("5"), "the CRD's default maxAge");
+}

@@ -114,3 +114,62 @@ async fn clients_without_sni_get_the_listener_without_hostname() {
     let reply = client::send_on(stream, Mode::Http1, client::get("unknown.test", "/")).await.unwrap();
     assert_eq!(reply.status, 200, "the listener without hostname serves every host");
 }
+
+/// The conformance suite's layout: one certificate for every listener on
+/// the port, listeners without hostname, exact, wildcard, and an exact one
+/// inside the wildcard.
+#[tokio::test]
+async fn a_host_of_another_listener_than_the_sni_chose_is_misdirected() {
+    let cert = self_signed(&["example.org", "second-example.org", "*.wildcard.org", "unknown-example.org"]);
+    let yaml = support::gateway_yaml(
+        "  - {name: https, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
+  - {name: second, port: 8443, protocol: HTTPS, hostname: second-example.org, tls: {certificateRefs: [{name: cert}]}}
+  - {name: wildcard, port: 8443, protocol: HTTPS, hostname: '*.wildcard.org', tls: {certificateRefs: [{name: cert}]}}
+  - {name: fourth, port: 8443, protocol: HTTPS, hostname: fourth-example.wildcard.org, tls: {certificateRefs: [{name: cert}]}}
+",
+    ) + &support::route_for_host("first", "example.org", "v1")
+        + "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rest, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: second}, {name: gw, sectionName: wildcard}, {name: gw, sectionName: fourth}]
+  rules: [{backendRefs: [{name: v2, port: 80}]}]
+"
+        + &support::service_yaml("v1")
+        + &support::service_yaml("v2")
+        + &support::tls_secret("cert", &cert);
+    let agimo = Agimo::start(&yaml, &["v1", "v2"]).await;
+    let cases = [
+        ("example.org", "example.org", 200),
+        ("example.org", "second-example.org", 421),
+        // Same listener (the one without hostname), no route: 404.
+        ("example.org", "unknown-example.org", 404),
+        ("second-example.org", "second-example.org", 200),
+        ("second-example.org", "example.org", 421),
+        ("second-example.org", "unknown-example.org", 421),
+        ("third.wildcard.org", "fifth.wildcard.org", 200),
+        ("third.wildcard.org", "fourth-example.wildcard.org", 421),
+        ("fourth-example.wildcard.org", "fifth.wildcard.org", 421),
+        ("unknown-example.org", "example.org", 200),
+    ];
+    for (sni, host, status) in cases {
+        for (alpn, mode) in [(&b"h2"[..], Mode::H2c), (&b"http/1.1"[..], Mode::Http1)] {
+            let (stream, _) = client::tls_connect(agimo.addr(8443), sni, std::slice::from_ref(&cert.der), &[alpn])
+                .await
+                .unwrap_or_else(|e| panic!("{sni}: {e}"));
+            let reply = client::send_on(stream, mode, client::get(host, "/")).await.unwrap();
+            assert_eq!(reply.status, status, "SNI {sni}, host {host}, {mode:?}");
+            if status == 421 {
+                assert_eq!(reply.header("x-agimo-reason"), Some("misdirected-request"));
+            }
+        }
+    }
+    // Without SNI (a client connecting by address), the Host alone decides.
+    let (stream, _) =
+        client::tls_connect_without_sni(agimo.addr(8443), "second-example.org", std::slice::from_ref(&cert.der))
+            .await
+            .unwrap();
+    let reply = client::send_on(stream, Mode::Http1, client::get("second-example.org", "/")).await.unwrap();
+    assert_eq!(reply.status, 200);
+}

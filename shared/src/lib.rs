@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cors;
 pub mod filters;
 pub mod hostname;
 pub mod matching;

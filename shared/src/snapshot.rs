@@ -21,6 +21,7 @@ use http::StatusCode;
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
+use crate::cors::Cors;
 use crate::filters::{HeaderModifier, Redirect, UrlRewrite};
 use crate::hostname::Hostname;
 use crate::matching::{MatchOrigin, PathIndex, RequestMatch, RequestView, precedence};
@@ -377,11 +378,17 @@ pub struct Filters {
     pub response_headers: Option<Box<HeaderModifier>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Box<UrlRewrite>>,
+    /// The CORS filter: on a rule only, answers preflights itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Box<Cors>>,
 }
 
 impl Filters {
     pub fn is_empty(&self) -> bool {
-        self.request_headers.is_none() && self.response_headers.is_none() && self.rewrite.is_none()
+        self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.rewrite.is_none()
+            && self.cors.is_none()
     }
 }
 

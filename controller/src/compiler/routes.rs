@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use agimo_shared::cors::{Allowed, Cors, OriginPattern};
 use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
 use agimo_shared::hostname::Hostname;
 use agimo_shared::matching::{
@@ -405,6 +406,9 @@ fn compile_action(
         if redirect.is_some() {
             return Err(format!("backendRef {}: RequestRedirect is not supported on a backendRef", r.name));
         }
+        if backend_filters.cors.is_some() {
+            return Err(format!("backendRef {}: CORS is supported on a rule's filters only", r.name));
+        }
         let target = match resolver.resolve(
             &key.namespace,
             &BackendRefSpec {
@@ -479,6 +483,11 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
                 once(out.rewrite.is_some(), "URLRewrite")?;
                 out.rewrite = Some(Box::new(compile_rewrite(r, matches)?));
             }
+            T::Cors => {
+                let c = filter.cors.as_ref().ok_or("CORS without its settings")?;
+                once(out.cors.is_some(), "CORS")?;
+                out.cors = Some(Box::new(compile_cors(c)?));
+            }
             ref other => {
                 let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
                 return Err(format!("filter type {} is not supported", name.unwrap_or_default()));
@@ -489,6 +498,40 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
         return Err("RequestRedirect and URLRewrite cannot be used together".into());
     }
     Ok((out, redirect))
+}
+
+/// An `HTTPCORSFilter`: origins compiled to matchers, methods and header
+/// names parsed; `*` only alone in a list, as the CRD validates.
+fn compile_cors(c: &api::CorsFilter) -> Result<Cors, String> {
+    fn allowed<T>(
+        field: &str,
+        values: Option<&Vec<String>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Allowed<T>, String> {
+        let values = values.map(Vec::as_slice).unwrap_or_default();
+        if values.iter().any(|v| v == "*") {
+            return if values.len() == 1 { Ok(Allowed::Any) } else { Err(format!("cors.{field}: '*' must be alone")) };
+        }
+        values
+            .iter()
+            .map(|v| parse(v).map_err(|e| format!("cors.{field}: {e}")))
+            .collect::<Result<_, _>>()
+            .map(Allowed::Only)
+    }
+    let header = |v: &str| HeaderName::try_from(v).map_err(|_| format!("{v:?} is not a header name"));
+    let max_age = c.max_age.unwrap_or(5);
+    Ok(Cors {
+        allow_origins: allowed("allowOrigins", c.allow_origins.as_ref(), |v| {
+            OriginPattern::parse(v).map_err(|e| e.to_string())
+        })?,
+        allow_methods: allowed("allowMethods", c.allow_methods.as_ref(), |v| {
+            Method::from_bytes(v.as_bytes()).map_err(|_| format!("{v:?} is not an HTTP method"))
+        })?,
+        allow_headers: allowed("allowHeaders", c.allow_headers.as_ref(), header)?,
+        expose_headers: allowed("exposeHeaders", c.expose_headers.as_ref(), header)?,
+        max_age_seconds: u32::try_from(max_age).map_err(|_| format!("cors.maxAge {max_age} is negative"))?,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+    })
 }
 
 /// A rule's timeouts, Gateway API durations; zero means no limit.

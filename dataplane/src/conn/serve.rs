@@ -46,6 +46,7 @@ pub(super) async fn serve_tls(
                 Some(b"h2") => Alpn::H2,
                 _ => Alpn::None,
             };
+            let conn = Arc::new(conn.with_sni(stream.get_ref().1.server_name()));
             serve_http(server, stream, conn, activity, alpn, stop, open).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),

@@ -29,6 +29,11 @@ pub enum ProxyError {
     MethodNotAllowed { method: http::Method },
     #[error("no listener on this port serves host {host}")]
     NoListener { host: String },
+    #[error(
+        "host {host} is served by listener {host_listener}, but this TLS connection's SNI {sni} chose listener \
+         {sni_listener}: open a connection for {host}"
+    )]
+    Misdirected { host: String, sni: String, host_listener: String, sni_listener: String },
     #[error("no HTTPRoute rule matches host {host} path {path}")]
     NoRoute { host: String, path: String },
     /// The matched rule is invalid: answered with the status the compiler
@@ -105,6 +110,7 @@ impl ProxyError {
             ProxyError::EscapedSlashRedirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::InvalidRule { status, .. } => *status,
             ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoReadyEndpoints { .. }
@@ -128,6 +134,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => "method-not-allowed",
             ProxyError::NoListener { .. } => "no-listener",
             ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::Misdirected { .. } => "misdirected-request",
             ProxyError::InvalidRule { .. } => "invalid-rule",
             ProxyError::InvalidBackend { .. } => "invalid-backend",
             ProxyError::NoReadyEndpoints { .. } => "no-ready-endpoints",

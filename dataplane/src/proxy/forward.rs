@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use agimo_shared::cors::Cors;
 use agimo_shared::filters::{Redirect, RedirectRequest};
 use agimo_shared::hostname::normalize_host;
 use agimo_shared::snapshot::{Action, Backend, BackendTarget, Backends, WeightedBackend};
@@ -25,6 +26,34 @@ use crate::upstream::body::{Body, RequestBody, RequestGuard};
 
 /// Answers or forwards a routed request.
 pub(super) async fn apply(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    req: Box<Request<RequestBody>>,
+    routed: &Routed,
+    started: Instant,
+    guard: &mut RequestGuard,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(cors) = &routed.rule.filters.cors else {
+        return act(proxy, conn, req, routed, started, guard).await;
+    };
+    // CORS: the gateway answers preflights itself (a scaled-to-zero
+    // backend is not woken for one) and adds the headers to the responses
+    // of the rule's action.
+    if Cors::is_preflight(req.method(), req.headers()) {
+        let (status, headers) = cors.preflight(req.headers());
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return Ok(response);
+    }
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = act(proxy, conn, req, routed, started, guard).await?;
+    cors.apply_to_response(origin.as_ref(), response.headers_mut());
+    Ok(response)
+}
+
+/// The rule's action.
+async fn act(
     proxy: &Proxy,
     conn: &ConnInfo,
     req: Box<Request<RequestBody>>,

@@ -74,6 +74,21 @@ pub(super) fn route(proxy: &Proxy, conn: &ConnInfo, req: &Request<RequestBody>) 
         .filter(|b| b.protocol == conn.protocol)
         .ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
     let listener = bind.listener_for_host(&host).ok_or_else(|| ProxyError::NoListener { host: host.to_string() })?;
+    // "If the current Listener (selected by SNI matching during
+    // ClientHello) does not match the Host: If another Listener does match
+    // the Host, the Gateway SHOULD return a 421." The listener the SNI chose
+    // is the one whose certificate the handshake got ([`Bind::listener_for_sni`]).
+    if let Some(sni) = conn.sni.as_deref()
+        && let Some(by_sni) = bind.listener_for_sni(Some(sni)).or_else(|| bind.listener_for_sni(None))
+        && !Arc::ptr_eq(by_sni, listener)
+    {
+        return Err(ProxyError::Misdirected {
+            host: host.to_string(),
+            sni: sni.to_owned(),
+            host_listener: listener.name.clone(),
+            sni_listener: by_sni.name.clone(),
+        });
+    }
     let view = RequestView::new(req.method(), req.uri().path(), req.uri().query(), req.headers());
     let (bucket, entry) = listener
         .routes

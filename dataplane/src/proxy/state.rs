@@ -48,11 +48,15 @@ impl Proxy {
 }
 
 /// What a request knows about the connection it came on.
+#[derive(Clone)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     /// The address of the socket that accepted the connection.
     pub bind: SocketAddr,
     pub protocol: Protocol,
+    /// The server name the TLS client sent (SNI), if any: requests for a
+    /// host of another listener are misdirected (421).
+    pub sni: Option<Box<str>>,
     /// The peer's IP as `X-Forwarded-For` gets it, formatted once.
     pub(super) peer_ip: HeaderValue,
 }
@@ -60,6 +64,11 @@ pub(crate) struct ConnInfo {
 impl ConnInfo {
     pub fn new(peer: SocketAddr, bind: SocketAddr, protocol: Protocol) -> Self {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
-        ConnInfo { peer, bind, protocol, peer_ip }
+        ConnInfo { peer, bind, protocol, sni: None, peer_ip }
+    }
+
+    /// This connection after its TLS handshake, with the SNI it sent.
+    pub fn with_sni(&self, sni: Option<&str>) -> Self {
+        ConnInfo { sni: sni.map(Box::from), ..self.clone() }
     }
 }
