@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::{Agimo, base_yaml, service_at};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A route on `/` to the echo backend `app`, mirrored by `filters` (YAML
@@ -109,12 +110,25 @@ async fn bodies_are_mirrored_up_to_the_limit() {
     assert_eq!(copy.payload, b"hello, mirror");
     assert!(copy.problems.is_empty(), "{copy:?}");
 
+    // A chunked body: the copy is framed by its length.
+    let mut stream = tokio::net::TcpStream::connect(agimo.addr(8080)).await.unwrap();
+    let chunked = "POST /chunked HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                   5\r\nhello\r\n7\r\n, again\r\n0\r\n\r\n";
+    stream.write_all(chunked.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let copy = &recorded(&recorder, 2).await[1];
+    assert!(copy.head_text().starts_with("POST /chunked HTTP/1.1\r\n"), "{copy:?}");
+    assert_eq!(copy.payload, b"hello, again");
+    assert!(copy.problems.is_empty(), "{copy:?}");
+
     // Longer than the limit: the primary gets it whole, the mirror nothing.
     let reply = post(Bytes::from(vec![b'x'; 4096])).await.unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     eventually("one copy dropped for its body", || async { dropped(&agimo, "body_too_large") == "1" }).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(recorder.requests().len(), 1);
+    assert_eq!(recorder.requests().len(), 2);
 }
 
 /// A port nothing listens on: connections to it are refused.

@@ -8,8 +8,8 @@
 //! [`Config::mirror_timeout`] has passed, and a copy drawn while every slot
 //! is taken is dropped. A request body is copied as the backend reads it
 //! ([`Tee`]), up to [`Config::mirror_max_body_bytes`]; the copy is sent once
-//! the body has been read to its end, and not at all if the body is longer
-//! or is never read whole. Websocket upgrades are not mirrored. Every copy
+//! the body has been read to its end, and not at all if the body is longer,
+//! is never read whole, or takes longer than the mirror timeout to arrive. Websocket upgrades are not mirrored. Every copy
 //! not sent is counted in `mirror_requests_dropped_total`, every copy sent
 //! in `mirror_requests_total`.
 //!
@@ -109,11 +109,13 @@ pub(super) fn start(proxy: &Proxy, conn: &ConnInfo, rule: &Rule, req: &mut Reque
     tokio::spawn(async move {
         let body = match body {
             None => Bytes::new(),
-            Some(copy) => match copy.await {
-                Ok(Ok(body)) => body,
+            // A client that sends its body slowly delays the copies no
+            // longer than a mirror may take.
+            Some(copy) => match tokio::time::timeout(sender.timeout, copy).await {
+                Ok(Ok(Ok(body))) => body,
                 failed => {
                     let reason = match failed {
-                        Ok(Err(BodyTooLarge)) => "body_too_large",
+                        Ok(Ok(Err(BodyTooLarge))) => "body_too_large",
                         _ => "body_incomplete",
                     };
                     for copy in &copies {

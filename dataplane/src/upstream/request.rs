@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
@@ -69,13 +69,9 @@ impl Tee {
         self.copy.extend_from_slice(data);
     }
 
-    /// Delivers the copy once the body has ended (the caller may stop
-    /// polling as soon as the body says so, so this is checked after each
-    /// frame, not only at `None`).
-    fn finish_if_ended(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(done) = self.done.take()
-        {
+    /// Delivers the copy.
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
             let _ = done.send(Ok(std::mem::take(&mut self.copy).freeze()));
         }
     }
@@ -93,9 +89,14 @@ impl http_body::Body for Tee {
                 if let Some(data) = frame.data_ref() {
                     this.copy(data);
                 }
-                this.finish_if_ended();
+                // The reader may stop as soon as the body says it has
+                // ended (a known length read whole), without a last poll.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
             }
-            Poll::Ready(None) => this.finish_if_ended(),
+            // A chunked body ends here, and may not say so before.
+            Poll::Ready(None) => this.finish(),
             // A broken body: the sender drops with the tee.
             Poll::Ready(Some(Err(_))) => this.done = None,
             Poll::Pending => {}
