@@ -78,6 +78,7 @@ golden! {
     httproute_redirect_path_scheme_port,
     httproute_reference_grant,
     httproute_request_header_modifier,
+    httproute_request_mirror,
     httproute_service_types,
     httproute_simple_same_namespace,
     httproute_unsupported_filter,

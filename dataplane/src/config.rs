@@ -36,6 +36,16 @@ pub struct Config {
     /// only its socket is kept until the client sends again. Zero never
     /// parks.
     pub park_idle_after: Duration,
+    /// RequestMirror copies in flight at most, over all mirrors; a copy
+    /// made when this many are in flight is dropped (and counted).
+    pub mirror_max_in_flight: usize,
+    /// The largest request body a mirror gets a copy of: the copy is kept
+    /// (as references to the body's chunks) until the body has been read
+    /// whole, then sent; a longer body is not mirrored.
+    pub mirror_max_body_bytes: usize,
+    /// A mirror that has not answered (and sent its whole response) in this
+    /// long is given up, so a slow mirror cannot hold its slot forever.
+    pub mirror_timeout: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +62,9 @@ impl Default for Config {
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(5),
             park_idle_after: Duration::from_secs(1),
+            mirror_max_in_flight: 1024,
+            mirror_max_body_bytes: 64 * 1024,
+            mirror_timeout: Duration::from_secs(10),
         }
     }
 }

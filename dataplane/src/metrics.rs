@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tokio::sync::watch;
 
 /// The `host` label value of requests that matched no route.
@@ -148,6 +148,8 @@ pub struct Metrics {
     registry: Registry,
     refused: IntCounter,
     parked: IntGauge,
+    mirrors: IntCounterVec,
+    mirrors_dropped: IntCounterVec,
     all: AllHosts,
     hosts: Arc<ArcSwap<HostTable>>,
     unmatched: Arc<HostStats>,
@@ -175,18 +177,33 @@ impl Metrics {
             "Idle HTTP/1.1 client connections parked: only their socket is kept until the client sends again.",
         )
         .expect("valid metric");
+        let mirrors = IntCounterVec::new(
+            Opts::new("mirror_requests_total", "RequestMirror copies sent, by whether the mirror answered."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let mirrors_dropped = IntCounterVec::new(
+            Opts::new(
+                "mirror_requests_dropped_total",
+                "RequestMirror copies not sent: too many in flight, body too large or not read whole, no ready endpoint.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let all = AllHosts::default();
         let unmatched = Arc::new(HostStats::new(UNMATCHED.into()));
         all.lock().expect("not poisoned yet").insert(unmatched.label.clone(), unmatched.clone());
         for collector in [
             Box::new(refused.clone()) as Box<dyn Collector>,
             Box::new(parked.clone()),
+            Box::new(mirrors.clone()),
+            Box::new(mirrors_dropped.clone()),
             Box::new(HostCollector::new(all.clone())),
         ] {
             registry.register(collector).expect("metrics register once");
         }
         let held = Arc::new(watch::Sender::new(0));
-        Metrics { registry, refused, parked, all, hosts: Default::default(), unmatched, held }
+        Metrics { registry, refused, parked, mirrors, mirrors_dropped, all, hosts: Default::default(), unmatched, held }
     }
 
     /// Makes `hosts` (the labels of a new snapshot) the ones requests find
@@ -240,6 +257,16 @@ impl Metrics {
 
     pub fn refused_connection(&self) {
         self.refused.inc();
+    }
+
+    /// Counts a mirror copy that was sent: `answered` or `failed`.
+    pub fn mirror_sent(&self, outcome: &str) {
+        self.mirrors.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a mirror copy that was dropped before it was sent, and why.
+    pub fn mirror_dropped(&self, reason: &str) {
+        self.mirrors_dropped.with_label_values(&[reason]).inc();
     }
 
     /// Counts a parked connection until the guard drops.

@@ -1,4 +1,5 @@
-//! HTTPRoute filters, compiled: header modification and redirects.
+//! HTTPRoute filters, compiled: header modification, redirects, and the
+//! share of requests a RequestMirror copies.
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
@@ -45,6 +46,30 @@ impl HeaderModifier {
         for name in &self.remove {
             headers.remove(name);
         }
+    }
+}
+
+/// The share of requests a RequestMirror copies: `numerator` in
+/// `denominator` (`percent: 20` is 20 in 100; neither field is 100%).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Fraction {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl Fraction {
+    pub const ALL: Fraction = Fraction { numerator: 1, denominator: 1 };
+
+    /// A fraction from the filter's fields; `None` if it is not one in
+    /// `0..=1` with a positive denominator.
+    pub fn new(numerator: u32, denominator: u32) -> Option<Self> {
+        (denominator > 0 && numerator <= denominator).then_some(Fraction { numerator, denominator })
+    }
+
+    /// Whether a request is in the share; `roll` is uniform in
+    /// `0..denominator`.
+    pub fn includes(&self, roll: u32) -> bool {
+        roll < self.numerator
     }
 }
 
@@ -203,6 +228,16 @@ mod tests {
         assert_eq!(port.location(&req("http", 80)), "https://example.org:8443/a?x=1");
         let to_80 = Redirect { port: Some(80), ..redirect() };
         assert_eq!(to_80.location(&req("https", 443)), "https://example.org:80/a?x=1");
+    }
+
+    #[test]
+    fn fraction_includes_numerator_rolls_in_denominator() {
+        let f = Fraction::new(25, 50).unwrap();
+        assert_eq!((0..50).filter(|&r| f.includes(r)).count(), 25);
+        assert!(!(0..100).any(|r| Fraction::new(0, 100).unwrap().includes(r)));
+        assert!((0..100).all(|r| Fraction::new(100, 100).unwrap().includes(r)));
+        assert!(Fraction::new(3, 2).is_none());
+        assert!(Fraction::new(0, 0).is_none());
     }
 
     #[test]

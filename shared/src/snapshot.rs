@@ -22,7 +22,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
 use crate::cors::Cors;
-use crate::filters::{HeaderModifier, Redirect, UrlRewrite};
+use crate::filters::{Fraction, HeaderModifier, Redirect, UrlRewrite};
 use crate::hostname::Hostname;
 use crate::matching::{MatchOrigin, PathIndex, RequestMatch, RequestView, precedence};
 
@@ -381,6 +381,12 @@ pub struct Filters {
     /// The CORS filter: on a rule only, answers preflights itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<Box<Cors>>,
+    /// RequestMirror filters (a rule's only), in order: each sends a copy of
+    /// the request, as the rule's other filters leave it, to its backend,
+    /// and ignores the answer. Those whose backendRef did not resolve are
+    /// not here (the route's status says why).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub mirrors: Box<[Mirror]>,
 }
 
 impl Filters {
@@ -389,7 +395,15 @@ impl Filters {
             && self.response_headers.is_none()
             && self.rewrite.is_none()
             && self.cors.is_none()
+            && self.mirrors.is_empty()
     }
+}
+
+/// A RequestMirror filter: where copies go, and of which share of requests.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mirror {
+    pub backend: Arc<Backend>,
+    pub fraction: Fraction,
 }
 
 /// HTTPRoute `timeouts`, parsed; `None` is no limit.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agimo_shared::cors::{Allowed, Cors, OriginPattern};
-use agimo_shared::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use agimo_shared::filters::{Fraction, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 use agimo_shared::hostname::Hostname;
 use agimo_shared::matching::{
     FullRegex, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
 };
 use agimo_shared::snapshot::{
-    Action, BackendTarget, Backends, Filters, ObjectRef, Rejection, RouteEntry, Rule, Timeouts, WeightedBackend,
+    Action, BackendTarget, Backends, Filters, Mirror, ObjectRef, Rejection, RouteEntry, Rule, Timeouts, WeightedBackend,
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
@@ -386,7 +386,9 @@ fn compile_action(
     backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
-    let (filters, redirect) = compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
+    let CompiledFilters { mut filters, redirect, mirrors } =
+        compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
+    filters.mirrors = resolve_mirrors(key, mirrors, resolver, backend_errors);
     if let Some(redirect) = redirect {
         return Ok(RuleAction { filters, timeouts, action: Action::Redirect(redirect) });
     }
@@ -402,12 +404,16 @@ fn compile_action(
             .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("backendRef {} filters: {e}", r.name))?;
-        let (backend_filters, redirect) = compile_filters(&backend_filters, matches)?;
+        let CompiledFilters { filters: backend_filters, redirect, mirrors } =
+            compile_filters(&backend_filters, matches)?;
         if redirect.is_some() {
             return Err(format!("backendRef {}: RequestRedirect is not supported on a backendRef", r.name));
         }
         if backend_filters.cors.is_some() {
             return Err(format!("backendRef {}: CORS is supported on a rule's filters only", r.name));
+        }
+        if !mirrors.is_empty() {
+            return Err(format!("backendRef {}: RequestMirror is supported on a rule, not on a backendRef", r.name));
         }
         let target = match resolver.resolve(
             &key.namespace,
@@ -446,13 +452,68 @@ fn compile_action(
     Ok(RuleAction { filters, timeouts, action })
 }
 
-/// The filters of a rule or a backendRef, and a RequestRedirect if any.
-/// "Specifying the same filter multiple times is not supported unless
-/// explicitly indicated"; RequestRedirect and URLRewrite exclude each other.
-fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<(Filters, Option<Redirect>), String> {
+/// The mirrors of a rule whose backendRefs resolve; the others are dropped
+/// and counted in ResolvedRefs, as the spec asks of RequestMirror: "If the
+/// referent cannot be found, this BackendRef is invalid and must be dropped
+/// from the Gateway. The controller must ensure the "ResolvedRefs" condition
+/// on the Route status is set to `status: False` and not configure this
+/// backend in the underlying implementation."
+fn resolve_mirrors(
+    key: &ObjectRef,
+    mirrors: Vec<(&api::MirrorBackendRef, Fraction)>,
+    resolver: &mut BackendResolver<'_>,
+    backend_errors: &mut Vec<Problem>,
+) -> Box<[Mirror]> {
+    let mut out = Vec::with_capacity(mirrors.len());
+    for (r, fraction) in mirrors {
+        let spec = BackendRefSpec {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        };
+        match resolver.resolve(&key.namespace, &spec) {
+            Ok(backend) => out.push(Mirror { backend, fraction }),
+            Err(mut e) => {
+                e.message = format!("RequestMirror: {}", e.message);
+                backend_errors.push(e);
+            }
+        }
+    }
+    out.into_boxed_slice()
+}
+
+/// A RequestMirror's share of requests: `percent`, or `fraction`
+/// (denominator 100 by default), or all.
+fn mirror_fraction(m: &api::RequestMirror) -> Result<Fraction, String> {
+    let (numerator, denominator) = match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => return Err("RequestMirror: only one of percent and fraction may be set".into()),
+        (Some(p), None) => (p, 100),
+        (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+        (None, None) => return Ok(Fraction::ALL),
+    };
+    let fraction =
+        u32::try_from(numerator).ok().zip(u32::try_from(denominator).ok()).and_then(|(n, d)| Fraction::new(n, d));
+    fraction.ok_or_else(|| format!("RequestMirror: {numerator}/{denominator} is not a fraction between 0 and 1"))
+}
+
+/// A rule's or a backendRef's compiled filters, its RequestRedirect if any,
+/// and its RequestMirrors' backendRefs, resolved by the caller.
+struct CompiledFilters<'a> {
+    filters: Filters,
+    redirect: Option<Redirect>,
+    mirrors: Vec<(&'a api::MirrorBackendRef, Fraction)>,
+}
+
+/// The filters of a rule or a backendRef. "Specifying the same filter
+/// multiple times is not supported unless explicitly indicated" (as
+/// RequestMirror is); RequestRedirect and URLRewrite exclude each other.
+fn compile_filters<'a>(filters: &'a [api::Filter], matches: &[RequestMatch]) -> Result<CompiledFilters<'a>, String> {
     use api::FilterType as T;
     let mut out = Filters::default();
     let mut redirect = None;
+    let mut mirrors = Vec::new();
     let once = |present: bool, name: &str| {
         if present { Err(format!("{name} may appear once per rule or backendRef")) } else { Ok(()) }
     };
@@ -488,6 +549,10 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
                 once(out.cors.is_some(), "CORS")?;
                 out.cors = Some(Box::new(compile_cors(c)?));
             }
+            T::RequestMirror => {
+                let m = filter.request_mirror.as_ref().ok_or("RequestMirror without its settings")?;
+                mirrors.push((&m.backend_ref, mirror_fraction(m)?));
+            }
             ref other => {
                 let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
                 return Err(format!("filter type {} is not supported", name.unwrap_or_default()));
@@ -497,7 +562,7 @@ fn compile_filters(filters: &[api::Filter], matches: &[RequestMatch]) -> Result<
     if redirect.is_some() && out.rewrite.is_some() {
         return Err("RequestRedirect and URLRewrite cannot be used together".into());
     }
-    Ok((out, redirect))
+    Ok(CompiledFilters { filters: out, redirect, mirrors })
 }
 
 /// An `HTTPCORSFilter`: origins compiled to matchers, methods and header

@@ -105,6 +105,8 @@ async fn forward(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
     let rule = &routed.rule;
+    // Before the backend is chosen: a mirror's copy does not depend on it.
+    super::mirror::start(proxy, conn, rule, &mut req);
     let target = choose(proxy, routed, backends, &req, started, guard).await?;
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &target.chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //!  handle ──► route (path, host, listener, rule) ──► forward::apply ──► choose ──► gate (held, connect)
+//!    │                                                    ├──► mirror (copies, fire and forget)
 //!    │                                                    │               └──► headers (rewrite)
 //!    └── errors → responses (error)                       └──► send (timeouts) ──► upstream
 //! ```
@@ -13,6 +14,7 @@ mod error;
 mod forward;
 mod gate;
 mod headers;
+mod mirror;
 mod route;
 mod state;
 

@@ -9,7 +9,7 @@ use agimo_shared::Snapshot;
 use agimo_shared::snapshot::Protocol;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -22,7 +22,11 @@ pub(crate) struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
     pub config: Config,
     pub metrics: Metrics,
-    pub upstream: Upstream,
+    /// Shared with the mirror tasks ([`super::mirror`]).
+    pub upstream: Arc<Upstream>,
+    /// Slots for RequestMirror copies in flight
+    /// ([`Config::mirror_max_in_flight`]).
+    pub mirror_slots: Arc<Semaphore>,
     /// Open client connections, upgraded ones (websockets) included.
     pub connections: Arc<AtomicUsize>,
     /// Bumped at every swap: wakes requests held at the gate.
@@ -37,7 +41,8 @@ impl Proxy {
     pub fn new(config: Config, metrics: Metrics) -> Self {
         Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            upstream: Upstream::new(config.upstream_connect_timeout),
+            upstream: Arc::new(Upstream::new(config.upstream_connect_timeout)),
+            mirror_slots: Arc::new(Semaphore::new(config.mirror_max_in_flight)),
             config,
             metrics,
             connections: Arc::new(AtomicUsize::new(0)),

@@ -1,21 +1,116 @@
-//! A request's body as the upstream sends it, and the error that says the
-//! client, not the backend, broke it.
+//! A request's body as the upstream sends it, the copy of it that mirrors
+//! get ([`Tee`]), and the error that says the client, not the backend,
+//! broke it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
-/// A request's body: the one hyper read from the client, or none (a request
-/// read by Agimo's own HTTP/1.1 server, [`crate::http1::server`], which
-/// takes only requests without a body).
+/// A request's body: the one hyper read from the client, that body copied
+/// on its way for mirrors, a body held whole (a mirror's copy), or none (a
+/// request read by Agimo's own HTTP/1.1 server, [`crate::http1::server`],
+/// which takes only requests without a body).
 #[derive(Default)]
 pub enum RequestBody {
     Incoming(Incoming),
+    Teed(Box<Tee>),
+    /// `None` once sent.
+    Full(Option<Bytes>),
     #[default]
     Empty,
+}
+
+impl RequestBody {
+    /// A body held whole; an empty one is no body.
+    pub fn full(bytes: Bytes) -> Self {
+        if bytes.is_empty() { RequestBody::Empty } else { RequestBody::Full(Some(bytes)) }
+    }
+}
+
+/// A [`Tee`]'s body was longer than its copy may be. (A body never read to
+/// its end gives no copy either: its receiver sees the sender dropped.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyTooLarge;
+
+/// The client's body on its way to the backend, copied as it passes, up to
+/// a limit. The copy is delivered once the body has been read to its end;
+/// a body longer than the limit stops the copying at once and delivers
+/// [`BodyTooLarge`]. The primary request never waits for the copy.
+pub struct Tee {
+    inner: Incoming,
+    copy: BytesMut,
+    limit: usize,
+    done: Option<oneshot::Sender<Result<Bytes, BodyTooLarge>>>,
+}
+
+impl Tee {
+    /// Tees `inner`; the receiver gets the copy, or why there is none
+    /// (a dropped sender: the body was not read to its end).
+    pub fn new(inner: Incoming, limit: usize) -> (Tee, oneshot::Receiver<Result<Bytes, BodyTooLarge>>) {
+        let (done, copy) = oneshot::channel();
+        (Tee { inner, copy: BytesMut::new(), limit, done: Some(done) }, copy)
+    }
+
+    fn copy(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        if self.copy.len() + data.len() > self.limit {
+            self.copy = BytesMut::new();
+            if let Some(done) = self.done.take() {
+                let _ = done.send(Err(BodyTooLarge));
+            }
+            return;
+        }
+        self.copy.extend_from_slice(data);
+    }
+
+    /// Delivers the copy.
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Ok(std::mem::take(&mut self.copy).freeze()));
+        }
+    }
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.copy(data);
+                }
+                // The reader may stop as soon as the body says it has
+                // ended (a known length read whole), without a last poll.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            // A chunked body ends here, and may not say so before.
+            Poll::Ready(None) => this.finish(),
+            // A broken body: the sender drops with the tee.
+            Poll::Ready(Some(Err(_))) => this.done = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The client's request body broke while it was read: a malformed chunk, a
@@ -47,6 +142,8 @@ impl http_body::Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match self.get_mut() {
             RequestBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(RequestBodyError),
+            RequestBody::Teed(body) => Pin::new(&mut **body).poll_frame(cx).map_err(RequestBodyError),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -54,6 +151,8 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Incoming(body) => body.is_end_stream(),
+            RequestBody::Teed(body) => body.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -61,6 +160,8 @@ impl http_body::Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Incoming(body) => body.size_hint(),
+            RequestBody::Teed(body) => body.size_hint(),
+            RequestBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
