@@ -48,6 +48,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetry",
+    "HTTPRouteRetryBackendTimeout",
+    "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];

@@ -9,16 +9,16 @@ use std::time::Instant;
 
 use agimo_shared::filters::{Redirect, RedirectRequest};
 use agimo_shared::hostname::normalize_host;
-use agimo_shared::snapshot::{Action, Backend, BackendTarget, Backends, WeightedBackend};
+use agimo_shared::snapshot::{Action, Backend, BackendTarget, Backends, Rule, WeightedBackend};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::error::ProxyError;
-use super::gate;
-use super::headers::{prepare_upstream_request, strip_hop_by_hop};
+use super::headers::{is_upgrade, prepare_upstream_request, strip_hop_by_hop};
 use super::route::{Routed, request_authority};
 use super::state::{ConnInfo, Proxy};
+use super::{gate, retry};
 use crate::activity::OpenConnection;
 use crate::upstream::UpstreamError;
 use crate::upstream::body::{Body, RequestBody, RequestGuard};
@@ -59,11 +59,11 @@ fn redirect(conn: &ConnInfo, req: &Request<RequestBody>, redirect: &Redirect, li
 
 /// Where a request goes: its backendRef, backend and endpoint, and the
 /// connection the gate made to it, if it made one.
-struct Target<'r> {
-    chosen: &'r WeightedBackend,
-    backend: Arc<Backend>,
-    endpoint: SocketAddr,
-    connected: Option<TcpStream>,
+pub(super) struct Target<'r> {
+    pub chosen: &'r WeightedBackend,
+    pub backend: Arc<Backend>,
+    pub endpoint: SocketAddr,
+    pub connected: Option<TcpStream>,
 }
 
 async fn forward(
@@ -76,7 +76,15 @@ async fn forward(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
     let rule = &routed.rule;
-    let target = choose(proxy, routed, backends, &req, started, guard).await?;
+    if let Some(retry) = &rule.retry
+        && !is_upgrade(req.headers())
+    {
+        // Boxed: only requests on rules with a retry pay for its state.
+        let (chosen, response) =
+            Box::pin(retry::forward(proxy, conn, req, routed, backends, retry, started, guard)).await?;
+        return Ok(respond(chosen, rule, response));
+    }
+    let target = choose(proxy, routed, backends, &req, started, guard, None).await?;
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &target.chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     let Target { chosen, backend, endpoint, connected } = target;
@@ -91,27 +99,37 @@ async fn forward(
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
+    Ok(respond(chosen, rule, response))
+}
+
+/// A backend's response as the client gets it: hop-by-hop headers removed,
+/// the response filters applied, the backendRef's first, then the rule's.
+fn respond(chosen: &WeightedBackend, rule: &Rule, mut response: Response<Body>) -> Response<Body> {
     strip_hop_by_hop(response.headers_mut(), false);
-    // Response filters: the backendRef's first, then the rule's.
     for filters in [&chosen.filters, &rule.filters] {
         if let Some(modifier) = &filters.response_headers {
             modifier.apply(response.headers_mut());
         }
     }
-    Ok(response)
+    response
 }
 
 /// Picks the backendRef by weight, and an endpoint: at once on a route
 /// without the gate; on a gated route, one the upstream has a connection
 /// to, or one the gate connects to, waiting for a ready replica if there is
 /// none ([`gate::admit`]). The request counts as active from here.
-async fn choose<'r>(
+///
+/// A retry passes the endpoint that failed (`retry_of`): another of the
+/// backend's endpoints is chosen if it has one; and the request keeps the
+/// active count it has in `guard` (moved to pending if the gate holds it).
+pub(super) async fn choose<'r>(
     proxy: &'r Proxy,
     routed: &'r Routed,
     backends: &'r Backends,
     req: &Request<RequestBody>,
     started: Instant,
     guard: &mut RequestGuard,
+    retry_of: Option<SocketAddr>,
 ) -> Result<Target<'r>, ProxyError> {
     let Routed { stats, rule, .. } = routed;
     let chosen = backends.pick(fastrand::u64(0..backends.total_weight()));
@@ -119,10 +137,10 @@ async fn choose<'r>(
         BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
         BackendTarget::Service(backend) => backend.clone(),
     };
-    let first = (!backend.endpoints.is_empty()).then(|| backend.endpoints[fastrand::usize(0..backend.endpoints.len())]);
+    let first = (!backend.endpoints.is_empty()).then(|| gate::pick_endpoint(&backend, retry_of));
     let Some(gate) = &rule.gate else {
         let endpoint = first.ok_or_else(|| ProxyError::NoReadyEndpoints { backend: backend.id.clone() })?;
-        guard.active = Some(stats.active());
+        guard.active.get_or_insert_with(|| stats.active());
         return Ok(Target { chosen, backend, endpoint, connected: None });
     };
     // Scale-to-zero: the request goes to an endpoint the upstream has a
@@ -131,13 +149,14 @@ async fn choose<'r>(
     if let Some(endpoint) = first
         && proxy.upstream.has_connection(backend.protocol, by_hyper, endpoint)
     {
-        guard.active = Some(stats.active());
+        guard.active.get_or_insert_with(|| stats.active());
         return Ok(Target { chosen, backend, endpoint, connected: None });
     }
     let gated = gate::Gated { proxy, rule, gate, backends, host: stats, started, hyper: by_hyper };
     let first = first.map(|endpoint| (chosen, backend, endpoint));
+    let retry = retry_of.and_then(|failed| Some((guard.active.take()?, failed)));
     // Boxed: only requests that connect here pay for its state.
-    let admitted = Box::pin(gate::admit(&gated, first)).await?;
+    let admitted = Box::pin(gate::admit(&gated, first, retry)).await?;
     guard.active = Some(admitted.active);
     Ok(Target {
         chosen: admitted.chosen,
@@ -150,7 +169,7 @@ async fn choose<'r>(
 /// Sends the request to `endpoint` (on the gate's connection if it made
 /// one) within the rule's timeouts: the request timeout counts from when
 /// the request arrived, the backend one from when it is sent.
-async fn send(
+pub(super) async fn send(
     proxy: &Proxy,
     routed: &Routed,
     backend: &Backend,
@@ -237,6 +256,7 @@ mod tests {
                 name: None,
                 filters: Filters::default(),
                 timeouts: Timeouts::default(),
+                retry: None,
                 gate: None,
                 action: Action::Reject(Rejection { status, reason: "why".into() }),
             });

@@ -77,7 +77,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// A websocket upgrade (RFC 6455): the only protocol upgrade Agimo passes
 /// through. Others (notably `h2c`, which would open an HTTP/2 tunnel past
 /// route matching) are dropped with the other hop-by-hop headers.
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.get_all(header::UPGRADE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && headers
             .get_all(header::CONNECTION)

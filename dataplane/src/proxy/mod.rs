@@ -7,12 +7,14 @@
 //!  handle ──► route (path, host, listener, rule) ──► forward::apply ──► choose ──► gate (held, connect)
 //!    │                                                    │               └──► headers (rewrite)
 //!    └── errors → responses (error)                       └──► send (timeouts) ──► upstream
+//!                                                         └──► retry (a rule's `retry`: choose, send, again)
 //! ```
 
 mod error;
 mod forward;
 mod gate;
 mod headers;
+mod retry;
 mod route;
 mod state;
 
