@@ -77,6 +77,7 @@ golden! {
     httproute_redirect_path_scheme_port,
     httproute_reference_grant,
     httproute_request_header_modifier,
+    httproute_retry,
     httproute_service_types,
     httproute_simple_same_namespace,
     httproute_unsupported_filter,
