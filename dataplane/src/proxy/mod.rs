@@ -6,10 +6,13 @@
 //! ```text
 //!  handle ──► route (path, host, listener, rule) ──► forward::apply ──► choose ──► gate (held, connect)
 //!    │                                                    │               └──► headers (rewrite)
-//!    └── errors → responses (error)                       └──► send (timeouts) ──► upstream
-//!                                                         └──► retry (a rule's `retry`: choose, send, again)
+//!    └── errors → responses (error)                       ├──► send (timeouts) ──► upstream
+//!                                                         └──► retry: choose and send again (a rule's `retry`)
 //! ```
+//!
+//! `choose` and `send` (one attempt) are [`attempt`]'s.
 
+mod attempt;
 mod error;
 mod forward;
 mod gate;

@@ -1,7 +1,7 @@
 //! A rule's `retry` (GEP-1731): a backend request that failed is sent again,
 //! to another endpoint where the backend has one, through the same choice
-//! of backend and endpoint ([`forward::choose`], the scale-to-zero gate on a
-//! gated route) and the same send ([`forward::send`]) as the first attempt.
+//! of backend and endpoint ([`attempt::choose`], the scale-to-zero gate on a
+//! gated route) and the same send ([`attempt::send`]) as the first attempt.
 //!
 //! ```text
 //!  request ─► keep the body (≤ KEEP_LIMIT) ─► choose ─► send ─► response
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use agimo_shared::snapshot::{Backends, Retry, WeightedBackend};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
+use super::attempt::{self, Target};
 use super::error::ProxyError;
-use super::forward::{self, Target};
 use super::headers::prepare_upstream_request;
 use super::route::Routed;
 use super::state::{ConnInfo, Proxy};
@@ -106,10 +106,10 @@ pub(super) async fn forward<'r>(
         let Some(mut req) = next.take().or_else(|| replay.as_ref().map(Replay::request)) else {
             unreachable!("a request is sent again only when it was kept");
         };
-        let target = forward::choose(proxy, routed, backends, &req, started, guard, failed_on).await?;
+        let target = attempt::choose(proxy, routed, backends, &req, started, guard, failed_on).await?;
         prepare_upstream_request(&mut req, conn, &[&routed.rule.filters, &target.chosen.filters]);
         let Target { chosen, backend, endpoint, connected } = target;
-        let outcome = forward::send(proxy, routed, &backend, endpoint, connected, req, started).await;
+        let outcome = attempt::send(proxy, routed, &backend, endpoint, connected, req, started).await;
         let why = match &outcome {
             Ok(response) if retry.retries_status(response.status()) => format!("status {}", response.status().as_u16()),
             Ok(_) => return outcome.map(|response| (chosen, response)),
