@@ -501,7 +501,10 @@ fn compile_retry(r: &api::Retry) -> Result<Retry, String> {
     }
     let attempts = match r.attempts {
         None => DEFAULT_RETRY_ATTEMPTS,
-        Some(n) => u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| format!("retry.attempts {n} is below 1"))?,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("retry.attempts {n} is not a count from 1 to {}", u32::MAX))?,
     };
     let backoff = match &r.backoff {
         None => DEFAULT_RETRY_BACKOFF,
