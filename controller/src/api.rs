@@ -28,8 +28,9 @@ pub use gateway_api::experimental::httproutes::{
     HttpRouteRulesFiltersUrlRewrite as UrlRewrite, HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
     HttpRouteRulesMatches as RouteMatch, HttpRouteRulesMatchesHeadersType as HeaderMatchType,
     HttpRouteRulesMatchesMethod as MatchMethod, HttpRouteRulesMatchesPathType as PathMatchType,
-    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
-    HttpRouteStatus, HttpRouteStatusParents as RouteParentStatus, HttpRouteStatusParentsParentRef as ParentReference,
+    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesRetry as Retry,
+    HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec, HttpRouteStatus, HttpRouteStatusParents as RouteParentStatus,
+    HttpRouteStatusParentsParentRef as ParentReference,
 };
 pub use gateway_api::experimental::listenersets::{
     ListenerSet, ListenerSetStatus, ListenerSetStatusListeners as ListenerSetListenerStatus,

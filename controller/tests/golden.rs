@@ -79,6 +79,7 @@ golden! {
     httproute_reference_grant,
     httproute_request_header_modifier,
     httproute_request_mirror,
+    httproute_retry,
     httproute_service_types,
     httproute_simple_same_namespace,
     httproute_unsupported_filter,

@@ -26,6 +26,10 @@ pub(crate) fn header_pairs<S: Serializer>(pairs: &[(HeaderName, HeaderValue)], s
     map.end()
 }
 
+pub(crate) fn status_codes<S: Serializer>(codes: &[http::StatusCode], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(codes.iter().map(http::StatusCode::as_u16))
+}
+
 pub(crate) fn header_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(names.iter().map(HeaderName::as_str))
 }

@@ -351,6 +351,9 @@ pub struct Rule {
     pub filters: Filters,
     #[serde(skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// The rule's `retry`: when a failed backend request is sent again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
     /// Scale-to-zero: hold requests while no backend has a ready endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
@@ -420,6 +423,30 @@ pub struct Timeouts {
 impl Timeouts {
     pub fn is_empty(&self) -> bool {
         self.request.is_none() && self.backend_request.is_none()
+    }
+}
+
+/// A rule's `retry` (GEP-1731): a backend request that fails is sent again,
+/// to another endpoint where the backend has one, when the response's status
+/// is one of `codes`, or when the backend could not be reached, broke the
+/// connection, or did not answer within the `backendRequest` timeout; at most
+/// `attempts` times after the first, at least `backoff` apart, and never past
+/// the rule's `request` timeout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    #[serde(serialize_with = "crate::ser::status_codes")]
+    pub codes: Vec<StatusCode>,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// The least wait before a retry; later retries wait longer.
+    #[serde(serialize_with = "crate::ser::duration")]
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// Whether a response with `status` is retried.
+    pub fn retries_status(&self, status: StatusCode) -> bool {
+        self.codes.contains(&status)
     }
 }
 
@@ -524,6 +551,7 @@ mod tests {
             name: None,
             filters: Filters::default(),
             timeouts: Timeouts::default(),
+            retry: None,
             gate: None,
             action: Action::Reject(Rejection { status: StatusCode::INTERNAL_SERVER_ERROR, reason: name.into() }),
         })

@@ -12,7 +12,8 @@ use agimo_shared::matching::{
     FullRegex, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
 };
 use agimo_shared::snapshot::{
-    Action, BackendTarget, Backends, Filters, Mirror, ObjectRef, Rejection, RouteEntry, Rule, Timeouts, WeightedBackend,
+    Action, BackendTarget, Backends, Filters, Mirror, ObjectRef, Rejection, Retry, RouteEntry, Rule, Timeouts,
+    WeightedBackend,
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
@@ -338,7 +339,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
                 continue;
             }
         };
-        let RuleAction { filters, timeouts, action } =
+        let RuleAction { filters, timeouts, retry, action } =
             match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
@@ -346,6 +347,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
                     RuleAction {
                         filters: Filters::default(),
                         timeouts: Timeouts::default(),
+                        retry: None,
                         action: Action::Reject(Rejection {
                             status: StatusCode::INTERNAL_SERVER_ERROR,
                             reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
@@ -359,6 +361,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
             name: spec.name.clone(),
             filters,
             timeouts,
+            retry,
             gate: None,
             action,
         });
@@ -371,10 +374,11 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
     compiled
 }
 
-/// A rule's filters, timeouts, and what it does.
+/// A rule's filters, timeouts, retry, and what it does.
 struct RuleAction {
     filters: Filters,
     timeouts: Timeouts,
+    retry: Option<Retry>,
     action: Action,
 }
 
@@ -386,11 +390,12 @@ fn compile_action(
     backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
+    let retry = spec.retry.as_ref().map(compile_retry).transpose()?;
     let CompiledFilters { mut filters, redirect, mirrors } =
         compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
     filters.mirrors = resolve_mirrors(key, mirrors, resolver, backend_errors);
     if let Some(redirect) = redirect {
-        return Ok(RuleAction { filters, timeouts, action: Action::Redirect(redirect) });
+        return Ok(RuleAction { filters, timeouts, retry: None, action: Action::Redirect(redirect) });
     }
     let refs = spec.backend_refs.as_deref().unwrap_or_default();
     let mut backends = Vec::with_capacity(refs.len());
@@ -449,7 +454,7 @@ fn compile_action(
             },
         }),
     };
-    Ok(RuleAction { filters, timeouts, action })
+    Ok(RuleAction { filters, timeouts, retry, action })
 }
 
 /// The mirrors of a rule whose backendRefs resolve; the others are dropped
@@ -618,6 +623,40 @@ fn compile_timeouts(t: Option<&api::Timeouts>) -> Result<Timeouts, String> {
         return Err(format!("timeouts.backendRequest ({backend:?}) is longer than timeouts.request ({request:?})"));
     }
     Ok(timeouts)
+}
+
+/// Retries after the first attempt when `retry.attempts` is not given
+/// ("implementation-specific").
+const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+/// The least wait between attempts when `retry.backoff` is not given.
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// A rule's `retry`: status codes 400 to 599 (the CRD's range), `attempts`
+/// at least 1, `backoff` a Gateway API duration.
+fn compile_retry(r: &api::Retry) -> Result<Retry, String> {
+    let mut codes = Vec::new();
+    for &code in r.codes.iter().flatten() {
+        let status = u16::try_from(code)
+            .ok()
+            .filter(|c| (400..=599).contains(c))
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("retry.codes: {code} is not a status code from 400 to 599"))?;
+        if !codes.contains(&status) {
+            codes.push(status);
+        }
+    }
+    let attempts = match r.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("retry.attempts {n} is not a count from 1 to {}", u32::MAX))?,
+    };
+    let backoff = match &r.backoff {
+        None => DEFAULT_RETRY_BACKOFF,
+        Some(v) => duration::parse(v).map_err(|e| format!("retry.backoff {v:?} is not a Gateway API duration: {e}"))?,
+    };
+    Ok(Retry { codes, attempts, backoff })
 }
 
 fn compile_matches(matches: Option<&[RouteMatch]>) -> Result<Vec<RequestMatch>, String> {

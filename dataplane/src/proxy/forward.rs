@@ -3,25 +3,22 @@
 //! scale-to-zero gate on a gated route), rewrite the request, send it within
 //! the rule's timeouts, and pass the response or the upgraded stream back.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use agimo_shared::cors::Cors;
 use agimo_shared::filters::{Redirect, RedirectRequest};
 use agimo_shared::hostname::normalize_host;
-use agimo_shared::snapshot::{Action, Backend, BackendTarget, Backends, WeightedBackend};
+use agimo_shared::snapshot::{Action, Backends, Rule, WeightedBackend};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use tokio::net::TcpStream;
 
+use super::attempt::{Target, choose, send};
 use super::error::ProxyError;
-use super::gate;
-use super::headers::{prepare_upstream_request, strip_hop_by_hop};
+use super::headers::{is_upgrade, prepare_upstream_request, strip_hop_by_hop};
+use super::retry;
 use super::route::{Routed, request_authority};
 use super::state::{ConnInfo, Proxy};
 use crate::activity::OpenConnection;
-use crate::upstream::UpstreamError;
 use crate::upstream::body::{Body, RequestBody, RequestGuard};
 
 /// Answers or forwards a routed request.
@@ -86,15 +83,6 @@ fn redirect(conn: &ConnInfo, req: &Request<RequestBody>, redirect: &Redirect, li
     response
 }
 
-/// Where a request goes: its backendRef, backend and endpoint, and the
-/// connection the gate made to it, if it made one.
-struct Target<'r> {
-    chosen: &'r WeightedBackend,
-    backend: Arc<Backend>,
-    endpoint: SocketAddr,
-    connected: Option<TcpStream>,
-}
-
 async fn forward(
     proxy: &Proxy,
     conn: &ConnInfo,
@@ -107,7 +95,15 @@ async fn forward(
     let rule = &routed.rule;
     // Before the backend is chosen: a mirror's copy does not depend on it.
     super::mirror::start(proxy, conn, rule, &mut req);
-    let target = choose(proxy, routed, backends, &req, started, guard).await?;
+    if let Some(retry) = &rule.retry
+        && !is_upgrade(req.headers())
+    {
+        // Boxed: only requests on rules with a retry pay for its state.
+        let (chosen, response) =
+            Box::pin(retry::forward(proxy, conn, req, routed, backends, retry, started, guard)).await?;
+        return Ok(respond(chosen, rule, response));
+    }
+    let target = choose(proxy, routed, backends, &req, started, guard, None).await?;
     let upgrade = prepare_upstream_request(&mut req, conn, &[&rule.filters, &target.chosen.filters]);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     let Target { chosen, backend, endpoint, connected } = target;
@@ -122,107 +118,19 @@ async fn forward(
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
+    Ok(respond(chosen, rule, response))
+}
+
+/// A backend's response as the client gets it: hop-by-hop headers removed,
+/// the response filters applied, the backendRef's first, then the rule's.
+fn respond(chosen: &WeightedBackend, rule: &Rule, mut response: Response<Body>) -> Response<Body> {
     strip_hop_by_hop(response.headers_mut(), false);
-    // Response filters: the backendRef's first, then the rule's.
     for filters in [&chosen.filters, &rule.filters] {
         if let Some(modifier) = &filters.response_headers {
             modifier.apply(response.headers_mut());
         }
     }
-    Ok(response)
-}
-
-/// Picks the backendRef by weight, and an endpoint: at once on a route
-/// without the gate; on a gated route, one the upstream has a connection
-/// to, or one the gate connects to, waiting for a ready replica if there is
-/// none ([`gate::admit`]). The request counts as active from here.
-async fn choose<'r>(
-    proxy: &'r Proxy,
-    routed: &'r Routed,
-    backends: &'r Backends,
-    req: &Request<RequestBody>,
-    started: Instant,
-    guard: &mut RequestGuard,
-) -> Result<Target<'r>, ProxyError> {
-    let Routed { stats, rule, .. } = routed;
-    let chosen = backends.pick(fastrand::u64(0..backends.total_weight()));
-    let backend = match &chosen.target {
-        BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
-        BackendTarget::Service(backend) => backend.clone(),
-    };
-    let first = (!backend.endpoints.is_empty()).then(|| backend.endpoints[fastrand::usize(0..backend.endpoints.len())]);
-    let Some(gate) = &rule.gate else {
-        let endpoint = first.ok_or_else(|| ProxyError::NoReadyEndpoints { backend: backend.id.clone() })?;
-        guard.active = Some(stats.active());
-        return Ok(Target { chosen, backend, endpoint, connected: None });
-    };
-    // Scale-to-zero: the request goes to an endpoint the upstream has a
-    // connection to, or makes one to first.
-    let by_hyper = !crate::upstream::by_h1(req);
-    if let Some(endpoint) = first
-        && proxy.upstream.has_connection(backend.protocol, by_hyper, endpoint)
-    {
-        guard.active = Some(stats.active());
-        return Ok(Target { chosen, backend, endpoint, connected: None });
-    }
-    let gated = gate::Gated { proxy, rule, gate, backends, host: stats, started, hyper: by_hyper };
-    let first = first.map(|endpoint| (chosen, backend, endpoint));
-    // Boxed: only requests that connect here pay for its state.
-    let admitted = Box::pin(gate::admit(&gated, first)).await?;
-    guard.active = Some(admitted.active);
-    Ok(Target {
-        chosen: admitted.chosen,
-        backend: admitted.backend,
-        endpoint: admitted.endpoint,
-        connected: admitted.connected,
-    })
-}
-
-/// Sends the request to `endpoint` (on the gate's connection if it made
-/// one) within the rule's timeouts: the request timeout counts from when
-/// the request arrived, the backend one from when it is sent.
-async fn send(
-    proxy: &Proxy,
-    routed: &Routed,
-    backend: &Backend,
-    endpoint: SocketAddr,
-    connected: Option<TcpStream>,
-    req: Box<Request<RequestBody>>,
-    started: Instant,
-) -> Result<Response<Body>, ProxyError> {
-    let timeouts = &routed.rule.timeouts;
-    let upstream = &proxy.upstream;
-    // The send is made in each arm: one made before the match would take
-    // room in this future for every arm's copy of it.
-    let sent = match (timeouts.request, timeouts.backend_request) {
-        (None, None) => match connected {
-            None => upstream.send(backend.protocol, endpoint, req).await,
-            // Boxed: only requests the gate connected pay for its state.
-            Some(stream) => Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req)).await,
-        },
-        (request, backend_request) => {
-            let now = tokio::time::Instant::now();
-            let request_deadline = request.map(|t| tokio::time::Instant::from_std(started + t));
-            let backend_deadline = backend_request.map(|t| now + t);
-            let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
-            let sent = match connected {
-                None => tokio::time::timeout_at(deadline, upstream.send(backend.protocol, endpoint, req)).await,
-                Some(stream) => {
-                    let send_on = Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req));
-                    tokio::time::timeout_at(deadline, send_on).await
-                }
-            };
-            sent.map_err(|_| {
-                let which = if request_deadline == Some(deadline) { "request" } else { "backendRequest" };
-                ProxyError::Timeout { backend: backend.id.clone(), timeout: which }
-            })?
-        }
-    };
-    sent.map_err(|e| match e {
-        UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
-        UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
-        UpstreamError::RequestBody(source) => ProxyError::InvalidRequestBody { source },
-    })
+    response
 }
 
 /// Copies an upgraded connection (a websocket) both ways until either side
@@ -249,6 +157,8 @@ async fn tunnel<G>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use agimo_shared::snapshot::{Filters, ObjectRef, Protocol, Rejection, Rule, Timeouts};
 
     use super::*;
@@ -268,6 +178,7 @@ mod tests {
                 name: None,
                 filters: Filters::default(),
                 timeouts: Timeouts::default(),
+                retry: None,
                 gate: None,
                 action: Action::Reject(Rejection { status, reason: "why".into() }),
             });

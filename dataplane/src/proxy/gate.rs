@@ -153,11 +153,20 @@ pub(crate) struct Admitted<'r> {
 /// rule's request timeout. From its first failed connect to its connection,
 /// a request that was not held counts as held: as pending, and against
 /// `max-pending`.
+///
+/// A retry ([`super::retry`]) comes back with the request's [`Active`]
+/// count, which moves to pending if the request is held again (never both),
+/// and the endpoint that failed it, which it avoids where there is another.
 pub(crate) async fn admit<'r>(
     g: &Gated<'r>,
     mut next: Option<(&'r WeightedBackend, Arc<Backend>, SocketAddr)>,
+    retry: Option<(Active, SocketAddr)>,
 ) -> Result<Admitted<'r>, ProxyError> {
     let mut admission = Admission::new(g);
+    if let Some((active, failed)) = retry {
+        admission.active = Some(active);
+        admission.avoid = Some(failed);
+    }
     loop {
         let (chosen, backend, endpoint) = match next.take() {
             Some(next) => next,
@@ -196,6 +205,8 @@ struct Admission<'g, 'r> {
     attempts: u32,
     delay: Duration,
     failed: Option<Failed>,
+    /// The endpoint a retried request failed on.
+    avoid: Option<SocketAddr>,
     first_failure: Option<Instant>,
 }
 
@@ -217,6 +228,7 @@ impl<'g, 'r> Admission<'g, 'r> {
             attempts: 0,
             delay: FIRST_RETRY_DELAY,
             failed: None,
+            avoid: None,
             first_failure: None,
         }
     }
@@ -231,9 +243,7 @@ impl<'g, 'r> Admission<'g, 'r> {
             // Another backendRef of the rule has a ready endpoint: it serves at once.
             Some((i, backend)) => (&g.backends.backends[i], backend),
             None => {
-                if self.held.is_none() {
-                    self.held = Some(g.hold()?);
-                }
+                self.hold()?;
                 tracing::debug!(route = %g.rule.route, host = %g.host.label(), "no ready endpoint: holding the request");
                 match g.wait(&mut self.swaps, self.deadline).await {
                     Ok(found) => found,
@@ -241,9 +251,9 @@ impl<'g, 'r> Admission<'g, 'r> {
                 }
             }
         };
-        let endpoint = pick_endpoint(&backend, self.failed.as_ref().map(|(_, _, endpoint)| *endpoint));
+        let endpoint = pick_endpoint(&backend, self.failed.as_ref().map(|(_, _, endpoint)| *endpoint).or(self.avoid));
         if self.attempts == 0 && g.proxy.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
-            let active = g.host.active();
+            let active = self.active.take().unwrap_or_else(|| g.host.active());
             return Ok(Next::Open(Admitted { chosen, backend, endpoint, connected: None, active }));
         }
         Ok(Next::Connect(chosen, backend, endpoint))
@@ -293,10 +303,7 @@ impl<'g, 'r> Admission<'g, 'r> {
     async fn back_off(&mut self, failed: Failed) -> Result<(), ProxyError> {
         let g = self.g;
         self.first_failure.get_or_insert_with(Instant::now);
-        if self.held.is_none() {
-            self.held = Some(g.hold()?);
-            self.active = None;
-        }
+        self.hold()?;
         let now = tokio::time::Instant::now();
         if now >= self.deadline {
             return Err(self.give_up(failed));
@@ -322,6 +329,16 @@ impl<'g, 'r> Admission<'g, 'r> {
         }
         self.delay = (self.delay * 3 / 2).min(MAX_RETRY_DELAY);
         self.failed = Some(failed);
+        Ok(())
+    }
+
+    /// Counts the request as held (pending) from here, and no longer as
+    /// active: a request is one or the other.
+    fn hold(&mut self) -> Result<(), ProxyError> {
+        if self.held.is_none() {
+            self.held = Some(self.g.hold()?);
+            self.active = None;
+        }
         Ok(())
     }
 
@@ -383,7 +400,7 @@ impl<'r> Gated<'r> {
 
 /// One of `backend`'s endpoints at random; another than `avoid` if it has
 /// another.
-fn pick_endpoint(backend: &Backend, avoid: Option<SocketAddr>) -> SocketAddr {
+pub(super) fn pick_endpoint(backend: &Backend, avoid: Option<SocketAddr>) -> SocketAddr {
     let endpoints = &backend.endpoints;
     let i = fastrand::usize(0..endpoints.len());
     if Some(endpoints[i]) == avoid && endpoints.len() > 1 {
@@ -401,7 +418,61 @@ fn jittered(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use agimo_shared::snapshot::{Action, Filters, ObjectRef, Timeouts};
+
     use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    /// A retried request comes back to the gate counted as active; held
+    /// again (its endpoint refuses connects), it counts as pending instead,
+    /// never as both.
+    #[tokio::test]
+    async fn a_retried_request_held_again_moves_from_active_to_pending() {
+        let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = refusing.local_addr().unwrap();
+        drop(refusing);
+        let proxy = Proxy::new(Config::default(), Metrics::new());
+        let backend =
+            Arc::new(Backend { id: "default/app:80".into(), endpoints: vec![endpoint], protocol: Default::default() });
+        let backends = Backends::new(vec![WeightedBackend {
+            weight: 1,
+            target: BackendTarget::Service(backend.clone()),
+            filters: Filters::default(),
+        }])
+        .unwrap();
+        let gate = Gate { wait_timeout: Duration::from_millis(300), max_pending: 10 };
+        let rule = Rule {
+            route: ObjectRef { namespace: "default".into(), name: "r".into() },
+            index: 0,
+            name: None,
+            filters: Filters::default(),
+            timeouts: Timeouts::default(),
+            retry: None,
+            gate: Some(gate.clone()),
+            action: Action::Forward(backends.clone()),
+        };
+        let host = proxy.metrics.host("app.example");
+        let g = Gated {
+            proxy: &proxy,
+            rule: &rule,
+            gate: &gate,
+            backends: &backends,
+            host: &host,
+            started: Instant::now(),
+            hyper: false,
+        };
+        let active = host.active();
+        assert_eq!((host.in_flight(), host.pending()), (1, 0));
+        let check = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (host.in_flight(), host.pending())
+        };
+        let (admitted, during) = tokio::join!(admit(&g, None, Some((active, endpoint))), check);
+        assert_eq!(during, (0, 1), "(active, pending) while held again");
+        assert!(matches!(admitted, Err(ProxyError::ConnectWaitTimeout(_))));
+        assert_eq!((host.in_flight(), host.pending()), (0, 0));
+    }
 
     fn backend(endpoints: &[&str]) -> Backend {
         Backend {

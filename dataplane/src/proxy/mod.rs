@@ -7,14 +7,19 @@
 //!  handle ──► route (path, host, listener, rule) ──► forward::apply ──► choose ──► gate (held, connect)
 //!    │                                                    ├──► mirror (copies, fire and forget)
 //!    │                                                    │               └──► headers (rewrite)
-//!    └── errors → responses (error)                       └──► send (timeouts) ──► upstream
+//!    └── errors → responses (error)                       ├──► send (timeouts) ──► upstream
+//!                                                         └──► retry: choose and send again (a rule's `retry`)
 //! ```
+//!
+//! `choose` and `send` (one attempt) are [`attempt`]'s.
 
+mod attempt;
 mod error;
 mod forward;
 mod gate;
 mod headers;
 mod mirror;
+mod retry;
 mod route;
 mod state;
 

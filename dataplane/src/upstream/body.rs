@@ -10,7 +10,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::pool::Pooled;
-pub use super::request::{BodyTooLarge, RequestBody, RequestBodyError, Tee};
+pub use super::request::{BodyTooLarge, KeptBody, RequestBody, RequestBodyError, Tee};
 use crate::activity::InFlight;
 use crate::base::BoxError;
 use crate::http1::client as h1;

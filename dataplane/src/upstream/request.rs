@@ -1,6 +1,7 @@
 //! A request's body as the upstream sends it, the copy of it that mirrors
 //! get ([`Tee`]), and the error that says the client, not the backend,
-//! broke it.
+//! broke it. A body can be kept in memory up to a limit
+//! ([`RequestBody::keep`]), so that a retry can send it again.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,15 +12,20 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 /// A request's body: the one hyper read from the client, that body copied
-/// on its way for mirrors, a body held whole (a mirror's copy), or none (a
-/// request read by Agimo's own HTTP/1.1 server, [`crate::http1::server`],
-/// which takes only requests without a body).
+/// on its way for mirrors, a body held in memory (a mirror's copy, a body
+/// kept for retries), or none (a request read by Agimo's own HTTP/1.1
+/// server, [`crate::http1::server`], which takes only requests without a
+/// body).
 #[derive(Default)]
 pub enum RequestBody {
     Incoming(Incoming),
     Teed(Box<Tee>),
-    /// `None` once sent.
-    Full(Option<Bytes>),
+    /// A body held whole in memory, sent from there: its data, then its
+    /// trailers (each `None` once sent).
+    Kept(Option<Bytes>, Option<http::HeaderMap>),
+    /// The start of a body read into memory, then the rest as it comes: a
+    /// body longer than the limit [`RequestBody::keep`] was given.
+    Prefixed(Option<Bytes>, Box<RequestBody>),
     #[default]
     Empty,
 }
@@ -27,7 +33,57 @@ pub enum RequestBody {
 impl RequestBody {
     /// A body held whole; an empty one is no body.
     pub fn full(bytes: Bytes) -> Self {
-        if bytes.is_empty() { RequestBody::Empty } else { RequestBody::Full(Some(bytes)) }
+        if bytes.is_empty() { RequestBody::Empty } else { RequestBody::Kept(Some(bytes), None) }
+    }
+
+    /// Reads the body into memory if it ends within `limit` bytes:
+    /// `Ok(kept)`; else `Err(body)`, a body that sends what was read, then
+    /// the rest as it comes. A body that breaks on the way is the client's
+    /// error.
+    pub async fn keep(mut self, limit: usize) -> Result<Result<KeptBody, RequestBody>, RequestBodyError> {
+        match self {
+            RequestBody::Kept(data, trailers) => {
+                return Ok(Ok(KeptBody { data: data.unwrap_or_default(), trailers }));
+            }
+            RequestBody::Empty => return Ok(Ok(KeptBody::default())),
+            RequestBody::Prefixed(..) => return Ok(Err(self)),
+            RequestBody::Incoming(_) | RequestBody::Teed(_) => {}
+        }
+        let mut data = BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut self).await {
+            match frame?.into_data() {
+                Ok(chunk) => {
+                    data.extend_from_slice(&chunk);
+                    if data.len() > limit {
+                        return Ok(Err(RequestBody::Prefixed(Some(data.freeze()), Box::new(self))));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers.get_or_insert_with(http::HeaderMap::new).extend(t);
+                    }
+                }
+            }
+        }
+        Ok(Ok(KeptBody { data: data.freeze(), trailers }))
+    }
+}
+
+/// A body read whole by [`RequestBody::keep`]: what a retry sends again.
+#[derive(Clone, Debug, Default)]
+pub struct KeptBody {
+    pub data: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl KeptBody {
+    /// A body that sends this one again.
+    pub fn body(&self) -> RequestBody {
+        if self.data.is_empty() && self.trailers.is_none() {
+            return RequestBody::Empty;
+        }
+        RequestBody::Kept((!self.data.is_empty()).then(|| self.data.clone()), self.trailers.clone())
     }
 }
 
@@ -143,7 +199,14 @@ impl http_body::Body for RequestBody {
         match self.get_mut() {
             RequestBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(RequestBodyError),
             RequestBody::Teed(body) => Pin::new(&mut **body).poll_frame(cx).map_err(RequestBodyError),
-            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Kept(data, trailers) => match data.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            RequestBody::Prefixed(prefix, rest) => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -152,7 +215,8 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Incoming(body) => body.is_end_stream(),
             RequestBody::Teed(body) => body.is_end_stream(),
-            RequestBody::Full(bytes) => bytes.is_none(),
+            RequestBody::Kept(data, trailers) => data.is_none() && trailers.is_none(),
+            RequestBody::Prefixed(prefix, rest) => prefix.is_none() && rest.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -161,7 +225,17 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Incoming(body) => body.size_hint(),
             RequestBody::Teed(body) => body.size_hint(),
-            RequestBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Kept(data, _) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestBody::Prefixed(prefix, rest) => {
+                let prefix = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + prefix);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + prefix);
+                }
+                hint
+            }
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
