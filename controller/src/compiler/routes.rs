@@ -15,6 +15,7 @@ use agimo_shared::snapshot::{
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use super::backend_tls::ClientCertificate;
 use super::backends::{BackendRefSpec, BackendResolver};
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
@@ -41,27 +42,46 @@ pub fn attach_all(
         if parents.is_empty() {
             continue;
         }
-        let compiled = compile_route(key, route, &mut resolver);
+        // Compiled once per backend client certificate among its Gateways
+        // (usually one): what a backend's TLS presents depends on it.
+        let mut by_client: BTreeMap<Option<ObjectRef>, CompiledRoute> = BTreeMap::new();
+        for &(_, g) in &parents {
+            let client = gateways[g].backend_client.as_ref().and_then(|c| c.as_ref().ok());
+            if let std::collections::btree_map::Entry::Vacant(slot) = by_client.entry(client.map(|c| c.secret.clone()))
+            {
+                slot.insert(compile_route(key, route, &mut resolver, client));
+            }
+            for service in resolver.take_services() {
+                resolver.policies.used_by(&service, &gateways[g].key);
+            }
+        }
+        let compiled_for = |g: &GatewayModel<'_>| {
+            let client = g.backend_client.as_ref().and_then(|c| c.as_ref().ok()).map(|c| c.secret.clone());
+            &by_client[&client]
+        };
         let gate = scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), in_force);
         // Gateway → the listeners the route attaches to.
         let mut attached: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut parent_statuses = Vec::with_capacity(parents.len());
         for (parent, g) in parents {
-            let outcome = attach(world, &gateways[g], key, &compiled, parent);
+            let compiled = compiled_for(&gateways[g]);
+            let outcome = attach(world, &gateways[g], key, compiled, parent);
             if let Ok(listeners) = &outcome {
                 attached.entry(g).or_default().extend(listeners);
             }
             let (gw, generation) = (&gateways[g], route.metadata.generation);
-            parent_statuses.push(parent_status(world, gw, parent, &compiled, &gate, outcome.map(drop), generation));
+            parent_statuses.push(parent_status(world, gw, parent, compiled, &gate, outcome.map(drop), generation));
         }
         for (g, listeners) in attached {
-            let rules = gated_rules(&compiled, &gate, &gateways[g].gate);
+            let compiled = compiled_for(&gateways[g]);
+            let rules = gated_rules(compiled, &gate, &gateways[g].gate);
             for l in listeners {
-                insert_routes(&mut gateways[g].listeners[l], key, &compiled, &rules);
+                insert_routes(&mut gateways[g].listeners[l], key, compiled, &rules);
             }
         }
         statuses.http_routes.insert(key.clone(), parent_statuses);
     }
+    statuses.backend_tls_policies = resolver.policies.statuses(&world.controller_name);
 }
 
 /// The parentRefs of a route that name one of our Gateways, each with the
@@ -271,7 +291,12 @@ impl CompiledRoute {
     }
 }
 
-fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResolver<'_>) -> CompiledRoute {
+fn compile_route(
+    key: &ObjectRef,
+    route: &HttpRoute,
+    resolver: &mut BackendResolver<'_>,
+    client: Option<&ClientCertificate>,
+) -> CompiledRoute {
     let mut compiled = CompiledRoute {
         created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         hostnames: Vec::new(),
@@ -301,7 +326,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
             }
         };
         let RuleAction { filters, timeouts, action } =
-            match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
+            match compile_action(key, spec, &matches, resolver, client, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
                     compiled.invalid_rules.push(format!("rule {index} (answers 500): {why}"));
@@ -345,6 +370,7 @@ fn compile_action(
     spec: &api::Rule,
     matches: &[RequestMatch],
     resolver: &mut BackendResolver<'_>,
+    client: Option<&ClientCertificate>,
     backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
@@ -377,6 +403,7 @@ fn compile_action(
                 namespace: r.namespace.as_deref(),
                 port: r.port,
             },
+            client,
         ) {
             Ok(backend) => BackendTarget::Service(backend),
             Err(e) => {

@@ -28,7 +28,10 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use crate::api::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service};
+use crate::api::{
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret,
+    Service,
+};
 use crate::world::World;
 
 /// Objects of one kind, parsed, by namespace and name.
@@ -57,6 +60,8 @@ pub struct Stores {
     services: Arc<Cache<Service>>,
     endpoint_slices: Arc<Cache<EndpointSlice>>,
     secrets: Arc<Cache<Secret>>,
+    config_maps: Arc<Cache<ConfigMap>>,
+    backend_tls_policies: Arc<Cache<BackendTlsPolicy>>,
     namespaces: Arc<Cache<Namespace>>,
     changed: Arc<Notify>,
 }
@@ -65,9 +70,9 @@ impl Stores {
     /// Checks that the Gateway API CRDs are installed (waiting for them if
     /// not), then starts a watch per kind.
     pub async fn start(client: Client) -> Stores {
-        let reference_grants = loop {
+        let (reference_grants, backend_tls_policies) = loop {
             match required_crds(&client).await {
-                Ok(grants) => break grants,
+                Ok(optional) => break optional,
                 Err(e) => {
                     tracing::error!(error = %e, "waiting for the Gateway API CRDs; install them with \
                         `kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/<version>/standard-install.yaml`");
@@ -83,6 +88,8 @@ impl Stores {
             services: Cache::new(),
             endpoint_slices: Cache::new(),
             secrets: Cache::new(),
+            config_maps: Cache::new(),
+            backend_tls_policies: Cache::new(),
             namespaces: Cache::new(),
             changed: Arc::new(Notify::new()),
         };
@@ -102,6 +109,15 @@ impl Stores {
         // Only TLS Secrets can be certificateRefs; other Secrets are not read.
         let tls = all.clone().fields("type=kubernetes.io/tls");
         stores.spawn(&client, &stores.secrets, ApiResource::erase::<Secret>(&()), tls);
+        // ConfigMaps hold the CA certificates of BackendTLSPolicies.
+        stores.spawn(&client, &stores.config_maps, ApiResource::erase::<ConfigMap>(&()), all.clone());
+        match backend_tls_policies {
+            Some(resource) => stores.spawn(&client, &stores.backend_tls_policies, resource, all.clone()),
+            None => {
+                tracing::warn!("the BackendTLSPolicy CRD is not installed: Agimo speaks plain HTTP to every backend");
+                stores.backend_tls_policies.ready.send_replace(true);
+            }
+        }
         stores.spawn(&client, &stores.namespaces, ApiResource::erase::<Namespace>(&()), all);
         stores
     }
@@ -126,6 +142,8 @@ impl Stores {
         ready(&self.services).await;
         ready(&self.endpoint_slices).await;
         ready(&self.secrets).await;
+        ready(&self.config_maps).await;
+        ready(&self.backend_tls_policies).await;
         ready(&self.namespaces).await;
     }
 
@@ -152,6 +170,8 @@ impl Stores {
             services: self.services.snapshot(),
             endpoint_slices: self.endpoint_slices.snapshot(),
             secrets: self.secrets.snapshot(),
+            config_maps: self.config_maps.snapshot(),
+            backend_tls_policies: self.backend_tls_policies.snapshot(),
             namespaces: by_name(self.namespaces.snapshot()),
             ..World::default()
         }
@@ -159,8 +179,9 @@ impl Stores {
 }
 
 /// Checks the Gateway API kinds Agimo needs are served. Returns the
-/// ReferenceGrant resource to watch (v1, else v1beta1), if any.
-async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
+/// ReferenceGrant resource to watch (v1, else v1beta1), if any, and the
+/// BackendTLSPolicy one (v1), if served.
+async fn required_crds(client: &Client) -> anyhow::Result<(Option<ApiResource>, Option<ApiResource>)> {
     let group = kube::discovery::oneshot::group(client, crate::api::GATEWAY_GROUP).await?;
     let find = |kind: &str| -> Option<(ApiResource, ApiCapabilities)> {
         group.versioned_resources("v1").into_iter().find(|(r, _)| r.kind == kind)
@@ -170,9 +191,10 @@ async fn required_crds(client: &Client) -> anyhow::Result<Option<ApiResource>> {
             anyhow::bail!("{kind} {}/v1 is not served", crate::api::GATEWAY_GROUP);
         }
     }
-    Ok(find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
+    let grants = find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
         group.versioned_resources("v1beta1").into_iter().find(|(r, _)| r.kind == "ReferenceGrant").map(|(r, _)| r)
-    }))
+    });
+    Ok((grants, find("BackendTLSPolicy").map(|(r, _)| r)))
 }
 
 /// How long a failed watch waits before trying again: from 500 ms,

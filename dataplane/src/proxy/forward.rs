@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use agimo_shared::filters::{Redirect, RedirectRequest};
 use agimo_shared::hostname::normalize_host;
-use agimo_shared::snapshot::{Action, Backend, BackendTarget, Backends, WeightedBackend};
+use agimo_shared::snapshot::{Action, Backend, BackendTarget, BackendTls, Backends, WeightedBackend};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
@@ -119,6 +119,9 @@ async fn choose<'r>(
         BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
         BackendTarget::Service(backend) => backend.clone(),
     };
+    if let Some(BackendTls::Invalid(reason)) = &backend.tls {
+        return Err(ProxyError::InvalidBackend { reason: reason.clone() });
+    }
     let first = (!backend.endpoints.is_empty()).then(|| backend.endpoints[fastrand::usize(0..backend.endpoints.len())]);
     let Some(gate) = &rule.gate else {
         let endpoint = first.ok_or_else(|| ProxyError::NoReadyEndpoints { backend: backend.id.clone() })?;
@@ -129,7 +132,7 @@ async fn choose<'r>(
     // connection to, or makes one to first.
     let by_hyper = !crate::upstream::by_h1(req);
     if let Some(endpoint) = first
-        && proxy.upstream.has_connection(backend.protocol, by_hyper, endpoint)
+        && proxy.upstream.has_connection(backend.protocol, backend.origination(), by_hyper, endpoint)
     {
         guard.active = Some(stats.active());
         return Ok(Target { chosen, backend, endpoint, connected: None });
@@ -165,9 +168,11 @@ async fn send(
     // room in this future for every arm's copy of it.
     let sent = match (timeouts.request, timeouts.backend_request) {
         (None, None) => match connected {
-            None => upstream.send(backend.protocol, endpoint, req).await,
+            None => upstream.send(backend.protocol, backend.origination(), endpoint, req).await,
             // Boxed: only requests the gate connected pay for its state.
-            Some(stream) => Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req)).await,
+            Some(stream) => {
+                Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req)).await
+            }
         },
         (request, backend_request) => {
             let now = tokio::time::Instant::now();
@@ -175,9 +180,16 @@ async fn send(
             let backend_deadline = backend_request.map(|t| now + t);
             let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
             let sent = match connected {
-                None => tokio::time::timeout_at(deadline, upstream.send(backend.protocol, endpoint, req)).await,
+                None => {
+                    tokio::time::timeout_at(
+                        deadline,
+                        upstream.send(backend.protocol, backend.origination(), endpoint, req),
+                    )
+                    .await
+                }
                 Some(stream) => {
-                    let send_on = Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req));
+                    let send_on =
+                        Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req));
                     tokio::time::timeout_at(deadline, send_on).await
                 }
             };
@@ -191,6 +203,7 @@ async fn send(
         UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
         UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
         UpstreamError::RequestBody(source) => ProxyError::InvalidRequestBody { source },
+        UpstreamError::Tls(source) => ProxyError::UpstreamTls { backend: backend.id.clone(), endpoint, source },
     })
 }
 
