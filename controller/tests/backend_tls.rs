@@ -286,3 +286,22 @@ async fn of_two_policies_for_one_service_port_the_oldest_wins_and_the_other_is_c
     assert_eq!(policy_conditions(&statuses, "b-second")[0], cond("Accepted", "False", "Conflicted"));
     assert_eq!(get(&agimo, "/secure").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_h2c_service_port_with_a_policy_gets_http2_over_tls_by_alpn() {
+    let ca = TestCa::new("backend CA");
+    let backend = tls_backend::spawn(&ca.issue(&["abc.example.com"], &[]), None).await;
+    let service = tls_service("secure", &backend)
+        .replace("{name: btls, port: 80}", "{name: btls, port: 80, appProtocol: kubernetes.io/h2c}");
+    let yaml = base(&["secure"])
+        + &service
+        + &ca_config_map("ca", &ca)
+        + &policy("secure", "secure", "ca", "abc.example.com", "");
+    let agimo = Agimo::start(&yaml, &["plain"]).await;
+    for _ in 0..2 {
+        let reply = get(&agimo, "/secure").await;
+        assert_eq!(reply.status, 200, "{}", text(&reply));
+        let seen = text(&reply);
+        assert!(seen.contains("alpn=h2\n") && seen.contains("version=HTTP/2.0\n"), "{seen}");
+    }
+}
