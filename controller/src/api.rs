@@ -3,6 +3,11 @@
 //! Everything else in the controller imports from here, so a crate upgrade
 //! (or generating our own types from newer CRDs) touches this file only.
 
+pub use gateway_api::backendtlspolicies::{
+    BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors as PolicyAncestorStatus,
+    BackendTlsPolicyStatusAncestorsAncestorRef as PolicyAncestorRef,
+    BackendTlsPolicyValidationSubjectAltNamesType as SubjectAltNameType,
+};
 pub use gateway_api::experimental::gatewayclasses::{
     GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures as SupportedFeature,
 };
@@ -38,7 +43,7 @@ pub use gateway_api::experimental::listenersets::{
 };
 pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 
-pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
+pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 pub use k8s_openapi::jiff::Timestamp;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, ListenerSet, Namespace, ObjectMeta,
-    ReferenceGrant, Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, ListenerSet,
+    Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -29,6 +29,8 @@ pub struct World {
     pub services: BTreeMap<ObjectRef, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectRef, Arc<Secret>>,
+    pub config_maps: BTreeMap<ObjectRef, Arc<ConfigMap>>,
+    pub backend_tls_policies: BTreeMap<ObjectRef, Arc<BackendTlsPolicy>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Addresses assigned to Gateways that do not request one in
     /// `spec.addresses` (by an address pool, in Kubernetes mode).
@@ -73,6 +75,8 @@ pub enum Resource {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    ConfigMap(ConfigMap),
+    BackendTlsPolicy(BackendTlsPolicy),
     Namespace(Namespace),
 }
 
@@ -87,6 +91,8 @@ impl Resource {
             Resource::Service(_) => "Service",
             Resource::EndpointSlice(_) => "EndpointSlice",
             Resource::Secret(_) => "Secret",
+            Resource::ConfigMap(_) => "ConfigMap",
+            Resource::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Resource::Namespace(_) => "Namespace",
         }
     }
@@ -105,6 +111,8 @@ impl Resource {
             Resource::Service(o) => &o.metadata,
             Resource::EndpointSlice(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
+            Resource::ConfigMap(o) => &o.metadata,
+            Resource::BackendTlsPolicy(o) => &o.metadata,
             Resource::Namespace(o) => &o.metadata,
         }
     }
@@ -119,6 +127,8 @@ impl Resource {
             Resource::Service(o) => &mut o.metadata,
             Resource::EndpointSlice(o) => &mut o.metadata,
             Resource::Secret(o) => &mut o.metadata,
+            Resource::ConfigMap(o) => &mut o.metadata,
+            Resource::BackendTlsPolicy(o) => &mut o.metadata,
             Resource::Namespace(o) => &mut o.metadata,
         }
     }
@@ -136,6 +146,8 @@ impl Default for World {
             services: BTreeMap::new(),
             endpoint_slices: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
+            backend_tls_policies: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             assigned_addresses: BTreeMap::new(),
             exposed: None,
@@ -169,6 +181,8 @@ impl World {
             Resource::Service(o) => put(&mut self.services, key, o),
             Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             Resource::Secret(o) => put(&mut self.secrets, key, o),
+            Resource::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            Resource::BackendTlsPolicy(o) => put(&mut self.backend_tls_policies, key, o),
         }
     }
 
@@ -183,6 +197,8 @@ impl World {
         self.services.clear();
         self.endpoint_slices.clear();
         self.secrets.clear();
+        self.config_maps.clear();
+        self.backend_tls_policies.clear();
         self.namespaces.clear();
     }
 

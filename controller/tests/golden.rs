@@ -35,6 +35,7 @@ macro_rules! golden {
 }
 
 golden! {
+    backendtlspolicy_statuses,
     gateway_addresses,
     gateway_invalid_listener_does_not_conflict,
     gateway_invalid_parameters_ref,

@@ -526,10 +526,65 @@ pub struct Backend {
     pub id: String,
     pub endpoints: Vec<SocketAddr>,
     pub protocol: BackendProtocol,
+    /// TLS to the backend, from the BackendTLSPolicy that targets its
+    /// Service port; `None`: plain text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+impl Backend {
+    /// The TLS to speak to it, when its policy is valid.
+    pub fn origination(&self) -> Option<&TlsOrigination> {
+        match &self.tls {
+            Some(BackendTls::Origination(tls)) => Some(tls),
+            _ => None,
+        }
+    }
+}
+
+/// How Agimo speaks TLS to a backend, from a BackendTLSPolicy.
+#[derive(Clone, Debug, Serialize)]
+pub enum BackendTls {
+    /// Verified TLS, as the policy says.
+    Origination(Arc<TlsOrigination>),
+    /// The policy cannot be used (its CA certificates cannot be resolved):
+    /// requests that pick this backend get a 500 with this reason, and
+    /// nothing goes to it in plain text.
+    Invalid(String),
+}
+
+/// A compiled BackendTLSPolicy for one backend: what to verify, and the
+/// rustls client configuration that verifies it.
+#[derive(Debug, Serialize)]
+pub struct TlsOrigination {
+    pub policy: ObjectRef,
+    /// The SNI sent, and the name the certificate must hold when no
+    /// subjectAltNames are given.
+    pub hostname: String,
+    /// The policy's subjectAltNames (`Hostname:` or `URI:`), one of which
+    /// the certificate must hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Where the trusted CA certificates come from (ConfigMaps, or the
+    /// system's).
+    pub trust: String,
+    /// The Secret of the certificate presented to the backend, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ObjectRef>,
+    /// Identifies this configuration: connections made with one are never
+    /// pooled with another's, nor with plain ones.
+    #[serde(skip)]
+    pub key: u64,
+    /// Verifies as above, sends `hostname` as SNI, offers ALPN per the
+    /// backend's protocol.
+    #[serde(skip)]
+    pub config: Arc<rustls::ClientConfig>,
+    #[serde(skip)]
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 /// How to speak to a backend, from the Service port's `appProtocol`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum BackendProtocol {
     /// HTTP/1.1 (websocket upgrades included).
     #[default]

@@ -16,4 +16,5 @@ pub mod layers;
 pub mod objects;
 pub mod recorder;
 pub mod tls;
+pub mod tls_backend;
 pub mod wait;

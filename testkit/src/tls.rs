@@ -15,3 +15,35 @@ pub fn self_signed(names: &[&str]) -> TestCert {
         rcgen::generate_simple_self_signed(names).expect("rcgen can sign a certificate");
     TestCert { cert_pem: cert.pem(), key_pem: signing_key.serialize_pem(), der: cert.der().clone() }
 }
+
+/// A certificate authority made at test time, to issue backend and client
+/// certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("a key pair");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("a self-signed CA");
+        TestCa { cert_pem: cert.pem(), der: cert.der().clone(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate for these DNS names and URIs (subjectAltNames), signed
+    /// by this CA.
+    pub fn issue(&self, dns_names: &[&str], uris: &[&str]) -> TestCert {
+        let key = rcgen::KeyPair::generate().expect("a key pair");
+        let names: Vec<String> = dns_names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+        for uri in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI((*uri).try_into().expect("an IA5 URI")));
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("a signed certificate");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+}

@@ -1,11 +1,12 @@
 //! backendRefs → Services → ready EndpointSlice endpoints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use agimo_shared::snapshot::{Backend, BackendProtocol, ObjectRef};
 
+use super::backend_tls::{ClientCertificate, Policies};
 use super::conditions::{Problem, Reason};
 use super::grants;
 use crate::api::{EndpointSlice, SERVICE_NAME_LABEL};
@@ -25,7 +26,11 @@ pub struct BackendRefSpec<'a> {
 pub struct BackendResolver<'w> {
     world: &'w World,
     slices: BTreeMap<ObjectRef, Vec<&'w EndpointSlice>>,
-    resolved: HashMap<(ObjectRef, i32), Arc<Backend>>,
+    resolved: HashMap<(ObjectRef, i32, Option<ObjectRef>), Arc<Backend>>,
+    /// The BackendTLSPolicies, and the Gateways that use each.
+    pub policies: Policies,
+    /// The Services resolved since [`BackendResolver::take_services`].
+    services: BTreeSet<ObjectRef>,
 }
 
 impl<'w> BackendResolver<'w> {
@@ -40,10 +45,27 @@ impl<'w> BackendResolver<'w> {
                     .push(slice);
             }
         }
-        BackendResolver { world, slices, resolved: HashMap::new() }
+        BackendResolver {
+            world,
+            slices,
+            resolved: HashMap::new(),
+            policies: Policies::new(world),
+            services: BTreeSet::new(),
+        }
     }
 
-    pub fn resolve(&mut self, route_namespace: &str, r: &BackendRefSpec<'_>) -> Result<Arc<Backend>, Problem> {
+    /// The Services that backendRefs named (and found) since the last call.
+    pub fn take_services(&mut self) -> BTreeSet<ObjectRef> {
+        std::mem::take(&mut self.services)
+    }
+
+    /// `client`: the certificate the Gateway presents to TLS backends.
+    pub fn resolve(
+        &mut self,
+        route_namespace: &str,
+        r: &BackendRefSpec<'_>,
+        client: Option<&ClientCertificate>,
+    ) -> Result<Arc<Backend>, Problem> {
         let group = r.group.unwrap_or("");
         let kind = r.kind.unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
@@ -72,6 +94,7 @@ impl<'w> BackendResolver<'w> {
         let Some(service) = self.world.services.get(&key) else {
             return Err(Problem::new(Reason::BackendNotFound, format!("Service {key} not found")));
         };
+        self.services.insert(key.clone());
         let Some(port) = r.port else {
             return Err(Problem::new(Reason::BackendNotFound, format!("backendRef to Service {key} has no port")));
         };
@@ -89,25 +112,35 @@ impl<'w> BackendResolver<'w> {
         };
         // "kubernetes.io/h2c" and "kubernetes.io/ws" are the Gateway API's
         // (GEP-1911); a protocol Agimo cannot speak makes the ref invalid.
+        let port_name = service_port.name.as_deref();
         let protocol = match service_port.app_protocol.as_deref() {
             None | Some("http" | "HTTP" | "kubernetes.io/ws") => BackendProtocol::Http1,
             Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+            // HTTPS needs a BackendTLSPolicy to say what to verify.
+            Some("https" | "HTTPS")
+                if self.policies.tls_for(&key, port_name, BackendProtocol::Http1, None).is_some() =>
+            {
+                BackendProtocol::Http1
+            }
             Some(other) => {
                 return Err(Problem::new(
                     Reason::UnsupportedProtocol,
                     format!(
                         "Service {key} port {port} has appProtocol {other:?}; Agimo speaks HTTP/1.1, kubernetes.io/h2c \
-                         and kubernetes.io/ws to backends"
+                         and kubernetes.io/ws to backends, and HTTPS to those a BackendTLSPolicy targets"
                     ),
                 ));
             }
         };
-        let cache_key = (key.clone(), port);
+        let tls = self.policies.tls_for(&key, port_name, protocol, client);
+        // The client certificate matters only to TLS backends.
+        let client = client.filter(|_| tls.is_some()).map(|c| c.secret.clone());
+        let cache_key = (key.clone(), port, client);
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
         }
-        let endpoints = self.ready_endpoints(&key, service_port.name.as_deref().unwrap_or(""));
-        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol });
+        let endpoints = self.ready_endpoints(&key, port_name.unwrap_or(""));
+        let backend = Arc::new(Backend { id: format!("{key}:{port}"), endpoints, protocol, tls });
         self.resolved.insert(cache_key, backend.clone());
         Ok(backend)
     }

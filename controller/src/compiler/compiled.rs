@@ -7,7 +7,7 @@ use agimo_shared::Snapshot;
 use agimo_shared::snapshot::ObjectRef;
 use serde::Serialize;
 
-use crate::api::{GatewayClassStatus, GatewayStatus, ListenerSetStatus, RouteParentStatus};
+use crate::api::{GatewayClassStatus, GatewayStatus, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus};
 
 /// What the compiler says about each resource we own, in the Gateway API's
 /// own status types. Routes list only the `parents` entries for our
@@ -22,6 +22,10 @@ pub struct Statuses {
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
+    /// Our `status.ancestors` entries of each BackendTLSPolicy (the
+    /// Gateways whose routes send to a Service it targets).
+    #[serde(rename = "backendTLSPolicies", skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend_tls_policies: BTreeMap<ObjectRef, Vec<PolicyAncestorStatus>>,
 }
 
 /// What one compile hands the next: the last good value of each

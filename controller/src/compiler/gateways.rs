@@ -10,6 +10,7 @@ use agimo_shared::Snapshot;
 use agimo_shared::hostname::Hostname;
 use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
 
+use super::backend_tls::ClientCertificate;
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
@@ -25,8 +26,11 @@ use crate::world::{Exposed, World, oldest_first};
 /// sorted by name as the spec requires. The conformance run reads this list
 /// from the status, so what is claimed is what is tested.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayBackendClientCertificate",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
@@ -120,6 +124,9 @@ pub struct GatewayModel<'w> {
     pub listener_sets: Vec<ListenerSetModel>,
     /// Scale-to-zero defaults for the Gateway's routes.
     pub gate: GateAnnotations,
+    /// `spec.tls.backend.clientCertificateRef`, if set: the certificate
+    /// presented to TLS backends, or why it cannot be.
+    pub backend_client: Option<Result<ClientCertificate, Problem>>,
 }
 
 /// A listener as the compiler sees it, with what decides its conditions.
@@ -360,7 +367,35 @@ fn build_gateway<'w>(
         listeners,
         listener_sets,
         gate: GateAnnotations::default(),
+        backend_client: backend_client_certificate(world, key, gw, certs),
     }
+}
+
+/// The Gateway's `spec.tls.backend.clientCertificateRef`, resolved as a
+/// listener's certificateRef is (a `kubernetes.io/tls` Secret).
+fn backend_client_certificate(
+    world: &World,
+    key: &ObjectRef,
+    gw: &Gateway,
+    certs: &mut CertificateCache,
+) -> Option<Result<ClientCertificate, Problem>> {
+    let r = gw.spec.tls.as_ref()?.backend.as_ref()?.client_certificate_ref.as_ref()?;
+    let as_certificate_ref = crate::api::CertificateRef {
+        group: r.group.clone(),
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+    };
+    Some(match certs.resolve(world, &key.namespace, &as_certificate_ref) {
+        Ok(c) => Ok(ClientCertificate { secret: c.secret, key: c.key }),
+        Err(mut problem) => {
+            if problem.reason == Reason::InvalidCertificateRef {
+                problem.reason = Reason::InvalidClientCertificateRef;
+            }
+            problem.message = format!("tls.backend.clientCertificateRef: {}", problem.message);
+            Err(problem)
+        }
+    })
 }
 
 /// The IP addresses `spec.addresses` requests, and whether the rest of the
@@ -845,6 +880,19 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
         .map(|l| listener_status(l, gw.accepted.is_ok(), gw.generation))
         .collect();
     let mut conditions = accepted_and_programmed(gw).to_vec();
+    // Only a Gateway with a backend client certificate has Gateway-level
+    // references to resolve.
+    match &gw.backend_client {
+        None => {}
+        Some(Ok(c)) => conditions.push(condition(
+            types::RESOLVED_REFS,
+            true,
+            Reason::ResolvedRefs,
+            format!("the backend client certificate {} is resolved", c.secret),
+            gw.generation,
+        )),
+        Some(Err(problem)) => conditions.push(problem.condition(types::RESOLVED_REFS, false, gw.generation)),
+    }
     if gw.gate.present() {
         conditions.push(scale_to_zero::condition(None, &gw.gate, gw.generation));
     }

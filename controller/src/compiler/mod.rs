@@ -17,6 +17,7 @@
 //! and [`Carryover`] always compile to the same snapshot, statuses and
 //! carryover.
 
+mod backend_tls;
 mod backends;
 mod compiled;
 mod conditions;

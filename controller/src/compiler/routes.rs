@@ -17,6 +17,7 @@ use agimo_shared::snapshot::{
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use super::backend_tls::ClientCertificate;
 use super::backends::{BackendRefSpec, BackendResolver};
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
@@ -43,36 +44,47 @@ pub fn attach_all(
         if parents.is_empty() {
             continue;
         }
-        let compiled = compile_route(key, route, &mut resolver);
+        // Compiled once per backend client certificate among its Gateways
+        // (usually one): what a backend's TLS presents depends on it.
+        let mut by_client: BTreeMap<Option<ObjectRef>, CompiledRoute> = BTreeMap::new();
+        for &(_, g) in &parents {
+            let client = gateways[g].backend_client.as_ref().and_then(|c| c.as_ref().ok());
+            if let std::collections::btree_map::Entry::Vacant(slot) = by_client.entry(client.map(|c| c.secret.clone()))
+            {
+                slot.insert(compile_route(key, route, &mut resolver, client));
+            }
+            for service in resolver.take_services() {
+                resolver.policies.used_by(&service, &gateways[g].key);
+            }
+        }
+        let compiled_for = |g: &GatewayModel<'_>| {
+            let client = g.backend_client.as_ref().and_then(|c| c.as_ref().ok()).map(|c| c.secret.clone());
+            &by_client[&client]
+        };
         let gate = scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), in_force);
         // Gateway → the listeners the route attaches to.
         let mut attached: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut parent_statuses = Vec::with_capacity(parents.len());
         for (parent, g, set) in parents {
-            let outcome = attach(world, (&gateways[g], set.as_ref()), key, &compiled, parent);
+            let compiled = compiled_for(&gateways[g]);
+            let outcome = attach(world, (&gateways[g], set.as_ref()), key, compiled, parent);
             if let Ok(listeners) = &outcome {
                 attached.entry(g).or_default().extend(listeners);
             }
             let (gw, generation) = (&gateways[g], route.metadata.generation);
             let outcome = outcome.map(drop);
-            parent_statuses.push(parent_status(
-                world,
-                (gw, set.as_ref()),
-                parent,
-                &compiled,
-                &gate,
-                outcome,
-                generation,
-            ));
+            parent_statuses.push(parent_status(world, (gw, set.as_ref()), parent, compiled, &gate, outcome, generation));
         }
         for (g, listeners) in attached {
-            let rules = gated_rules(&compiled, &gate, &gateways[g].gate);
+            let compiled = compiled_for(&gateways[g]);
+            let rules = gated_rules(compiled, &gate, &gateways[g].gate);
             for l in listeners {
-                insert_routes(&mut gateways[g].listeners[l], key, &compiled, &rules);
+                insert_routes(&mut gateways[g].listeners[l], key, compiled, &rules);
             }
         }
         statuses.http_routes.insert(key.clone(), parent_statuses);
     }
+    statuses.backend_tls_policies = resolver.policies.statuses(&world.controller_name);
 }
 
 /// The parentRefs of a route that name one of our Gateways or a ListenerSet
@@ -310,7 +322,12 @@ impl CompiledRoute {
     }
 }
 
-fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResolver<'_>) -> CompiledRoute {
+fn compile_route(
+    key: &ObjectRef,
+    route: &HttpRoute,
+    resolver: &mut BackendResolver<'_>,
+    client: Option<&ClientCertificate>,
+) -> CompiledRoute {
     let mut compiled = CompiledRoute {
         created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         hostnames: Vec::new(),
@@ -340,7 +357,7 @@ fn compile_route(key: &ObjectRef, route: &HttpRoute, resolver: &mut BackendResol
             }
         };
         let RuleAction { filters, timeouts, retry, action } =
-            match compile_action(key, spec, &matches, resolver, &mut compiled.backend_errors) {
+            match compile_action(key, spec, &matches, resolver, client, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
                     compiled.invalid_rules.push(format!("rule {index} (answers 500): {why}"));
@@ -387,13 +404,14 @@ fn compile_action(
     spec: &api::Rule,
     matches: &[RequestMatch],
     resolver: &mut BackendResolver<'_>,
+    client: Option<&ClientCertificate>,
     backend_errors: &mut Vec<Problem>,
 ) -> Result<RuleAction, String> {
     let timeouts = compile_timeouts(spec.timeouts.as_ref())?;
     let retry = spec.retry.as_ref().map(compile_retry).transpose()?;
     let CompiledFilters { mut filters, redirect, mirrors } =
         compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
-    filters.mirrors = resolve_mirrors(key, mirrors, resolver, backend_errors);
+    filters.mirrors = resolve_mirrors(key, mirrors, resolver, client, backend_errors);
     if let Some(redirect) = redirect {
         return Ok(RuleAction { filters, timeouts, retry: None, action: Action::Redirect(redirect) });
     }
@@ -429,6 +447,7 @@ fn compile_action(
                 namespace: r.namespace.as_deref(),
                 port: r.port,
             },
+            client,
         ) {
             Ok(backend) => BackendTarget::Service(backend),
             Err(e) => {
@@ -467,6 +486,7 @@ fn resolve_mirrors(
     key: &ObjectRef,
     mirrors: Vec<(&api::MirrorBackendRef, Fraction)>,
     resolver: &mut BackendResolver<'_>,
+    client: Option<&ClientCertificate>,
     backend_errors: &mut Vec<Problem>,
 ) -> Box<[Mirror]> {
     let mut out = Vec::with_capacity(mirrors.len());
@@ -478,7 +498,7 @@ fn resolve_mirrors(
             namespace: r.namespace.as_deref(),
             port: r.port,
         };
-        match resolver.resolve(&key.namespace, &spec) {
+        match resolver.resolve(&key.namespace, &spec, client) {
             Ok(backend) => out.push(Mirror { backend, fraction }),
             Err(mut e) => {
                 e.message = format!("RequestMirror: {}", e.message);

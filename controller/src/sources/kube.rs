@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, ReferenceGrant, Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, ReferenceGrant,
+    Secret, Service,
 };
 use crate::world::World;
 
@@ -60,6 +61,8 @@ pub struct Stores {
     services: Arc<Cache<Service>>,
     endpoint_slices: Arc<Cache<EndpointSlice>>,
     secrets: Arc<Cache<Secret>>,
+    config_maps: Arc<Cache<ConfigMap>>,
+    backend_tls_policies: Arc<Cache<BackendTlsPolicy>>,
     namespaces: Arc<Cache<Namespace>>,
     changed: Arc<Notify>,
 }
@@ -68,7 +71,7 @@ impl Stores {
     /// Checks that the Gateway API CRDs are installed (waiting for them if
     /// not), then starts a watch per kind.
     pub async fn start(client: Client) -> Stores {
-        let (reference_grants, listener_sets) = loop {
+        let OptionalKinds { reference_grants, listener_sets, backend_tls_policies } = loop {
             match required_crds(&client).await {
                 Ok(optional) => break optional,
                 Err(e) => {
@@ -87,6 +90,8 @@ impl Stores {
             services: Cache::new(),
             endpoint_slices: Cache::new(),
             secrets: Cache::new(),
+            config_maps: Cache::new(),
+            backend_tls_policies: Cache::new(),
             namespaces: Cache::new(),
             changed: Arc::new(Notify::new()),
         };
@@ -113,6 +118,15 @@ impl Stores {
         // Only TLS Secrets can be certificateRefs; other Secrets are not read.
         let tls = all.clone().fields("type=kubernetes.io/tls");
         stores.spawn(&client, &stores.secrets, ApiResource::erase::<Secret>(&()), tls);
+        // ConfigMaps hold the CA certificates of BackendTLSPolicies.
+        stores.spawn(&client, &stores.config_maps, ApiResource::erase::<ConfigMap>(&()), all.clone());
+        match backend_tls_policies {
+            Some(resource) => stores.spawn(&client, &stores.backend_tls_policies, resource, all.clone()),
+            None => {
+                tracing::warn!("the BackendTLSPolicy CRD is not installed: Agimo speaks plain HTTP to every backend");
+                stores.backend_tls_policies.ready.send_replace(true);
+            }
+        }
         stores.spawn(&client, &stores.namespaces, ApiResource::erase::<Namespace>(&()), all);
         stores
     }
@@ -138,6 +152,8 @@ impl Stores {
         ready(&self.services).await;
         ready(&self.endpoint_slices).await;
         ready(&self.secrets).await;
+        ready(&self.config_maps).await;
+        ready(&self.backend_tls_policies).await;
         ready(&self.namespaces).await;
     }
 
@@ -165,16 +181,27 @@ impl Stores {
             services: self.services.snapshot(),
             endpoint_slices: self.endpoint_slices.snapshot(),
             secrets: self.secrets.snapshot(),
+            config_maps: self.config_maps.snapshot(),
+            backend_tls_policies: self.backend_tls_policies.snapshot(),
             namespaces: by_name(self.namespaces.snapshot()),
             ..World::default()
         }
     }
 }
 
-/// Checks the Gateway API kinds Agimo needs are served. Returns the optional
-/// ones to watch, if served: ReferenceGrant (v1, else v1beta1) and
-/// ListenerSet (v1).
-async fn required_crds(client: &Client) -> anyhow::Result<(Option<ApiResource>, Option<ApiResource>)> {
+/// The optional Gateway API kinds, when served.
+struct OptionalKinds {
+    /// ReferenceGrant, v1 else v1beta1.
+    reference_grants: Option<ApiResource>,
+    /// ListenerSet, v1.
+    listener_sets: Option<ApiResource>,
+    /// BackendTLSPolicy, v1.
+    backend_tls_policies: Option<ApiResource>,
+}
+
+/// Checks the Gateway API kinds Agimo needs are served, and finds the
+/// optional ones to watch.
+async fn required_crds(client: &Client) -> anyhow::Result<OptionalKinds> {
     let group = kube::discovery::oneshot::group(client, crate::api::GATEWAY_GROUP).await?;
     let find = |kind: &str| -> Option<(ApiResource, ApiCapabilities)> {
         group.versioned_resources("v1").into_iter().find(|(r, _)| r.kind == kind)
@@ -187,7 +214,11 @@ async fn required_crds(client: &Client) -> anyhow::Result<(Option<ApiResource>, 
     let grants = find("ReferenceGrant").map(|(r, _)| r).or_else(|| {
         group.versioned_resources("v1beta1").into_iter().find(|(r, _)| r.kind == "ReferenceGrant").map(|(r, _)| r)
     });
-    Ok((grants, find("ListenerSet").map(|(r, _)| r)))
+    Ok(OptionalKinds {
+        reference_grants: grants,
+        listener_sets: find("ListenerSet").map(|(r, _)| r),
+        backend_tls_policies: find("BackendTLSPolicy").map(|(r, _)| r),
+    })
 }
 
 /// How long a failed watch waits before trying again: from 500 ms,

@@ -55,6 +55,17 @@ pub fn stamp(current: &mut Statuses, previous: &Statuses, now: &Time) {
             );
         }
     }
+    for (key, ancestors) in &mut current.backend_tls_policies {
+        let old = previous.backend_tls_policies.get(key);
+        for ancestor in ancestors {
+            let old_ancestor = old.and_then(|a| a.iter().find(|o| o.ancestor_ref == ancestor.ancestor_ref));
+            stamp_conditions(
+                ancestor.conditions.iter_mut(),
+                old_ancestor.map(|a| a.conditions.as_slice()).unwrap_or_default(),
+                now,
+            );
+        }
+    }
 }
 
 pub fn stamp_conditions<'a>(conditions: impl Iterator<Item = &'a mut Condition>, previous: &[Condition], now: &Time) {
@@ -129,6 +140,18 @@ pub fn log_changes(current: &Statuses, previous: &Statuses) {
                 .map(|p| p.conditions.as_slice());
             for c in parent.conditions.iter().filter(|c| changed(c, old)) {
                 emit(&format!("HTTPRoute {key} parent {}", parent.parent_ref.name), c);
+            }
+        }
+    }
+    for (key, ancestors) in &current.backend_tls_policies {
+        for ancestor in ancestors {
+            let old = previous
+                .backend_tls_policies
+                .get(key)
+                .and_then(|a| a.iter().find(|o| o.ancestor_ref == ancestor.ancestor_ref))
+                .map(|a| a.conditions.as_slice());
+            for c in ancestor.conditions.iter().filter(|c| changed(c, old)) {
+                emit(&format!("BackendTLSPolicy {key} ancestor {}", ancestor.ancestor_ref.name), c);
             }
         }
     }

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::stamp_conditions;
 use crate::api::{
-    Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus, HttpRoute, HttpRouteStatus, ListenerSet,
-    ListenerSetStatus, RouteParentStatus, Time, Timestamp,
+    BackendTlsPolicy, BackendTlsPolicyStatus, Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus,
+    HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus, Time, Timestamp,
 };
 use crate::compiler::Statuses;
 use crate::sources::kube::Stores;
@@ -93,6 +93,17 @@ impl Writer {
             }
             let api = Api::<HttpRoute>::namespaced(self.client.clone(), &key.namespace);
             written += self.write(api, object, |o| merge_route(o, desired, &self.controller_name)).await;
+        }
+        // Every BackendTLSPolicy: as routes, other controllers' ancestors stay.
+        for (key, object) in &world.backend_tls_policies {
+            let desired = statuses.backend_tls_policies.get(key).map(Vec::as_slice).unwrap_or_default();
+            let has_ours =
+                object.status.iter().flat_map(|s| &s.ancestors).any(|a| a.controller_name == self.controller_name);
+            if desired.is_empty() && !has_ours {
+                continue;
+            }
+            let api = Api::<BackendTlsPolicy>::namespaced(self.client.clone(), &key.namespace);
+            written += self.write(api, object, |o| merge_policy(o, desired, &self.controller_name)).await;
         }
         if written > 0 {
             tracing::debug!(written, "statuses written");
@@ -263,6 +274,33 @@ fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &s
     (!unchanged).then_some(HttpRouteStatus { parents })
 }
 
+/// Other controllers' `ancestors` entries, untouched, then ours.
+fn merge_policy(
+    object: &BackendTlsPolicy,
+    desired: &[PolicyAncestorStatus],
+    controller: &str,
+) -> Option<BackendTlsPolicyStatus> {
+    let current = object.status.clone().map(|s| s.ancestors).unwrap_or_default();
+    let mut ancestors: Vec<PolicyAncestorStatus> =
+        current.iter().filter(|a| a.controller_name != controller).cloned().collect();
+    for d in desired {
+        let old = current
+            .iter()
+            .find(|c| c.controller_name == controller && c.ancestor_ref == d.ancestor_ref)
+            .map(|c| c.conditions.as_slice());
+        let mut entry = d.clone();
+        entry.conditions = merge_conditions(&d.conditions, old.unwrap_or_default());
+        ancestors.push(entry);
+    }
+    let unchanged = ancestors.len() == current.len()
+        && ancestors.iter().zip(&current).all(|(a, b)| {
+            a.controller_name == b.controller_name
+                && a.ancestor_ref == b.ancestor_ref
+                && same_conditions(&a.conditions, &b.conditions)
+        });
+    (!unchanged).then_some(BackendTlsPolicyStatus { ancestors })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +329,26 @@ mod tests {
         // Writing the merged status again is a no-op, timestamps aside.
         route.status = Some(merged);
         assert!(merge_route(&route, &desired, "agimo").is_none());
+    }
+
+    #[test]
+    fn policy_merge_keeps_other_controllers_ancestors() {
+        let ancestor = |controller: &str, name: &str| PolicyAncestorStatus {
+            ancestor_ref: crate::api::PolicyAncestorRef { name: name.into(), ..Default::default() },
+            conditions: vec![condition("Accepted", true, "Accepted", "", Some(1))],
+            controller_name: controller.into(),
+        };
+        let mut policy = BackendTlsPolicy::new("p", Default::default());
+        policy.status = Some(BackendTlsPolicyStatus {
+            ancestors: vec![ancestor("example.com/other", "theirs"), ancestor("agimo", "gone")],
+        });
+        let desired = vec![ancestor("agimo", "gw")];
+        let merged = merge_policy(&policy, &desired, "agimo").expect("changed");
+        let names: Vec<_> =
+            merged.ancestors.iter().map(|a| (a.controller_name.as_str(), a.ancestor_ref.name.as_str())).collect();
+        assert_eq!(names, vec![("example.com/other", "theirs"), ("agimo", "gw")]);
+        policy.status = Some(merged);
+        assert!(merge_policy(&policy, &desired, "agimo").is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agimo_shared::snapshot::{Backend, BackendTarget, Backends, WeightedBackend};
+use agimo_shared::snapshot::{Backend, BackendTarget, BackendTls, Backends, WeightedBackend};
 use http::{Request, Response};
 use tokio::net::TcpStream;
 
@@ -50,6 +50,9 @@ pub(super) async fn choose<'r>(
         BackendTarget::Invalid(reason) => return Err(ProxyError::InvalidBackend { reason: reason.clone() }),
         BackendTarget::Service(backend) => backend.clone(),
     };
+    if let Some(BackendTls::Invalid(reason)) = &backend.tls {
+        return Err(ProxyError::InvalidBackend { reason: reason.clone() });
+    }
     let first = (!backend.endpoints.is_empty()).then(|| gate::pick_endpoint(&backend, retry_of));
     let Some(gate) = &rule.gate else {
         let endpoint = first.ok_or_else(|| ProxyError::NoReadyEndpoints { backend: backend.id.clone() })?;
@@ -60,7 +63,7 @@ pub(super) async fn choose<'r>(
     // connection to, or makes one to first.
     let by_hyper = !crate::upstream::by_h1(req);
     if let Some(endpoint) = first
-        && proxy.upstream.has_connection(backend.protocol, by_hyper, endpoint)
+        && proxy.upstream.has_connection(backend.protocol, backend.origination(), by_hyper, endpoint)
     {
         guard.active.get_or_insert_with(|| stats.active());
         return Ok(Target { chosen, backend, endpoint, connected: None });
@@ -97,9 +100,9 @@ pub(super) async fn send(
     // room in this future for every arm's copy of it.
     let sent = match (timeouts.request, timeouts.backend_request) {
         (None, None) => match connected {
-            None => upstream.send(backend.protocol, endpoint, req).await,
+            None => upstream.send(backend.protocol, backend.origination(), endpoint, req).await,
             // Boxed: only requests the gate connected pay for its state.
-            Some(stream) => Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req)).await,
+            Some(stream) => Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req)).await,
         },
         (request, backend_request) => {
             let now = tokio::time::Instant::now();
@@ -107,9 +110,9 @@ pub(super) async fn send(
             let backend_deadline = backend_request.map(|t| now + t);
             let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
             let sent = match connected {
-                None => tokio::time::timeout_at(deadline, upstream.send(backend.protocol, endpoint, req)).await,
+                None => tokio::time::timeout_at(deadline, upstream.send(backend.protocol, backend.origination(), endpoint, req)).await,
                 Some(stream) => {
-                    let send_on = Box::pin(upstream.send_on(backend.protocol, endpoint, stream, req));
+                    let send_on = Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req));
                     tokio::time::timeout_at(deadline, send_on).await
                 }
             };
@@ -123,5 +126,6 @@ pub(super) async fn send(
         UpstreamError::Connect(source) => ProxyError::UpstreamConnect { backend: backend.id.clone(), endpoint, source },
         UpstreamError::Failed(source) => ProxyError::UpstreamFailed { backend: backend.id.clone(), endpoint, source },
         UpstreamError::RequestBody(source) => ProxyError::InvalidRequestBody { source },
+        UpstreamError::Tls(source) => ProxyError::UpstreamTls { backend: backend.id.clone(), endpoint, source },
     })
 }

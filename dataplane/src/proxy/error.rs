@@ -63,6 +63,15 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    /// The backend's TLS (a BackendTLSPolicy) failed: its certificate did
+    /// not verify, or the handshake broke.
+    #[error("backend {backend} at {endpoint}: {source}")]
+    UpstreamTls {
+        backend: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: BoxError,
+    },
     #[error("backend {backend} at {endpoint} failed: {source}")]
     UpstreamFailed {
         backend: String,
@@ -118,7 +127,7 @@ impl ProxyError {
             | ProxyError::TooManyPending { .. }
             | ProxyError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -143,6 +152,7 @@ impl ProxyError {
             ProxyError::ShuttingDown { .. } => "shutting-down",
             ProxyError::UpstreamConnect { .. } => "upstream-connect-failed",
             ProxyError::UpstreamFailed { .. } => "upstream-failed",
+            ProxyError::UpstreamTls { .. } => "upstream-tls-failed",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::InvalidRequestBody { .. } => "invalid-request-body",
         }
@@ -190,6 +200,14 @@ mod tests {
             (ProxyError::InvalidRequestBody { source: "bad chunk".into() }, 400),
             (ProxyError::InvalidBackend { reason: "r".into() }, 500),
             (ProxyError::NoReadyEndpoints { backend: "b".into() }, 503),
+            (
+                ProxyError::UpstreamTls {
+                    backend: "b".into(),
+                    endpoint: "127.0.0.1:1".parse().unwrap(),
+                    source: "bad".into(),
+                },
+                502,
+            ),
         ];
         for (e, status) in statuses {
             assert_eq!(e.status().as_u16(), status, "{e}");

@@ -252,7 +252,9 @@ impl<'g, 'r> Admission<'g, 'r> {
             }
         };
         let endpoint = pick_endpoint(&backend, self.failed.as_ref().map(|(_, _, endpoint)| *endpoint).or(self.avoid));
-        if self.attempts == 0 && g.proxy.upstream.has_connection(backend.protocol, g.hyper, endpoint) {
+        if self.attempts == 0
+            && g.proxy.upstream.has_connection(backend.protocol, backend.origination(), g.hyper, endpoint)
+        {
             let active = self.active.take().unwrap_or_else(|| g.host.active());
             return Ok(Next::Open(Admitted { chosen, backend, endpoint, connected: None, active }));
         }
@@ -292,7 +294,12 @@ impl<'g, 'r> Admission<'g, 'r> {
                 let active = self.active.take().unwrap_or_else(|| g.host.active());
                 Ok(Admitted { chosen, backend: backend.clone(), endpoint, connected: Some(stream), active })
             }
-            Ok(Err(UpstreamError::Connect(e) | UpstreamError::Failed(e) | UpstreamError::RequestBody(e))) => Err(e),
+            Ok(Err(
+                UpstreamError::Connect(e)
+                | UpstreamError::Failed(e)
+                | UpstreamError::RequestBody(e)
+                | UpstreamError::Tls(e),
+            )) => Err(e),
             Err(_) => Err("still connecting at the gate's deadline".into()),
         }
     }
@@ -479,6 +486,7 @@ mod tests {
             id: "default/app:80".into(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             protocol: Default::default(),
+            tls: None,
         }
     }
 

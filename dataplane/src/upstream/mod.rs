@@ -8,13 +8,18 @@
 //! connection API: a connection goes back to its endpoint's idle list when
 //! the response body has been read to its end ([`Pooled`]). Both pools keep
 //! connections idle for [`IDLE_TIMEOUT`] at most.
+//!
+//! A backend with TLS (a BackendTLSPolicy, [`TlsOrigination`]) is spoken to
+//! through hyper's client only, over a rustls stream: HTTP/1.1 connections
+//! idle per TLS configuration ([`TlsOrigination::key`]), HTTP/2 ones (ALPN
+//! `h2`) one per endpoint and configuration, never mixed with plain ones.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agimo_shared::snapshot::BackendProtocol;
+use agimo_shared::snapshot::{BackendProtocol, TlsOrigination};
 use http::{Method, Request, Response, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -25,6 +30,7 @@ use tokio::net::TcpStream;
 pub(crate) mod body;
 mod pool;
 mod request;
+mod tls;
 
 use self::body::{Body, RequestBody, RequestBodyError};
 use self::pool::{Idle, IdleMap, Pooled};
@@ -43,6 +49,9 @@ pub enum UpstreamError {
     Failed(BoxError),
     /// The client's request body broke while it was being sent.
     RequestBody(BoxError),
+    /// The TLS handshake failed (the backend's certificate did not verify,
+    /// among others): nothing was sent.
+    Tls(BoxError),
 }
 
 impl UpstreamError {
@@ -58,12 +67,18 @@ impl UpstreamError {
 }
 
 type H2cMap = Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>;
+/// Idle TLS HTTP/1.1 connections, per [`TlsOrigination::key`].
+type TlsIdle = Mutex<HashMap<u64, Idle>>;
+/// TLS HTTP/2 connections, per endpoint and [`TlsOrigination::key`].
+type TlsH2Map = Mutex<HashMap<(SocketAddr, u64), http2::SendRequest<RequestBody>>>;
 
 pub struct Upstream {
     h1: Arc<h1::Pool>,
     http1: Idle,
     reaper: std::sync::Once,
     h2c: Arc<H2cMap>,
+    tls_http1: Arc<TlsIdle>,
+    tls_h2: Arc<TlsH2Map>,
     connect_timeout: Duration,
 }
 
@@ -74,6 +89,8 @@ impl Upstream {
             http1: Idle::default(),
             reaper: std::sync::Once::new(),
             h2c: Arc::default(),
+            tls_http1: Arc::default(),
+            tls_h2: Arc::default(),
             connect_timeout,
         }
     }
@@ -84,9 +101,13 @@ impl Upstream {
     pub async fn send(
         &self,
         protocol: BackendProtocol,
+        tls: Option<&TlsOrigination>,
         endpoint: SocketAddr,
         mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(tls) = tls {
+            return Box::pin(self.send_tls(protocol, tls, endpoint, None, req)).await;
+        }
         match protocol {
             BackendProtocol::Http1 if by_h1(&req) => {
                 // Boxed: only this arm pays for its state.
@@ -115,11 +136,15 @@ impl Upstream {
     pub async fn send_on(
         &self,
         protocol: BackendProtocol,
+        tls: Option<&TlsOrigination>,
         endpoint: SocketAddr,
         stream: TcpStream,
         mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<Body>, UpstreamError> {
         self.start_reaper();
+        if let Some(tls) = tls {
+            return Box::pin(self.send_tls(protocol, tls, endpoint, Some(stream), req)).await;
+        }
         match protocol {
             BackendProtocol::Http1 if by_h1(&req) => {
                 let head = h1::encode_head(&req);
@@ -152,11 +177,21 @@ impl Upstream {
     /// an upgrade): an idle HTTP/1.1 connection, or the endpoint's HTTP/2
     /// one. Idle connections found closed or stale on the way are dropped,
     /// as taking them would. (Another request may take the idle one first.)
-    pub(crate) fn has_connection(&self, protocol: BackendProtocol, hyper: bool, endpoint: SocketAddr) -> bool {
-        match protocol {
-            BackendProtocol::Http1 if !hyper => self.h1.has_idle(endpoint, IDLE_TIMEOUT),
-            BackendProtocol::Http1 => {
-                let mut idle = lock(&self.http1);
+    pub(crate) fn has_connection(
+        &self,
+        protocol: BackendProtocol,
+        tls: Option<&TlsOrigination>,
+        hyper: bool,
+        endpoint: SocketAddr,
+    ) -> bool {
+        let tls_idle = tls.map(|t| self.tls_idle(t));
+        match (protocol, tls) {
+            (BackendProtocol::H2c, Some(t)) => {
+                lock(&self.tls_h2).get(&(endpoint, t.key)).is_some_and(|s| !s.is_closed())
+            }
+            (BackendProtocol::Http1, None) if !hyper => self.h1.has_idle(endpoint, IDLE_TIMEOUT),
+            (BackendProtocol::Http1, _) => {
+                let mut idle = lock(tls_idle.as_ref().unwrap_or(&self.http1));
                 let Some(list) = idle.get_mut(&endpoint) else { return false };
                 while let Some((sender, since)) = list.last() {
                     if since.elapsed() <= IDLE_TIMEOUT && !sender.is_closed() {
@@ -166,8 +201,92 @@ impl Upstream {
                 }
                 false
             }
-            BackendProtocol::H2c => lock(&self.h2c).get(&endpoint).is_some_and(|s| !s.is_closed()),
+            (BackendProtocol::H2c, None) => lock(&self.h2c).get(&endpoint).is_some_and(|s| !s.is_closed()),
         }
+    }
+
+    /// The idle list of TLS connections made with `tls`.
+    fn tls_idle(&self, tls: &TlsOrigination) -> Idle {
+        lock(&self.tls_http1).entry(tls.key).or_default().clone()
+    }
+
+    /// Sends `req` to a TLS backend, on `stream` (made by the gate) or a
+    /// connection of the pool for `tls`, or a new one.
+    async fn send_tls(
+        &self,
+        protocol: BackendProtocol,
+        tls: &TlsOrigination,
+        endpoint: SocketAddr,
+        stream: Option<TcpStream>,
+        mut req: Box<Request<RequestBody>>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.start_reaper();
+        match protocol {
+            BackendProtocol::Http1 => {
+                to_http1(&mut req)?;
+                let idle = self.tls_idle(tls);
+                let mut sender = match stream {
+                    Some(stream) => Some(self.handshake_tls_http1(tls, endpoint, stream).await?),
+                    None => self.idle_http1(&idle, endpoint).await,
+                };
+                let response = loop {
+                    let mut current = match sender.take() {
+                        Some(s) => s,
+                        None => {
+                            let stream = self.connect(endpoint).await?;
+                            self.handshake_tls_http1(tls, endpoint, stream).await?
+                        }
+                    };
+                    match current.try_send_request(*req).await {
+                        Ok(response) => break (response, current),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => {
+                                tracing::debug!(%endpoint, error = %e.error(), "idle TLS connection closed: using a new one");
+                                *req = unsent;
+                            }
+                            None => return Err(UpstreamError::from_hyper(e.into_error())),
+                        },
+                    }
+                };
+                let (response, sender) = response;
+                let pooled = Pooled { idle, endpoint, sender: Some(sender) };
+                Ok(response.map(|body| Body::upstream(body, Some(pooled))))
+            }
+            BackendProtocol::H2c => {
+                to_h2c(&mut req, endpoint)?;
+                to_https(&mut req)?;
+                let existing = match stream {
+                    Some(_) => None,
+                    None => lock(&self.tls_h2).get(&(endpoint, tls.key)).filter(|s| !s.is_closed()).cloned(),
+                };
+                let mut sender = match existing {
+                    Some(sender) => sender,
+                    None => {
+                        let stream = match stream {
+                            Some(stream) => stream,
+                            None => self.connect(endpoint).await?,
+                        };
+                        let stream = tls::handshake(tls, endpoint, stream).await?;
+                        let sender = handshake_h2(endpoint, stream).await?;
+                        lock(&self.tls_h2).insert((endpoint, tls.key), sender.clone());
+                        sender
+                    }
+                };
+                sender.ready().await.map_err(UpstreamError::from_hyper)?;
+                let response = sender.send_request(*req).await.map_err(UpstreamError::from_hyper)?;
+                Ok(response.map(|body| Body::upstream(body, None)))
+            }
+        }
+    }
+
+    async fn handshake_tls_http1(
+        &self,
+        tls: &TlsOrigination,
+        endpoint: SocketAddr,
+        stream: TcpStream,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = tls::handshake(tls, endpoint, stream).await?;
+        handshake_http1(endpoint, stream).await
     }
 
     /// Sends a request without a body with [`h1`]: on an idle connection to
@@ -203,7 +322,13 @@ impl Upstream {
 
     fn start_reaper(&self) {
         self.reaper.call_once(|| {
-            tokio::spawn(reap(Arc::downgrade(&self.http1), Arc::downgrade(&self.h1), Arc::downgrade(&self.h2c)));
+            tokio::spawn(reap(
+                Arc::downgrade(&self.http1),
+                Arc::downgrade(&self.h1),
+                Arc::downgrade(&self.h2c),
+                Arc::downgrade(&self.tls_http1),
+                Arc::downgrade(&self.tls_h2),
+            ));
         });
     }
 
@@ -215,7 +340,7 @@ impl Upstream {
         endpoint: SocketAddr,
         mut req: Box<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, http1::SendRequest<RequestBody>), UpstreamError> {
-        if let Some(mut sender) = self.idle_http1(endpoint).await {
+        if let Some(mut sender) = self.idle_http1(&self.http1, endpoint).await {
             match sender.try_send_request(*req).await {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut e) => match e.take_message() {
@@ -235,9 +360,9 @@ impl Upstream {
     }
 
     /// An idle connection to `endpoint` that is ready for a request.
-    async fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+    async fn idle_http1(&self, idle: &Idle, endpoint: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
         loop {
-            let (mut sender, since) = lock(&self.http1).get_mut(&endpoint)?.pop()?;
+            let (mut sender, since) = lock(idle).get_mut(&endpoint)?.pop()?;
             if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
                 continue;
             }
@@ -287,17 +412,7 @@ impl Upstream {
         endpoint: SocketAddr,
         stream: TcpStream,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%endpoint, error = %e, "h2c backend connection ended");
-            }
-        });
+        let sender = handshake_h2(endpoint, stream).await?;
         lock(&self.h2c).insert(endpoint, sender.clone());
         Ok(sender)
     }
@@ -332,12 +447,39 @@ fn to_h2c(req: &mut Request<RequestBody>, endpoint: SocketAddr) -> Result<(), Up
     Ok(())
 }
 
+/// An HTTP/2 client connection on `stream`, driven by a task of its own.
+async fn handshake_h2<S>(endpoint: SocketAddr, stream: S) -> Result<http2::SendRequest<RequestBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%endpoint, error = %e, "HTTP/2 backend connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 request to a TLS backend: scheme `https`.
+fn to_https(req: &mut Request<RequestBody>) -> Result<(), UpstreamError> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Failed(e.into()))?;
+    Ok(())
+}
+
 /// An HTTP/1.1 client connection on `stream` (upgrades allowed), driven by
 /// a task of its own.
-async fn handshake_http1(
-    endpoint: SocketAddr,
-    stream: TcpStream,
-) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+async fn handshake_http1<S>(endpoint: SocketAddr, stream: S) -> Result<http1::SendRequest<RequestBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) =
         http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.into()))?;
     tokio::spawn(async move {
@@ -352,15 +494,34 @@ async fn handshake_http1(
 /// endpoints no longer in use among them), and forgets closed HTTP/2
 /// connections (those of endpoints gone among them), until the pools are
 /// gone.
-async fn reap(idle: std::sync::Weak<IdleMap>, h1: std::sync::Weak<h1::Pool>, h2c: std::sync::Weak<H2cMap>) {
+async fn reap(
+    idle: std::sync::Weak<IdleMap>,
+    h1: std::sync::Weak<h1::Pool>,
+    h2c: std::sync::Weak<H2cMap>,
+    tls_idle: std::sync::Weak<TlsIdle>,
+    tls_h2: std::sync::Weak<TlsH2Map>,
+) {
+    fn reap_idle(idle: &IdleMap) {
+        lock(idle).retain(|_, list| {
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
     let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
     loop {
         tick.tick().await;
-        let (Some(idle), Some(h1), Some(h2c)) = (idle.upgrade(), h1.upgrade(), h2c.upgrade()) else { return };
+        let (Some(idle), Some(h1), Some(h2c), Some(tls_idle), Some(tls_h2)) =
+            (idle.upgrade(), h1.upgrade(), h2c.upgrade(), tls_idle.upgrade(), tls_h2.upgrade())
+        else {
+            return;
+        };
         lock(&h2c).retain(|_, sender| !sender.is_closed());
-        lock(&idle).retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= IDLE_TIMEOUT);
-            !list.is_empty()
+        lock(&tls_h2).retain(|_, sender| !sender.is_closed());
+        reap_idle(&idle);
+        // A TLS configuration no longer in use loses its list once empty.
+        lock(&tls_idle).retain(|_, list| {
+            reap_idle(list);
+            !lock(list).is_empty()
         });
         h1.reap(IDLE_TIMEOUT);
     }
