@@ -13,7 +13,11 @@ pub use gateway_api::experimental::gateways::{
     GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
     GatewayListenersTlsCertificateRefs as CertificateRef, GatewayListenersTlsMode as TlsMode, GatewaySpec,
     GatewayStatus, GatewayStatusAddresses as GatewayStatusAddress, GatewayStatusListeners as ListenerStatus,
-    GatewayStatusListenersSupportedKinds as SupportedKind,
+    GatewayStatusListenersSupportedKinds as SupportedKind, GatewayTlsFrontend as FrontendTls,
+    GatewayTlsFrontendDefaultValidation as FrontendValidation,
+    GatewayTlsFrontendDefaultValidationMode as FrontendValidationMode,
+    GatewayTlsFrontendPerPortTlsValidation as FrontendPerPortValidation,
+    GatewayTlsFrontendPerPortTlsValidationMode as FrontendPerPortValidationMode,
 };
 pub use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,
@@ -29,7 +33,7 @@ pub use gateway_api::experimental::httproutes::{
 };
 pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 
-pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
+pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 pub use k8s_openapi::jiff::Timestamp;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, Namespace, ObjectMeta, ReferenceGrant,
-    Secret, Service,
+    ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, Namespace, ObjectMeta,
+    ReferenceGrant, Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -28,6 +28,8 @@ pub struct World {
     pub services: BTreeMap<ObjectRef, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectRef, Arc<Secret>>,
+    /// CA certificate bundles (`ca.crt`) for client certificate validation.
+    pub config_maps: BTreeMap<ObjectRef, Arc<ConfigMap>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Addresses assigned to Gateways that do not request one in
     /// `spec.addresses` (by an address pool, in Kubernetes mode).
@@ -71,6 +73,7 @@ pub enum Resource {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    ConfigMap(ConfigMap),
     Namespace(Namespace),
 }
 
@@ -84,6 +87,7 @@ impl Resource {
             Resource::Service(_) => "Service",
             Resource::EndpointSlice(_) => "EndpointSlice",
             Resource::Secret(_) => "Secret",
+            Resource::ConfigMap(_) => "ConfigMap",
             Resource::Namespace(_) => "Namespace",
         }
     }
@@ -101,6 +105,7 @@ impl Resource {
             Resource::Service(o) => &o.metadata,
             Resource::EndpointSlice(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
+            Resource::ConfigMap(o) => &o.metadata,
             Resource::Namespace(o) => &o.metadata,
         }
     }
@@ -114,6 +119,7 @@ impl Resource {
             Resource::Service(o) => &mut o.metadata,
             Resource::EndpointSlice(o) => &mut o.metadata,
             Resource::Secret(o) => &mut o.metadata,
+            Resource::ConfigMap(o) => &mut o.metadata,
             Resource::Namespace(o) => &mut o.metadata,
         }
     }
@@ -130,6 +136,7 @@ impl Default for World {
             services: BTreeMap::new(),
             endpoint_slices: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             assigned_addresses: BTreeMap::new(),
             exposed: None,
@@ -162,6 +169,7 @@ impl World {
             Resource::Service(o) => put(&mut self.services, key, o),
             Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             Resource::Secret(o) => put(&mut self.secrets, key, o),
+            Resource::ConfigMap(o) => put(&mut self.config_maps, key, o),
         }
     }
 
@@ -175,6 +183,7 @@ impl World {
         self.services.clear();
         self.endpoint_slices.clear();
         self.secrets.clear();
+        self.config_maps.clear();
         self.namespaces.clear();
     }
 

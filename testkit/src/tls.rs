@@ -15,3 +15,34 @@ pub fn self_signed(names: &[&str]) -> TestCert {
         rcgen::generate_simple_self_signed(names).expect("rcgen can sign a certificate");
     TestCert { cert_pem: cert.pem(), key_pem: signing_key.serialize_pem(), der: cert.der().clone() }
 }
+
+/// A certificate authority that issues client certificates, as the CA
+/// bundle of a Gateway's client certificate validation.
+pub struct TestCa {
+    pub cert_pem: String,
+    pub der: CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names to check");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("rcgen can make a key");
+        let cert = params.self_signed(&key).expect("rcgen can sign a certificate");
+        TestCa { cert_pem: cert.pem(), der: cert.der().clone(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A client certificate (extended key usage clientAuth) for `name`,
+    /// signed by this CA.
+    pub fn client_cert(&self, name: &str) -> TestCert {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("a valid name");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("rcgen can make a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("rcgen can sign a certificate");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+}

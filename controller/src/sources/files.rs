@@ -43,7 +43,7 @@ pub enum LoadError {
     Malformed { origin: Origin, message: String },
     #[error(
         "{origin}: unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
-         ReferenceGrant (gateway.networking.k8s.io), Service, Secret, Namespace (v1) and EndpointSlice (discovery.k8s.io/v1)"
+         ReferenceGrant (gateway.networking.k8s.io), Service, Secret, ConfigMap, Namespace (v1) and EndpointSlice (discovery.k8s.io/v1)"
     )]
     UnsupportedKind { origin: Origin, api_version: String, kind: String },
     #[error("{origin}: {kind} {name}: unknown field {}; check the spelling", fields.join(", "))]
@@ -195,6 +195,7 @@ impl Loader {
             }
             ("", "v1", "Service") => parse(value, &mut unknown).map(Resource::Service),
             ("", "v1", "Secret") => parse(value, &mut unknown).map(Resource::Secret),
+            ("", "v1", "ConfigMap") => parse(value, &mut unknown).map(Resource::ConfigMap),
             ("", "v1", "Namespace") => parse(value, &mut unknown).map(Resource::Namespace),
             ("discovery.k8s.io", "v1", "EndpointSlice") => parse(value, &mut unknown).map(Resource::EndpointSlice),
             _ => {

@@ -28,7 +28,9 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use crate::api::{EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service};
+use crate::api::{
+    ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service,
+};
 use crate::world::World;
 
 /// Objects of one kind, parsed, by namespace and name.
@@ -57,6 +59,7 @@ pub struct Stores {
     services: Arc<Cache<Service>>,
     endpoint_slices: Arc<Cache<EndpointSlice>>,
     secrets: Arc<Cache<Secret>>,
+    config_maps: Arc<Cache<ConfigMap>>,
     namespaces: Arc<Cache<Namespace>>,
     changed: Arc<Notify>,
 }
@@ -83,6 +86,7 @@ impl Stores {
             services: Cache::new(),
             endpoint_slices: Cache::new(),
             secrets: Cache::new(),
+            config_maps: Cache::new(),
             namespaces: Cache::new(),
             changed: Arc::new(Notify::new()),
         };
@@ -102,6 +106,8 @@ impl Stores {
         // Only TLS Secrets can be certificateRefs; other Secrets are not read.
         let tls = all.clone().fields("type=kubernetes.io/tls");
         stores.spawn(&client, &stores.secrets, ApiResource::erase::<Secret>(&()), tls);
+        // CA certificates of client certificate validation (tls.frontend).
+        stores.spawn(&client, &stores.config_maps, ApiResource::erase::<ConfigMap>(&()), all.clone());
         stores.spawn(&client, &stores.namespaces, ApiResource::erase::<Namespace>(&()), all);
         stores
     }
@@ -126,6 +132,7 @@ impl Stores {
         ready(&self.services).await;
         ready(&self.endpoint_slices).await;
         ready(&self.secrets).await;
+        ready(&self.config_maps).await;
         ready(&self.namespaces).await;
     }
 
@@ -152,6 +159,7 @@ impl Stores {
             services: self.services.snapshot(),
             endpoint_slices: self.endpoint_slices.snapshot(),
             secrets: self.secrets.snapshot(),
+            config_maps: self.config_maps.snapshot(),
             namespaces: by_name(self.namespaces.snapshot()),
             ..World::default()
         }
