@@ -19,7 +19,11 @@ pub use gateway_api::experimental::gateways::{
     GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
     GatewayListenersTlsCertificateRefs as CertificateRef, GatewayListenersTlsMode as TlsMode, GatewaySpec,
     GatewayStatus, GatewayStatusAddresses as GatewayStatusAddress, GatewayStatusListeners as ListenerStatus,
-    GatewayStatusListenersSupportedKinds as SupportedKind,
+    GatewayStatusListenersSupportedKinds as SupportedKind, GatewayTlsFrontend as FrontendTls,
+    GatewayTlsFrontendDefaultValidation as FrontendValidation,
+    GatewayTlsFrontendDefaultValidationMode as FrontendValidationMode,
+    GatewayTlsFrontendPerPortTlsValidation as FrontendPerPortValidation,
+    GatewayTlsFrontendPerPortTlsValidationMode as FrontendPerPortValidationMode,
 };
 pub use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,

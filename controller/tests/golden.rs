@@ -37,6 +37,7 @@ macro_rules! golden {
 golden! {
     backendtlspolicy_statuses,
     gateway_addresses,
+    gateway_frontend_client_certificate_validation,
     gateway_invalid_listener_does_not_conflict,
     gateway_invalid_parameters_ref,
     gateway_invalid_route_kind,

@@ -6,6 +6,7 @@
 //!  └─ Bind (address, port, protocol)        one listening socket
 //!      └─ Listener (Gateway listener)        chosen by hostname / SNI
 //!          ├─ certificates                   HTTPS only
+//!          ├─ client_validation              HTTPS with tls.frontend (same on every listener of a bind)
 //!          └─ RouteTable                     host bucket → entries in precedence order
 //!              └─ RouteEntry (match)  ──►  Rule (filters + action)
 //!                                            └─ Action: Forward(backends) | Redirect | Reject
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use serde::{Serialize, Serializer};
 
@@ -128,6 +131,12 @@ impl Bind {
         self.listeners.iter().find(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
     }
 
+    /// The client certificate validation of this socket's handshakes (the
+    /// same on all its listeners).
+    pub fn client_validation(&self) -> Option<&Arc<ClientValidation>> {
+        self.listeners.first().and_then(|l| l.client_validation.as_ref())
+    }
+
     /// The listener whose certificate answers a TLS handshake. Without SNI
     /// (clients connecting by IP address send none), the listener without a
     /// hostname answers if there is one, else the first listener by name.
@@ -183,6 +192,12 @@ pub struct Listener {
     pub protocol: Protocol,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
+    /// Client certificate validation (the Gateway's `tls.frontend` for this
+    /// port); `None` asks no client certificate. The compiler makes every
+    /// listener of one bind agree, so the handshake, which happens before the
+    /// request names a host, needs no choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<Arc<ClientValidation>>,
     pub routes: RouteTable,
 }
 
@@ -208,6 +223,44 @@ impl fmt::Debug for Certificate {
 impl Serialize for Certificate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("secret {}", self.secret))
+    }
+}
+
+/// How an HTTPS listener validates client certificates (mutual TLS).
+#[derive(Clone)]
+pub struct ClientValidation {
+    /// The objects the CA certificates came from, as `ConfigMap ns/name`.
+    pub sources: Vec<String>,
+    /// The CA certificates (trust anchors), DER.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Verifies that a client certificate chains to `roots`; requires one.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// `AllowInsecureFallback`: a client certificate is asked for, but a
+    /// client without one, or with one that fails validation, is let through.
+    pub insecure_fallback: bool,
+}
+
+/// Two validations are the same when they trust the same CAs in the same mode.
+impl PartialEq for ClientValidation {
+    fn eq(&self, other: &Self) -> bool {
+        self.roots == other.roots && self.insecure_fallback == other.insecure_fallback
+    }
+}
+
+impl fmt::Debug for ClientValidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientValidation")
+            .field("sources", &self.sources)
+            .field("roots", &self.roots.len())
+            .field("insecure_fallback", &self.insecure_fallback)
+            .finish()
+    }
+}
+
+impl Serialize for ClientValidation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mode = if self.insecure_fallback { "AllowInsecureFallback" } else { "AllowValidOnly" };
+        s.collect_str(&format_args!("{mode}, {} CA certificate(s) from {}", self.roots.len(), self.sources.join(", ")))
     }
 }
 

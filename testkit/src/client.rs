@@ -8,11 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::echo::EchoReply;
+use crate::tls::TestCert;
 
 /// A response, read in full.
 #[derive(Debug)]
@@ -102,7 +104,20 @@ pub async fn tls_connect(
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsConnection> {
-    tls_connect_opts(addr, sni, roots, alpn, true).await
+    tls_connect_opts(addr, sni, roots, alpn, true, None).await
+}
+
+/// Like [`tls_connect`] without ALPN, presenting `client_cert` if the server
+/// asks for a client certificate. With TLS 1.3 the client's handshake ends
+/// before the server has judged its certificate: a refusal shows as an error
+/// on the first request.
+pub async fn tls_connect_with_client_cert(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+    client_cert: Option<&TestCert>,
+) -> std::io::Result<TlsConnection> {
+    tls_connect_opts(addr, sni, roots, &[], true, client_cert).await
 }
 
 /// Like [`tls_connect`], but sends no SNI (as clients connecting to an IP
@@ -112,7 +127,7 @@ pub async fn tls_connect_without_sni(
     name: &str,
     roots: &[CertificateDer<'static>],
 ) -> std::io::Result<TlsConnection> {
-    tls_connect_opts(addr, name, roots, &[], false).await
+    tls_connect_opts(addr, name, roots, &[], false, None).await
 }
 
 async fn tls_connect_opts(
@@ -121,17 +136,24 @@ async fn tls_connect_opts(
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
     send_sni: bool,
+    client_cert: Option<&TestCert>,
 ) -> std::io::Result<TlsConnection> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).map_err(other)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(other)?
-        .with_root_certificates(store)
-        .with_no_client_auth();
+        .with_root_certificates(store);
+    let mut config = match client_cert {
+        None => config.with_no_client_auth(),
+        Some(cert) => {
+            let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(other)?;
+            config.with_client_auth_cert(vec![cert.der.clone()], key).map_err(other)?
+        }
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.enable_sni = send_sni;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

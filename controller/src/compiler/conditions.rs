@@ -31,8 +31,15 @@ pub mod types {
     pub const CONFLICTED: &str = "Conflicted";
     pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
     pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
     /// Agimo's own: whether requests wait for a ready endpoint.
     pub const SCALE_TO_ZERO: &str = "agimo.dev/ScaleToZero";
+
+    /// Types the compiler sets only while they apply: a published condition
+    /// of one of these types that the compiler no longer sets is stale, and
+    /// removed (others' condition types are kept).
+    pub const SET_WHILE_THEY_APPLY: &[&str] =
+        &[OVERLAPPING_TLS_CONFIG, INSECURE_FRONTEND_VALIDATION_MODE, SCALE_TO_ZERO];
 }
 
 /// The reason of a condition: the Gateway API's own, or Agimo's where it
@@ -65,6 +72,10 @@ pub enum Reason {
     BackendNotFound,
     InvalidKind,
     OverlappingHostnames,
+    NoValidCACertificate,
+    InvalidCACertificateRef,
+    InvalidCACertificateKind,
+    ConfigurationChanged,
     /// Agimo's own route reason: the parent Gateway exists but is not accepted.
     GatewayNotAccepted,
     /// ListenerSet reasons: the Gateway's `allowedListeners` does not admit
@@ -106,6 +117,10 @@ impl Reason {
             Reason::BackendNotFound => "BackendNotFound",
             Reason::InvalidKind => "InvalidKind",
             Reason::OverlappingHostnames => "OverlappingHostnames",
+            Reason::NoValidCACertificate => "NoValidCACertificate",
+            Reason::InvalidCACertificateRef => "InvalidCACertificateRef",
+            Reason::InvalidCACertificateKind => "InvalidCACertificateKind",
+            Reason::ConfigurationChanged => "ConfigurationChanged",
             Reason::GatewayNotAccepted => "GatewayNotAccepted",
             Reason::NotAllowed => "NotAllowed",
             Reason::ParentNotAccepted => "ParentNotAccepted",

@@ -8,17 +8,17 @@ use std::sync::Arc;
 
 use agimo_shared::Snapshot;
 use agimo_shared::hostname::Hostname;
-use agimo_shared::snapshot::{self, Bind, Certificate, ObjectRef, Protocol, RouteTable};
+use agimo_shared::snapshot::{self, Bind, Certificate, ClientValidation, ObjectRef, Protocol, RouteTable};
 
 use super::backend_tls::ClientCertificate;
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
 use super::scale_to_zero::{self, GateAnnotations};
-use super::tls::CertificateCache;
+use super::tls::{self, CertificateCache};
 use crate::api::{
-    Condition, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus, GatewayStatusAddress,
-    Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
+    Condition, FromNamespaces, FrontendTls, GATEWAY_GROUP, Gateway, GatewayClassStatus, GatewayStatus,
+    GatewayStatusAddress, Listener, ListenerStatus, SupportedFeature, SupportedKind, TlsMode,
 };
 use crate::world::{Exposed, World, oldest_first};
 
@@ -31,6 +31,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayBackendClientCertificate",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
@@ -127,6 +129,8 @@ pub struct GatewayModel<'w> {
     /// `spec.tls.backend.clientCertificateRef`, if set: the certificate
     /// presented to TLS backends, or why it cannot be.
     pub backend_client: Option<Result<ClientCertificate, Problem>>,
+    /// `tls.frontend` allows insecure fallback (default or on some port).
+    pub insecure_frontend: bool,
 }
 
 /// A listener as the compiler sees it, with what decides its conditions.
@@ -144,6 +148,9 @@ pub struct ListenerModel<'w> {
     pub allows_http_routes: bool,
     pub supported_kinds: Vec<SupportedKind>,
     pub certificates: Vec<Certificate>,
+    /// Client certificate validation (the Gateway's `tls.frontend` for this
+    /// listener's port).
+    pub client_validation: Option<Arc<ClientValidation>>,
     /// Why Accepted is False.
     pub invalid: Option<Problem>,
     /// Why ResolvedRefs is False.
@@ -240,6 +247,7 @@ fn attach_listener_sets<'w>(
     world: &World,
     inputs: &'w [ListenerSetInput],
     listeners: &mut Vec<ListenerModel<'w>>,
+    frontend: Option<&FrontendTls>,
     certs: &mut CertificateCache,
 ) -> Vec<ListenerSetModel> {
     let mut models = Vec::with_capacity(inputs.len());
@@ -248,7 +256,9 @@ fn attach_listener_sets<'w>(
         if input.not_allowed.is_none() {
             for l in &input.listeners {
                 let owner = Owner { kind: "ListenerSet", key: &input.key, set: Some(&input.key) };
-                let mut model = build_listener(world, owner, l, certs);
+                // The Gateway's `tls.frontend` applies to its ports, whoever adds
+                // the listener.
+                let mut model = build_listener(world, owner, l, frontend, certs);
                 if let Some(conflict) = conflict_with_earlier(listeners, &model) {
                     model.conflict = Some(conflict);
                 }
@@ -343,11 +353,12 @@ fn build_gateway<'w>(
     let (requested, accepted) = check_spec(gw);
     let exposed = world.exposed.as_ref().map(|m| m.get(key).cloned().unwrap_or_default());
     let (addresses, publish_addresses) = bind_addresses(world, key, requested, exposed.is_some());
+    let frontend = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
     let mut listeners: Vec<_> =
-        gw.spec.listeners.iter().map(|l| build_listener(world, Owner::gateway(key), l, certs)).collect();
+        gw.spec.listeners.iter().map(|l| build_listener(world, Owner::gateway(key), l, frontend, certs)).collect();
     mark_conflicts(&mut listeners);
     let inputs = listener_sets.get(key).map(Vec::as_slice).unwrap_or_default();
-    let listener_sets = attach_listener_sets(world, inputs, &mut listeners, certs);
+    let listener_sets = attach_listener_sets(world, inputs, &mut listeners, frontend, certs);
     mark_overlapping_tls(&mut listeners);
     let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
     let unusable = mark_bind_errors(world, &mut listeners, &addresses, pod_ports.as_ref());
@@ -368,6 +379,7 @@ fn build_gateway<'w>(
         listener_sets,
         gate: GateAnnotations::default(),
         backend_client: backend_client_certificate(world, key, gw, certs),
+        insecure_frontend: frontend.is_some_and(tls::allows_insecure_fallback),
     }
 }
 
@@ -542,6 +554,7 @@ pub fn build_listener<'w>(
     world: &World,
     owner: Owner<'_>,
     l: &'w Listener,
+    frontend: Option<&FrontendTls>,
     certs: &mut CertificateCache,
 ) -> ListenerModel<'w> {
     let mut model = ListenerModel::new(l);
@@ -588,6 +601,9 @@ pub fn build_listener<'w>(
     }
     if model.protocol == Some(Protocol::Https) {
         resolve_tls(world, owner.kind, namespace, &mut model, certs);
+        if let Some(frontend) = frontend {
+            resolve_frontend(world, namespace, &mut model, frontend);
+        }
     }
     model
 }
@@ -606,6 +622,7 @@ impl<'w> ListenerModel<'w> {
             allows_http_routes: false,
             supported_kinds: Vec::new(),
             certificates: Vec::new(),
+            client_validation: None,
             invalid: None,
             unresolved: None,
             conflict: None,
@@ -690,6 +707,24 @@ fn resolve_tls(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// An HTTPS listener's client certificate validation: "If ALL
+/// CACertificateRefs are invalid, the implementation MUST also ensure the
+/// `Accepted` condition on the listener is set to `status: False`, with the
+/// Reason `NoValidCACertificate`."
+fn resolve_frontend(world: &World, namespace: &str, model: &mut ListenerModel<'_>, frontend: &FrontendTls) {
+    if model.port == 0 {
+        return;
+    }
+    let resolved = tls::resolve_frontend(world, namespace, frontend, model.port);
+    model.client_validation = resolved.validation;
+    if let Some(problem) = resolved.unresolved {
+        model.unresolved.get_or_insert(problem);
+    }
+    if let Some(problem) = resolved.invalid {
+        model.invalid.get_or_insert(problem);
     }
 }
 
@@ -780,6 +815,9 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
     /// Who serves a socket: its protocol, and each hostname with its owner.
     struct Claim {
         protocol: Protocol,
+        /// One socket has one TLS handshake policy: the client certificate
+        /// is asked for before the request names a host.
+        client_validation: Option<Arc<ClientValidation>>,
         hosts: Vec<(Option<Hostname>, String)>,
     }
     let mut claims: BTreeMap<SocketAddr, Claim> = BTreeMap::new();
@@ -813,6 +851,16 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
                         format!("{addr} is already served over {} by {}", claim.protocol, claim.hosts[0].1),
                     ));
                 }
+                if claim.client_validation != l.client_validation {
+                    return Some(Problem::new(
+                        Reason::PortUnavailable,
+                        format!(
+                            "{addr} is already served with another client certificate validation (tls.frontend) \
+                             by {}",
+                            claim.hosts[0].1
+                        ),
+                    ));
+                }
                 claim.hosts.iter().find(|(h, _)| *h == l.hostname).map(|(_, other)| {
                     Problem::new(Reason::HostnameConflict, format!("{addr} already serves this hostname for {other}"))
                 })
@@ -826,7 +874,11 @@ pub fn resolve_bind_conflicts(gateways: &mut [GatewayModel<'_>]) {
                     for addr in sockets {
                         claims
                             .entry(addr)
-                            .or_insert_with(|| Claim { protocol, hosts: Vec::new() })
+                            .or_insert_with(|| Claim {
+                                protocol,
+                                client_validation: l.client_validation.clone(),
+                                hosts: Vec::new(),
+                            })
                             .hosts
                             .push((l.hostname.clone(), owner.clone()));
                     }
@@ -862,6 +914,7 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
                 port: l.port,
                 protocol,
                 certificates: l.certificates.clone(),
+                client_validation: l.client_validation.clone(),
                 routes,
             });
             for socket in sockets(&gw.addresses, gw.pod_ports.as_ref(), l.port) {
@@ -895,6 +948,17 @@ fn gateway_status(gw: &GatewayModel<'_>) -> GatewayStatus {
     }
     if gw.gate.present() {
         conditions.push(scale_to_zero::condition(None, &gw.gate, gw.generation));
+    }
+    // "This condition is removed as soon as FrontendValidationModeType is
+    // changed back to `AllowValidOnly`."
+    if gw.insecure_frontend {
+        conditions.push(condition(
+            types::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            Reason::ConfigurationChanged,
+            "tls.frontend mode AllowInsecureFallback: clients without a valid certificate are let through",
+            gw.generation,
+        ));
     }
     let addresses = gw.status_addresses.clone();
     GatewayStatus {

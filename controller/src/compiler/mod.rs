@@ -33,7 +33,7 @@ use crate::world::World;
 use scale_to_zero::Annotations;
 
 pub use compiled::{Carryover, Compiled, Statuses};
-pub use conditions::condition;
+pub use conditions::{condition, types as condition_types};
 pub use gateways::SUPPORTED_FEATURES;
 
 /// Compiles the world into a snapshot and statuses; `previous` is what the

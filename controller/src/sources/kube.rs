@@ -118,7 +118,8 @@ impl Stores {
         // Only TLS Secrets can be certificateRefs; other Secrets are not read.
         let tls = all.clone().fields("type=kubernetes.io/tls");
         stores.spawn(&client, &stores.secrets, ApiResource::erase::<Secret>(&()), tls);
-        // ConfigMaps hold the CA certificates of BackendTLSPolicies.
+        // ConfigMaps hold CA certificates: of BackendTLSPolicies and of client
+        // certificate validation (tls.frontend).
         stores.spawn(&client, &stores.config_maps, ApiResource::erase::<ConfigMap>(&()), all.clone());
         match backend_tls_policies {
             Some(resource) => stores.spawn(&client, &stores.backend_tls_policies, resource, all.clone()),

@@ -23,7 +23,7 @@ use crate::api::{
     BackendTlsPolicy, BackendTlsPolicyStatus, Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus,
     HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus, Time, Timestamp,
 };
-use crate::compiler::Statuses;
+use crate::compiler::{Statuses, condition_types};
 use crate::sources::kube::Stores;
 
 /// How often everything is written again even without changes, to repair
@@ -154,11 +154,13 @@ fn now() -> Time {
 }
 
 /// Our conditions, with the times of unchanged ones kept, followed by the
-/// current conditions of types we do not set.
+/// current conditions of types we do not set (but not those of ours that no
+/// longer apply).
 fn merge_conditions(desired: &[Condition], current: &[Condition]) -> Vec<Condition> {
     let mut merged: Vec<Condition> = desired.to_vec();
     stamp_conditions(merged.iter_mut(), current, &now());
-    merged.extend(current.iter().filter(|c| !desired.iter().any(|d| d.type_ == c.type_)).cloned());
+    let ours_stale = |c: &Condition| condition_types::SET_WHILE_THEY_APPLY.contains(&c.type_.as_str());
+    merged.extend(current.iter().filter(|c| !desired.iter().any(|d| d.type_ == c.type_) && !ours_stale(c)).cloned());
     merged
 }
 
@@ -376,5 +378,12 @@ mod tests {
             merge_conditions(&[condition("Accepted", true, "Accepted", "", Some(1))], &[old.clone(), foreign.clone()]);
         assert_eq!(merged[0].last_transition_time, old.last_transition_time);
         assert_eq!(merged[1], foreign);
+    }
+
+    #[test]
+    fn our_conditions_that_no_longer_apply_are_removed() {
+        let insecure = condition("InsecureFrontendValidationMode", true, "ConfigurationChanged", "", Some(1));
+        let merged = merge_conditions(&[condition("Accepted", true, "Accepted", "", Some(2))], &[insecure]);
+        assert_eq!(merged.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Accepted"]);
     }
 }

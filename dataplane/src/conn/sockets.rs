@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::serve::{Alpn, serve_http, serve_tls};
 use super::server::Server;
+use super::tls::TlsConfigs;
 use crate::activity::{Activity, OpenConnection, Watched};
 use crate::proxy::ConnInfo;
 
@@ -108,7 +109,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener, bind: SocketAddr, stop: CancellationToken) {
-    let tls = super::tls::server_config(server.clone(), bind);
+    let tls = super::tls::TlsConfigs::new(server.clone(), bind);
     let what = bind.to_string();
     while let Some((stream, peer)) = super::listen::next(&listener, &stop, &what).await {
         serve_connection(&server, stream, peer, bind, &tls, &stop);
@@ -126,12 +127,14 @@ fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     bind: SocketAddr,
-    tls: &Arc<rustls::ServerConfig>,
+    tls: &TlsConfigs,
     stop: &CancellationToken,
 ) {
-    let Some(protocol) = server.proxy.snapshot.load().bind(bind).map(|b| b.protocol) else {
+    let snapshot = server.proxy.snapshot.load();
+    let Some(current) = snapshot.bind(bind) else {
         return;
     };
+    let protocol = current.protocol;
     if server.proxy.connections.load(Ordering::Acquire) >= server.proxy.config.max_connections {
         server.proxy.metrics.refused_connection();
         tracing::debug!(%peer, %bind, max = server.proxy.config.max_connections, "connection refused: too many open");
@@ -150,7 +153,8 @@ fn serve_connection(
             tokio::spawn(serve_http(server.clone(), stream, conn, activity, Alpn::None, stop.clone(), open));
         }
         Protocol::Https => {
-            tokio::spawn(serve_tls(server.clone(), stream, conn, activity, tls.clone(), stop.clone(), open));
+            let tls = tls.get(current.client_validation());
+            tokio::spawn(serve_tls(server.clone(), stream, conn, activity, tls, stop.clone(), open));
         }
     }
 }
