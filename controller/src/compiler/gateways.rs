@@ -398,7 +398,7 @@ fn backend_client_certificate(
         name: r.name.clone(),
         namespace: r.namespace.clone(),
     };
-    Some(match certs.resolve(world, &key.namespace, &as_certificate_ref) {
+    Some(match certs.resolve(world, ("Gateway", &key.namespace), &as_certificate_ref) {
         Ok(c) => Ok(ClientCertificate { secret: c.secret, key: c.key }),
         Err(mut problem) => {
             if problem.reason == Reason::InvalidCertificateRef {

@@ -47,7 +47,7 @@ pub fn attach_all(
         // Compiled once per backend client certificate among its Gateways
         // (usually one): what a backend's TLS presents depends on it.
         let mut by_client: BTreeMap<Option<ObjectRef>, CompiledRoute> = BTreeMap::new();
-        for &(_, g) in &parents {
+        for &(_, g, _) in &parents {
             let client = gateways[g].backend_client.as_ref().and_then(|c| c.as_ref().ok());
             if let std::collections::btree_map::Entry::Vacant(slot) = by_client.entry(client.map(|c| c.secret.clone()))
             {

@@ -441,7 +441,7 @@ mod tests {
         drop(refusing);
         let proxy = Proxy::new(Config::default(), Metrics::new());
         let backend =
-            Arc::new(Backend { id: "default/app:80".into(), endpoints: vec![endpoint], protocol: Default::default() });
+            Arc::new(Backend { id: "default/app:80".into(), endpoints: vec![endpoint], protocol: Default::default(), tls: None });
         let backends = Backends::new(vec![WeightedBackend {
             weight: 1,
             target: BackendTarget::Service(backend.clone()),
