@@ -28,8 +28,7 @@ pub use gateway_api::experimental::gateways::{
 pub use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,
     HttpRouteRulesFilters as Filter, HttpRouteRulesFiltersCors as CorsFilter,
-    HttpRouteRulesFiltersRequestHeaderModifier as HeaderModifier,
-    HttpRouteRulesFiltersRequestMirror as RequestMirror,
+    HttpRouteRulesFiltersRequestHeaderModifier as HeaderModifier, HttpRouteRulesFiltersRequestMirror as RequestMirror,
     HttpRouteRulesFiltersRequestMirrorBackendRef as MirrorBackendRef,
     HttpRouteRulesFiltersRequestRedirect as RequestRedirect,
     HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,

@@ -73,7 +73,15 @@ pub fn attach_all(
             }
             let (gw, generation) = (&gateways[g], route.metadata.generation);
             let outcome = outcome.map(drop);
-            parent_statuses.push(parent_status(world, (gw, set.as_ref()), parent, compiled, &gate, outcome, generation));
+            parent_statuses.push(parent_status(
+                world,
+                (gw, set.as_ref()),
+                parent,
+                compiled,
+                &gate,
+                outcome,
+                generation,
+            ));
         }
         for (g, listeners) in attached {
             let compiled = compiled_for(&gateways[g]);

@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use crate::api::{
-    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, ReferenceGrant,
-    Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace,
+    ReferenceGrant, Secret, Service,
 };
 use crate::world::World;
 

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::stamp_conditions;
 use crate::api::{
     BackendTlsPolicy, BackendTlsPolicyStatus, Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus,
-    HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus, Time, Timestamp,
+    HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus, Time,
+    Timestamp,
 };
 use crate::compiler::{Statuses, condition_types};
 use crate::sources::kube::Stores;

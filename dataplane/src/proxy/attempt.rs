@@ -102,7 +102,9 @@ pub(super) async fn send(
         (None, None) => match connected {
             None => upstream.send(backend.protocol, backend.origination(), endpoint, req).await,
             // Boxed: only requests the gate connected pay for its state.
-            Some(stream) => Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req)).await,
+            Some(stream) => {
+                Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req)).await
+            }
         },
         (request, backend_request) => {
             let now = tokio::time::Instant::now();
@@ -110,9 +112,16 @@ pub(super) async fn send(
             let backend_deadline = backend_request.map(|t| now + t);
             let deadline = [request_deadline, backend_deadline].into_iter().flatten().min().expect("one is set");
             let sent = match connected {
-                None => tokio::time::timeout_at(deadline, upstream.send(backend.protocol, backend.origination(), endpoint, req)).await,
+                None => {
+                    tokio::time::timeout_at(
+                        deadline,
+                        upstream.send(backend.protocol, backend.origination(), endpoint, req),
+                    )
+                    .await
+                }
                 Some(stream) => {
-                    let send_on = Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req));
+                    let send_on =
+                        Box::pin(upstream.send_on(backend.protocol, backend.origination(), endpoint, stream, req));
                     tokio::time::timeout_at(deadline, send_on).await
                 }
             };

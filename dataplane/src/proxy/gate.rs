@@ -440,8 +440,12 @@ mod tests {
         let endpoint = refusing.local_addr().unwrap();
         drop(refusing);
         let proxy = Proxy::new(Config::default(), Metrics::new());
-        let backend =
-            Arc::new(Backend { id: "default/app:80".into(), endpoints: vec![endpoint], protocol: Default::default(), tls: None });
+        let backend = Arc::new(Backend {
+            id: "default/app:80".into(),
+            endpoints: vec![endpoint],
+            protocol: Default::default(),
+            tls: None,
+        });
         let backends = Backends::new(vec![WeightedBackend {
             weight: 1,
             target: BackendTarget::Service(backend.clone()),

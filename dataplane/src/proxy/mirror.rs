@@ -193,7 +193,8 @@ async fn exchange(
     endpoint: SocketAddr,
     req: Box<Request<RequestBody>>,
 ) -> Result<(), String> {
-    let response = upstream.send(backend.protocol, backend.origination(), endpoint, req).await.map_err(|e| format!("{e:?}"))?;
+    let response =
+        upstream.send(backend.protocol, backend.origination(), endpoint, req).await.map_err(|e| format!("{e:?}"))?;
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         frame.map_err(|e| e.to_string())?;
