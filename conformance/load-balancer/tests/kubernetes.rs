@@ -109,9 +109,12 @@ async fn pod_behind(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 }
 
 /// Waits until every pod of `pods` has answered on `addr`, a new
-/// connection per request.
+/// connection per request. Ready pods reach kube-proxy through the
+/// EndpointSlice controller, which backs off exponentially (1 s doubling)
+/// when its informer cache is behind: after a scale to zero and back, that
+/// has taken over 20 s here, as it can in a real cluster.
 async fn reaches_all(addr: SocketAddr, pods: &BTreeSet<String>) {
-    let (started, limit) = (Instant::now(), Duration::from_secs(20));
+    let (started, limit) = (Instant::now(), Duration::from_secs(60));
     let mut seen = BTreeSet::new();
     let mut last_error = None;
     while seen != *pods {
