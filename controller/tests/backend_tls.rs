@@ -13,7 +13,7 @@ use agimo_testkit::objects::HttpRoute;
 use agimo_testkit::tls::{TestCa, TestCert};
 use agimo_testkit::tls_backend::{self, TlsBackend};
 use http::Method;
-use support::Agimo;
+use support::{Agimo, ca_config_map};
 
 const HOST: &str = "app.example.com";
 
@@ -35,19 +35,6 @@ ports: [{{name: btls, port: {}}}]
 endpoints: [{{addresses: [127.0.0.1]}}]
 ",
         backend.addr.port()
-    )
-}
-
-fn ca_config_map(name: &str, ca: &TestCa) -> String {
-    let indent = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
-    format!(
-        "---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}, namespace: default}}
-data:
-  ca.crt: |
-{indent}"
     )
 }
 

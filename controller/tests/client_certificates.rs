@@ -9,7 +9,7 @@ use agimo_controller::Statuses;
 use agimo_shared::snapshot::ObjectRef;
 use agimo_testkit::client::{self, Mode, Reply};
 use agimo_testkit::tls::{TestCa, TestCert, self_signed};
-use support::Agimo;
+use support::{Agimo, ca_config_map};
 
 struct Pki {
     server: TestCert,
@@ -21,20 +21,6 @@ struct Pki {
 
 fn pki() -> Pki {
     Pki { server: self_signed(&["*.example.com"]), ca: TestCa::new("default CA"), other_ca: TestCa::new("port CA") }
-}
-
-/// A ConfigMap `default/<name>` with `ca.crt`.
-fn ca_config_map(name: &str, ca: &TestCa) -> String {
-    let indent: String = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}, namespace: default}}
-data:
-  ca.crt: |
-{indent}"
-    )
 }
 
 /// A Gateway with HTTPS listeners on 8443 and 8444 (and `extra` listener

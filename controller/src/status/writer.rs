@@ -254,27 +254,75 @@ fn merge_listener_set(object: &ListenerSet, desired: &ListenerSetStatus) -> Opti
     (!unchanged).then_some(ListenerSetStatus { conditions: Some(conditions), listeners: Some(listeners) })
 }
 
-/// Other controllers' `parents` entries, untouched, then ours.
-fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &str) -> Option<HttpRouteStatus> {
-    let current = object.status.clone().map(|s| s.parents).unwrap_or_default();
-    let mut parents: Vec<RouteParentStatus> =
-        current.iter().filter(|p| p.controller_name != controller).cloned().collect();
+/// An entry of a status list that several controllers share: an HTTPRoute's
+/// `parents`, a policy's `ancestors`. Each controller owns its entries, one
+/// per reference.
+trait SharedEntry: Clone {
+    type Reference: PartialEq;
+    fn controller(&self) -> &str;
+    fn reference(&self) -> &Self::Reference;
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, conditions: Vec<Condition>);
+}
+
+impl SharedEntry for RouteParentStatus {
+    type Reference = crate::api::ParentReference;
+    fn controller(&self) -> &str {
+        &self.controller_name
+    }
+    fn reference(&self) -> &Self::Reference {
+        &self.parent_ref
+    }
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+}
+
+impl SharedEntry for PolicyAncestorStatus {
+    type Reference = crate::api::PolicyAncestorRef;
+    fn controller(&self) -> &str {
+        &self.controller_name
+    }
+    fn reference(&self) -> &Self::Reference {
+        &self.ancestor_ref
+    }
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+}
+
+/// Other controllers' entries, untouched, then ours (conditions keep their
+/// times where unchanged); `None` when that is what `current` holds already.
+fn merge_shared<E: SharedEntry>(current: &[E], desired: &[E], controller: &str) -> Option<Vec<E>> {
+    let mut merged: Vec<E> = current.iter().filter(|e| e.controller() != controller).cloned().collect();
     for d in desired {
         let old = current
             .iter()
-            .find(|c| c.controller_name == controller && c.parent_ref == d.parent_ref)
-            .map(|c| c.conditions.as_slice());
+            .find(|c| c.controller() == controller && c.reference() == d.reference())
+            .map(SharedEntry::conditions);
         let mut entry = d.clone();
-        entry.conditions = merge_conditions(&d.conditions, old.unwrap_or_default());
-        parents.push(entry);
+        entry.set_conditions(merge_conditions(d.conditions(), old.unwrap_or_default()));
+        merged.push(entry);
     }
-    let unchanged = parents.len() == current.len()
-        && parents.iter().zip(&current).all(|(a, b)| {
-            a.controller_name == b.controller_name
-                && a.parent_ref == b.parent_ref
-                && same_conditions(&a.conditions, &b.conditions)
+    let unchanged = merged.len() == current.len()
+        && merged.iter().zip(current).all(|(a, b)| {
+            a.controller() == b.controller()
+                && a.reference() == b.reference()
+                && same_conditions(a.conditions(), b.conditions())
         });
-    (!unchanged).then_some(HttpRouteStatus { parents })
+    (!unchanged).then_some(merged)
+}
+
+/// Other controllers' `parents` entries, untouched, then ours.
+fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &str) -> Option<HttpRouteStatus> {
+    let current = object.status.as_ref().map(|s| s.parents.as_slice()).unwrap_or_default();
+    merge_shared(current, desired, controller).map(|parents| HttpRouteStatus { parents })
 }
 
 /// Other controllers' `ancestors` entries, untouched, then ours.
@@ -283,25 +331,8 @@ fn merge_policy(
     desired: &[PolicyAncestorStatus],
     controller: &str,
 ) -> Option<BackendTlsPolicyStatus> {
-    let current = object.status.clone().map(|s| s.ancestors).unwrap_or_default();
-    let mut ancestors: Vec<PolicyAncestorStatus> =
-        current.iter().filter(|a| a.controller_name != controller).cloned().collect();
-    for d in desired {
-        let old = current
-            .iter()
-            .find(|c| c.controller_name == controller && c.ancestor_ref == d.ancestor_ref)
-            .map(|c| c.conditions.as_slice());
-        let mut entry = d.clone();
-        entry.conditions = merge_conditions(&d.conditions, old.unwrap_or_default());
-        ancestors.push(entry);
-    }
-    let unchanged = ancestors.len() == current.len()
-        && ancestors.iter().zip(&current).all(|(a, b)| {
-            a.controller_name == b.controller_name
-                && a.ancestor_ref == b.ancestor_ref
-                && same_conditions(&a.conditions, &b.conditions)
-        });
-    (!unchanged).then_some(BackendTlsPolicyStatus { ancestors })
+    let current = object.status.as_ref().map(|s| s.ancestors.as_slice()).unwrap_or_default();
+    merge_shared(current, desired, controller).map(|ancestors| BackendTlsPolicyStatus { ancestors })
 }
 
 #[cfg(test)]

@@ -50,6 +50,21 @@ spec:
     )
 }
 
+/// A ConfigMap `default/<name>` holding `ca.crt`: the CA bundle of a
+/// BackendTLSPolicy or of a Gateway's client certificate validation.
+pub fn ca_config_map(name: &str, ca: &agimo_testkit::tls::TestCa) -> String {
+    let indent: String = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}, namespace: default}}
+data:
+  ca.crt: |
+{indent}"
+    )
+}
+
 /// The HTTP listener on 8080 that admits routes from all namespaces.
 pub const HTTP_LISTENER: &str =
     "  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n";
