@@ -46,8 +46,8 @@ pub use gateway_api::experimental::listenersets::{
 };
 pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
 
-pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
-pub use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServicePort};
+pub use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 pub use k8s_openapi::jiff::Timestamp;
 

@@ -1,11 +1,21 @@
-//! Gateway Services (`--gateway-service-type`): in a cluster, every Gateway
-//! is reached through a Service of its own in Agimo's namespace that selects
-//! Agimo's pods.
+//! Gateway Services: in a cluster, every Gateway is reached through a Service
+//! of its own, in its own namespace, beside it.
 //!
 //! ```text
-//!  client ──► Service agimo-<ns>-<gateway>-<hash>  (LoadBalancer ingress, cluster IP, or externalIPs)
-//!               port 80 ──targetPort 20000──► every Agimo pod, socket 0.0.0.0:20000 = Gateway ns/gateway, port 80
+//!  client ──► Service <gateway ns>/agimo-<ns>-<gateway>-<hash>  (no selector; LoadBalancer ingress,
+//!               │                                                cluster IP, or externalIPs)
+//!               └─ EndpointSlice (written by Agimo) ── port-80 = 20000 ──► every ready Agimo pod,
+//!                                                       socket 0.0.0.0:20000 = Gateway ns/gateway, port 80
 //! ```
+//!
+//! With `--gateway-service-type`, Agimo's pods serve every Gateway, but they
+//! live in Agimo's namespace and a Service selects pods of its own namespace
+//! only: so the Service has no selector, and Agimo writes its EndpointSlices
+//! from its own pods ([`endpoints`]), ready as the EndpointSlice controller
+//! would mark them (Ready and not terminating). The Service and its slices
+//! carry the Gateway's `spec.infrastructure` labels and annotations, and the
+//! Service is owned by the Gateway (deleted with it by the garbage collector
+//! even when Agimo is not running).
 //!
 //! Several Gateways may listen on the same port, but a pod has one address:
 //! each (Gateway, listener port) gets a port of its own on the pods from
@@ -13,13 +23,19 @@
 //! it. Every replica computes the same plan from the same world: a Gateway
 //! keeps the pod ports its Service already has, and new ones get the lowest
 //! free port, oldest Gateway first. Every replica binds the pod ports; the
-//! Lease holder writes the Services ([`writer`]).
+//! Lease holder writes the Services and slices ([`writer`]).
 //!
 //! What a Gateway publishes in `status.addresses`: its static addresses
 //! (`spec.addresses`, which become the Service's `externalIPs` and must lie in
 //! a `--gateway-static-address-range`), else the Service's load balancer
 //! ingress (type LoadBalancer) or its cluster IP (ClusterIP, NodePort).
+//!
+//! With `--gateway-address-pool` instead (Agimo beside the cluster), Gateways
+//! publish their pool address, and their Service ([`plan_addressed`]) is a
+//! ClusterIP one whose endpoint is that address: the Gateway's name inside
+//! the cluster.
 
+pub mod endpoints;
 pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +48,9 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use crate::api::{EndpointSlice, Gateway, GatewayStatusAddress, ObjectMeta, Service, ServicePort};
 use crate::world::{Exposed, World};
 
 /// Marks the Services Agimo manages (with `app.kubernetes.io/managed-by`).
@@ -56,11 +74,12 @@ pub const GATEWAY_API_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name
 /// How Gateways are exposed, from the flags.
 #[derive(Clone, Debug)]
 pub struct Exposure {
-    /// Where the Services live: Agimo's own namespace.
+    /// Agimo's own namespace, where its pods are.
     pub namespace: String,
     /// `LoadBalancer`, `ClusterIP` or `NodePort`.
     pub service_type: String,
-    /// The labels of Agimo's pods.
+    /// The labels of Agimo's pods: those whose addresses the Services'
+    /// EndpointSlices list.
     pub selector: BTreeMap<String, String>,
     /// Put on every Service (cloud load balancer settings).
     pub annotations: BTreeMap<String, String>,
@@ -70,27 +89,71 @@ pub struct Exposure {
     pub static_ranges: Vec<IpNet>,
 }
 
+/// What Agimo writes for one Gateway: its Service and the Service's
+/// EndpointSlices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub service: Service,
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// What should exist, by the Service's namespace and name.
+pub type Desired = BTreeMap<ObjectRef, Generated>;
+
 /// The plan for every Gateway of ours, and the Services it takes.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub gateways: BTreeMap<ObjectRef, Exposed>,
-    /// The Services that should exist, by name.
-    pub services: BTreeMap<String, Service>,
+    pub services: Desired,
 }
 
 /// Plans the Services of `world`'s Gateways.
 pub fn plan(world: &World, exposure: &Exposure) -> Plan {
     let gateways = world.our_gateways_oldest_first();
-    let current = managed_services(world, exposure);
-    let mut plan = Plan { gateways: assign_pod_ports(world, &gateways, &current, exposure), services: BTreeMap::new() };
+    let current = managed_services(world);
+    // A Service's name is unique across namespaces (it names the Gateway's
+    // namespace); one in Agimo's namespace, where earlier versions put them,
+    // passes its pod ports on until the writer deletes it.
+    let by_name: BTreeMap<&str, &Service> = current.iter().map(|(k, s)| (k.name.as_str(), *s)).collect();
+    let mut plan = Plan { gateways: assign_pod_ports(world, &gateways, &by_name, exposure), services: BTreeMap::new() };
     for (key, gateway) in &gateways {
         let exposed = plan.gateways.get_mut(*key).expect("planned above");
-        let have = current.get(&exposed.service).copied();
+        let at = ObjectRef { namespace: key.namespace.clone(), name: exposed.service.clone() };
+        let have = current.get(&at).copied();
         if let Some(service) = plan_service(key, gateway, exposed, have, exposure, &world.controller_name) {
-            plan.services.insert(exposed.service.clone(), service);
+            let slices = endpoints::from_pods(&service, &world.gateway_pods, &exposed.pod_ports);
+            plan.services.insert(at, Generated { service, slices });
         }
     }
     plan
+}
+
+/// With an address pool: a ClusterIP Service per Gateway that has a usable
+/// address, its endpoint that address at the listener ports.
+pub fn plan_addressed(world: &World) -> Desired {
+    let mut desired = Desired::new();
+    for (key, gateway) in world.our_gateways_oldest_first() {
+        let mut addresses: Vec<IpAddr> = static_addresses(gateway);
+        addresses.extend(world.assigned_addresses.get(key));
+        addresses.retain(|ip| endpoints::usable(*ip));
+        let ports = listener_ports(world, key, gateway);
+        if addresses.is_empty() || ports.is_empty() {
+            continue;
+        }
+        let exposed = Exposed {
+            service: service_name(key),
+            pod_ports: ports.iter().map(|p| (*p, *p)).collect(),
+            ..Exposed::default()
+        };
+        let spec = ServiceSpec { type_: Some("ClusterIP".to_owned()), ..ServiceSpec::default() };
+        let service = desired_service((key, gateway), &exposed, spec, BTreeMap::new(), &world.controller_name);
+        let slices = endpoints::from_addresses(&service, &addresses, &exposed.pod_ports);
+        desired.insert(
+            ObjectRef { namespace: key.namespace.clone(), name: exposed.service },
+            Generated { service, slices },
+        );
+    }
+    desired
 }
 
 /// Gives each listener port of each Gateway a port on the pods: the one its
@@ -99,7 +162,7 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
 fn assign_pod_ports(
     world: &World,
     gateways: &[(&ObjectRef, &Gateway)],
-    current: &BTreeMap<String, &Service>,
+    current: &BTreeMap<&str, &Service>,
     exposure: &Exposure,
 ) -> BTreeMap<ObjectRef, Exposed> {
     // Every pod port a Service points at stays taken until its Service lets
@@ -113,7 +176,7 @@ fn assign_pod_ports(
         let ports = listener_ports(world, key, gateway);
         let mut exposed = Exposed { service: service_name(key), ..Exposed::default() };
         // Ports a Gateway's own Service already gives its listeners are kept.
-        for (port, target) in current.get(&exposed.service).into_iter().flat_map(|s| target_ports(s)) {
+        for (port, target) in current.get(exposed.service.as_str()).into_iter().flat_map(|s| target_ports(s)) {
             let Ok(port) = u16::try_from(port) else { continue };
             if let Some(target) = target.filter(|t| exposure.pod_ports.contains(t) && !kept.contains(t))
                 && ports.contains(&port)
@@ -172,13 +235,18 @@ fn plan_service(
     let in_range = |ip: &IpAddr| exposure.static_ranges.iter().any(|r| r.contains(ip));
     exposed.unusable = statics.iter().filter(|ip| !in_range(ip)).map(ToString::to_string).collect();
     let usable: Vec<IpAddr> = statics.iter().copied().filter(in_range).collect();
-    let name = format!("{}/{}", exposure.namespace, exposed.service);
+    let name = format!("{}/{}", key.namespace, exposed.service);
     if exposed.pod_ports.is_empty() {
         // A Service needs a port: without one, the Gateway has none.
         exposed.pending = Some(format!("no port left in --gateway-pod-ports for a Service {name}"));
         return None;
     }
-    let service = desired_service((key, gateway), exposed, &usable, exposure, controller_name);
+    let spec = ServiceSpec {
+        type_: Some(exposure.service_type.clone()),
+        external_ips: (!usable.is_empty()).then(|| usable.iter().map(ToString::to_string).collect()),
+        ..ServiceSpec::default()
+    };
+    let service = desired_service((key, gateway), exposed, spec, exposure.annotations.clone(), controller_name);
     match published_addresses(have, !statics.is_empty(), &usable, exposure, &name) {
         Ok(addresses) => exposed.addresses = addresses,
         Err(pending) => exposed.pending = Some(pending),
@@ -214,20 +282,21 @@ fn published_addresses(
     Ok(addresses)
 }
 
-/// The Services of `exposure.namespace` that Agimo manages, by name.
-pub fn managed_services<'w>(world: &'w World, exposure: &Exposure) -> BTreeMap<String, &'w Service> {
+/// The Services Agimo manages, in every namespace.
+pub fn managed_services(world: &World) -> BTreeMap<ObjectRef, &Service> {
     world
         .services
         .iter()
-        .filter(|(key, service)| key.namespace == exposure.namespace && is_managed(service, &world.controller_name))
-        .map(|(key, service)| (key.name.clone(), service.as_ref()))
+        .filter(|(_, service)| is_managed(&service.metadata, &world.controller_name))
+        .map(|(key, service)| (key.clone(), service.as_ref()))
         .collect()
 }
 
-/// Whether Agimo, serving `controller_name`, manages this Service.
-pub fn is_managed(service: &Service, controller_name: &str) -> bool {
-    let label = service.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
-    let controller = service.metadata.annotations.as_ref().and_then(|a| a.get(CONTROLLER_ANNOTATION));
+/// Whether Agimo, serving `controller_name`, manages this object (a Service
+/// or an EndpointSlice).
+pub fn is_managed(metadata: &ObjectMeta, controller_name: &str) -> bool {
+    let label = metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
+    let controller = metadata.annotations.as_ref().and_then(|a| a.get(CONTROLLER_ANNOTATION));
     label.map(String::as_str) == Some(MANAGED_BY) && controller.map(String::as_str) == Some(controller_name)
 }
 
@@ -304,15 +373,16 @@ fn service_addresses(service: &Service) -> Vec<GatewayStatusAddress> {
     ips.into_iter().flatten().filter(|ip| !ip.is_empty() && ip != "None").map(|ip| ip_address(&ip)).collect()
 }
 
-/// The Service of Gateway `key`. Its labels and annotations: the Gateway's
-/// `spec.infrastructure` ones (over the `--gateway-service-annotation` ones),
-/// then Agimo's own, which no Gateway can override since they decide which
-/// Services Agimo manages.
+/// The Service of Gateway `key`, in its namespace, with `spec`'s type and
+/// addresses and no selector. Its labels and annotations: the Gateway's
+/// `spec.infrastructure` ones (over `annotations`, the
+/// `--gateway-service-annotation` ones), then Agimo's own, which no Gateway
+/// can override since they decide which Services Agimo manages.
 fn desired_service(
     (key, gateway): (&ObjectRef, &Gateway),
     exposed: &Exposed,
-    external_ips: &[IpAddr],
-    exposure: &Exposure,
+    spec: ServiceSpec,
+    mut annotations: BTreeMap<String, String>,
     controller_name: &str,
 ) -> Service {
     let infrastructure = gateway.spec.infrastructure.as_ref();
@@ -325,7 +395,6 @@ fn desired_service(
         (GATEWAY_NAME_LABEL.to_owned(), label_value(&key.name)),
         (GATEWAY_API_NAME_LABEL.to_owned(), label_value(&key.name)),
     ]);
-    let mut annotations = exposure.annotations.clone();
     let infrastructure_annotations = infrastructure.and_then(|i| i.annotations.clone()).unwrap_or_default();
     let digest = digest_of(&format!("{infrastructure_labels:?}{infrastructure_annotations:?}"));
     annotations.extend(infrastructure_annotations);
@@ -336,30 +405,45 @@ fn desired_service(
         .pod_ports
         .iter()
         .map(|(port, target)| ServicePort {
-            name: Some(format!("port-{port}")),
+            name: Some(port_name(*port)),
             port: i32::from(*port),
             target_port: Some(IntOrString::Int(i32::from(*target))),
             protocol: Some("TCP".to_owned()),
             ..ServicePort::default()
         })
         .collect();
+    // Owned by its Gateway: the garbage collector deletes it with the
+    // Gateway, even while no Agimo runs.
+    let owner = gateway.metadata.uid.clone().map(|uid| OwnerReference {
+        api_version: format!("{}/v1", crate::api::GATEWAY_GROUP),
+        kind: "Gateway".to_owned(),
+        name: key.name.clone(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: None,
+    });
     Service {
         metadata: ObjectMeta {
             name: Some(exposed.service.clone()),
-            namespace: Some(exposure.namespace.clone()),
+            namespace: Some(key.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
+            owner_references: owner.map(|o| vec![o]),
             ..ObjectMeta::default()
         },
-        spec: Some(ServiceSpec {
-            type_: Some(exposure.service_type.clone()),
-            selector: Some(exposure.selector.clone()),
-            ports: Some(ports),
-            external_ips: (!external_ips.is_empty()).then(|| external_ips.iter().map(ToString::to_string).collect()),
-            ..ServiceSpec::default()
-        }),
+        spec: Some(ServiceSpec { ports: Some(ports), ..spec }),
         status: None,
     }
+}
+
+/// The name of the Service port (and EndpointSlice port) of a listener port.
+fn port_name(port: u16) -> String {
+    format!("port-{port}")
+}
+
+/// Whether every entry of `want` (labels, annotations) is in `have`.
+fn contains(have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>) -> bool {
+    want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
 }
 
 /// A label value: at most 63 characters, alphanumeric at both ends.
@@ -370,6 +454,8 @@ fn label_value(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::sources::files::load_str;
 
@@ -418,6 +504,12 @@ spec:
         ObjectRef { namespace: "ns".into(), name: name.into() }
     }
 
+    /// The planned Service of Gateway ns/`gateway`.
+    fn service_of<'p>(plan: &'p Plan, gateway: &str) -> &'p Service {
+        let at = ObjectRef { namespace: "ns".into(), name: plan.gateways[&key(gateway)].service.clone() };
+        &plan.services[&at].service
+    }
+
     #[test]
     fn gateways_on_the_same_port_get_pod_ports_of_their_own_oldest_first() {
         let w = world(
@@ -426,17 +518,18 @@ spec:
         let plan = plan(&w, &exposure());
         assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (443, 20001)]));
         assert_eq!(plan.gateways[&key("b")].pod_ports, BTreeMap::from([(80, 20002)]));
-        let service = &plan.services[&plan.gateways[&key("a")].service];
+        let service = service_of(&plan, "a");
         let spec = service.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
-        assert_eq!(spec.selector.as_ref().unwrap()["app.kubernetes.io/name"], "agimo");
+        // Agimo's pods are in another namespace: its slices list them.
+        assert_eq!(spec.selector, None);
         let ports: Vec<(i32, Option<IntOrString>)> =
             spec.ports.iter().flatten().map(|p| (p.port, p.target_port.clone())).collect();
         assert_eq!(ports, vec![(80, Some(IntOrString::Int(20000))), (443, Some(IntOrString::Int(20001)))]);
         let annotations = service.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations[GATEWAY_ANNOTATION], "ns/a");
         assert_eq!(annotations["example.com/lb"], "internal");
-        assert_eq!(service.metadata.namespace.as_deref(), Some("agimo-system"));
+        assert_eq!(service.metadata.namespace.as_deref(), Some("ns"), "beside its Gateway");
         // Not created yet: no address, and the status says why.
         assert!(plan.gateways[&key("a")].addresses.is_empty());
         assert!(plan.gateways[&key("a")].pending.as_deref().unwrap().contains("not created yet"));
@@ -444,6 +537,10 @@ spec:
 
     /// The Service as the API server would hold it once written.
     fn existing(name: &str, gateway: &str, ports: &[(u16, u16)], status: &str) -> String {
+        existing_in("ns", name, gateway, ports, status)
+    }
+
+    fn existing_in(namespace: &str, name: &str, gateway: &str, ports: &[(u16, u16)], status: &str) -> String {
         let ports: Vec<String> =
             ports.iter().map(|(p, t)| format!("{{name: port-{p}, port: {p}, targetPort: {t}}}")).collect();
         format!(
@@ -452,7 +549,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {name}
-  namespace: agimo-system
+  namespace: {namespace}
   labels: {{app.kubernetes.io/managed-by: agimo}}
   annotations: {{agimo.dev/gateway: ns/{gateway}, agimo.dev/controller-name: agimo.dev/gateway-controller}}
 spec:
@@ -487,8 +584,11 @@ spec:
         assert_eq!(first.gateways[&key("a")].pending, None);
         // Once the Services are written as planned, each Gateway keeps its
         // ports, and 20001 is free for a newcomer.
-        let written: String =
-            first.services.values().map(|s| format!("---\n{}", serde_yaml_ng::to_string(s).unwrap())).collect();
+        let written: String = first
+            .services
+            .values()
+            .map(|g| format!("---\n{}", serde_yaml_ng::to_string(&g.service).unwrap()))
+            .collect();
         let w = world(
             &(gateway("old", "2026-01-01T00:00:00Z", &[80], "")
                 + &gateway("a", "2026-01-02T00:00:00Z", &[80, 8080], "")
@@ -523,7 +623,7 @@ spec:
         let first = plan(&w, &exposure());
         let exposed = &first.gateways[&key("s")];
         assert_eq!(exposed.unusable, vec!["192.0.2.55".to_owned()]);
-        let service = &first.services[&exposed.service];
+        let service = service_of(&first, "s");
         assert_eq!(service.spec.clone().unwrap().external_ips, Some(vec!["10.245.255.10".to_owned()]));
         // Not published before the Service carries it.
         assert!(exposed.addresses.is_empty());
@@ -548,10 +648,10 @@ spec:
             "agimo.dev/controller-name: example.com/other",
         );
         let w = world(&(gateway("a", "2026-01-02T00:00:00Z", &[80], "") + &theirs));
-        assert!(managed_services(&w, &exposure()).is_empty());
+        assert!(managed_services(&w).is_empty());
         let service = w.services.values().next().unwrap();
-        assert!(!is_managed(service, "agimo.dev/gateway-controller"));
-        assert!(is_managed(service, "example.com/other"));
+        assert!(!is_managed(&service.metadata, "agimo.dev/gateway-controller"));
+        assert!(is_managed(&service.metadata, "example.com/other"));
     }
 
     #[test]
@@ -562,7 +662,8 @@ spec:
         );
         let plan = plan(&w, &exposure());
         let b = &plan.gateways[&key("b")];
-        assert!(!plan.services.contains_key(&b.service), "the API server refuses a Service without ports");
+        let at = ObjectRef { namespace: "ns".into(), name: b.service.clone() };
+        assert!(!plan.services.contains_key(&at), "the API server refuses a Service without ports");
         assert!(b.pending.as_deref().unwrap().contains("no port left"), "{b:?}");
     }
 
@@ -623,7 +724,7 @@ spec:
 ";
         let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], infrastructure));
         let plan = plan(&w, &exposure());
-        let service = &plan.services[&plan.gateways[&key("a")].service];
+        let service = service_of(&plan, "a");
         let labels = service.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["team"], "payments");
         assert_eq!(labels[GATEWAY_API_NAME_LABEL], "a");
@@ -632,20 +733,24 @@ spec:
         assert_eq!(annotations["note"], "hi");
         assert_eq!(annotations["example.com/lb"], "external", "the Gateway's own beat the flag's");
         assert_eq!(annotations[GATEWAY_ANNOTATION], "ns/a");
-        assert!(is_managed(service, "agimo.dev/gateway-controller"));
+        assert!(is_managed(&service.metadata, "agimo.dev/gateway-controller"));
+        let slice = &plan.services[&ObjectRef { namespace: "ns".into(), name: service_name(&key("a")) }].slices[0];
+        let slice_labels = slice.metadata.labels.as_ref().unwrap();
+        assert_eq!((slice_labels["team"].as_str(), slice_labels[GATEWAY_API_NAME_LABEL].as_str()), ("payments", "a"));
+        assert_eq!(slice.metadata.annotations.as_ref().unwrap()["note"], "hi");
         // A Gateway without infrastructure keeps the flag's annotation.
         let w = world(&gateway("b", "2026-01-01T00:00:00Z", &[80], ""));
         let plan = super::plan(&w, &exposure());
-        let service = &plan.services[&plan.gateways[&key("b")].service];
+        let service = service_of(&plan, "b");
         assert_eq!(service.metadata.annotations.as_ref().unwrap()["example.com/lb"], "internal");
         assert!(!service.metadata.labels.as_ref().unwrap().contains_key("team"));
         // Dropping a label changes what the writer compares, so the Service is
         // applied again (and the API server removes the label).
         let digest = |s: &Service| s.metadata.annotations.as_ref().unwrap()[INFRASTRUCTURE_ANNOTATION].clone();
         let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], infrastructure));
-        let before = digest(&super::plan(&w, &exposure()).services[&service_name(&key("a"))]);
+        let before = digest(service_of(&super::plan(&w, &exposure()), "a"));
         let w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80], &infrastructure.replace("team: payments, ", "")));
-        let after = digest(&super::plan(&w, &exposure()).services[&service_name(&key("a"))]);
+        let after = digest(service_of(&super::plan(&w, &exposure()), "a"));
         assert_ne!(before, after);
     }
 
@@ -662,6 +767,71 @@ spec:
         let w = world(&(gateway("a", "2026-01-01T00:00:00Z", &[80], "") + set));
         let plan = plan(&w, &exposure());
         assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20000), (8443, 20001)]));
+    }
+
+    #[test]
+    fn a_service_left_in_agimos_namespace_passes_its_pod_ports_on_but_not_its_address() {
+        let a = service_name(&key("a"));
+        let old = existing_in(
+            "agimo-system",
+            &a,
+            "a",
+            &[(80, 20002)],
+            "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}",
+        );
+        let w = world(&(gateway("a", "2026-01-01T00:00:00Z", &[80], "") + &old));
+        let plan = plan(&w, &exposure());
+        assert_eq!(plan.gateways[&key("a")].pod_ports, BTreeMap::from([(80, 20002)]));
+        // Clients will reach the Service beside the Gateway, once it has an address.
+        assert!(plan.gateways[&key("a")].addresses.is_empty());
+        assert_eq!(plan.services.keys().map(|k| k.namespace.as_str()).collect::<Vec<_>>(), vec!["ns"]);
+    }
+
+    #[test]
+    fn slices_list_agimos_pods_at_the_gateways_pod_ports() {
+        let mut w = world(&gateway("a", "2026-01-01T00:00:00Z", &[80, 443], ""));
+        let pod: crate::api::Pod = serde_yaml_ng::from_str(
+            "metadata: {name: agimo-1, namespace: agimo-system}
+status: {phase: Running, podIP: 10.1.0.5, conditions: [{type: Ready, status: 'True'}]}",
+        )
+        .unwrap();
+        w.gateway_pods.insert(ObjectRef { namespace: "agimo-system".into(), name: "agimo-1".into() }, Arc::new(pod));
+        let plan = plan(&w, &exposure());
+        let generated = &plan.services[&ObjectRef { namespace: "ns".into(), name: service_name(&key("a")) }];
+        let slice = &generated.slices[0];
+        assert_eq!(slice.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(slice.endpoints.as_ref().unwrap()[0].addresses, vec!["10.1.0.5".to_owned()]);
+        let ports: Vec<(String, i32)> =
+            slice.ports.iter().flatten().map(|p| (p.name.clone().unwrap(), p.port.unwrap())).collect();
+        assert_eq!(ports, vec![("port-80".to_owned(), 20000), ("port-443".to_owned(), 20001)]);
+        // The Service's port of the same name maps the listener port to the pods' one.
+        let service_ports: Vec<(String, i32)> = generated
+            .service
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .map(|p| (p.name.clone().unwrap(), p.port))
+            .collect();
+        assert_eq!(service_ports, vec![("port-80".to_owned(), 80), ("port-443".to_owned(), 443)]);
+    }
+
+    #[test]
+    fn with_an_address_pool_a_gateway_gets_a_cluster_ip_service_at_its_address() {
+        let mut w = world(
+            &(gateway("a", "2026-01-01T00:00:00Z", &[80], "  infrastructure: {labels: {team: a}}\n")
+                + &gateway("local", "2026-01-01T00:00:00Z", &[80], "  addresses: [{value: 127.0.0.1}]\n")),
+        );
+        w.assigned_addresses.insert(key("a"), "10.245.0.1".parse().unwrap());
+        let desired = plan_addressed(&w);
+        // A loopback address is no endpoint the API server would take.
+        assert_eq!(desired.len(), 1);
+        let generated = &desired[&ObjectRef { namespace: "ns".into(), name: service_name(&key("a")) }];
+        let spec = generated.service.spec.as_ref().unwrap();
+        assert_eq!((spec.type_.as_deref(), spec.selector.as_ref()), (Some("ClusterIP"), None));
+        assert_eq!(generated.service.metadata.labels.as_ref().unwrap()["team"], "a");
+        let endpoint = &generated.slices[0].endpoints.as_ref().unwrap()[0];
+        assert_eq!(endpoint.addresses, vec!["10.245.0.1".to_owned()]);
+        assert_eq!(generated.slices[0].ports.as_ref().unwrap()[0].port, Some(80));
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //!  API server ──watches──► Stores ──(debounced)──► World (+ pool addresses
 //!      ▲                                              or Gateway Services plan) ──► Runtime::compile
 //!      │                                                       │                        │
-//!      ├──────── Service writer (Lease holder only) ◄──────────┘                        │
+//!      ├──── Service + EndpointSlice writer (Lease holder) ◄───┘                        │
 //!      └──────── status writer (Lease holder only) ◄──── Statuses ◄─────────────────────┘
 //! ```
 //!
 //! Every replica watches, compiles and serves; only the Lease holder writes
-//! statuses and Gateway Services.
+//! statuses and Gateway Services. On SIGTERM a replica keeps watching and
+//! writing through its shutdown delay: the EndpointSlices then mark it
+//! terminating (the Lease holder writes them, itself included) before its
+//! listeners close.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +22,15 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Service;
 use crate::gateway_services::{self, Exposure};
 use crate::leader::{self, LeaseConfig};
 use crate::runtime::{Runtime, ServeOptions, lock, shutdown_signal};
-use crate::sources::kube::Stores;
+use crate::sources::kube::{OwnPods, Stores};
 use crate::world::World;
 use crate::{address_pool, status};
 
-/// The Gateway Services the plan wants, by name.
-type Desired = watch::Sender<Arc<BTreeMap<String, Service>>>;
+/// The Gateway Services (and their EndpointSlices) the plan wants.
+type Desired = watch::Sender<Arc<gateway_services::Desired>>;
 
 pub struct Options {
     pub serve: ServeOptions,
@@ -52,7 +53,11 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     tracing::info!(controller = %options.controller_name, "starting in Kubernetes mode");
-    let stores = Stores::start(client.clone()).await;
+    let own_pods = options.exposure.as_ref().map(|e| OwnPods {
+        namespace: e.namespace.clone(),
+        selector: e.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+    });
+    let stores = Stores::start(client.clone(), own_pods).await;
     stores.wait_ready().await;
     tracing::info!("initial lists received");
 
@@ -74,11 +79,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         leading.clone(),
         stop.clone(),
     );
-    if let Some(exposure) = &options.exposure {
+    if options.exposure.is_some() || options.gateway_address_pool.is_some() {
         gateway_services::writer::spawn(
             client,
             stores.clone(),
-            exposure.namespace.clone(),
             options.controller_name.clone(),
             desired.subscribe(),
             leading.clone(),
@@ -92,9 +96,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // Set on SIGTERM: the end of the shutdown delay, until which this replica
+    // serves, watches and writes as before (its listeners close after it).
+    let mut leaving: Option<tokio::time::Instant> = None;
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if leaving.is_none() => {
+                tracing::info!(delay = ?options.serve.shutdown_delay, "leaving: serving and writing through the shutdown delay");
+                runtime.begin_shutdown();
+                leaving = Some(tokio::time::Instant::now() + options.serve.shutdown_delay);
+            }
+            () = tokio::time::sleep_until(leaving.unwrap_or(far)) => break,
             () = stores.changed() => {
                 if let Some(wait) = (last_compile + MIN_INTERVAL).checked_duration_since(tokio::time::Instant::now()) {
                     tokio::time::sleep(wait).await;
@@ -116,7 +129,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    runtime.shutdown(options.serve.shutdown_delay, options.serve.shutdown_grace_period).await;
+    runtime.shutdown(Duration::ZERO, options.serve.shutdown_grace_period).await;
     Ok(())
 }
 
@@ -127,16 +140,22 @@ fn world(stores: &Stores, options: &Options, previous: World, desired: &Desired)
     world.controller_name = options.controller_name.clone();
     world.default_address = Some(options.serve.bind_address);
     world.bind_errors = previous.bind_errors;
+    let mut services = None;
     if let Some(pool) = &options.gateway_address_pool {
         world.assigned_addresses = address_pool::allocate(&world, pool);
+        services = Some(gateway_services::plan_addressed(&world));
     }
     if let Some(exposure) = &options.exposure {
         let plan = gateway_services::plan(&world, exposure);
         world.exposed = Some(plan.gateways);
+        services = Some(plan.services);
+    }
+    if let Some(services) = services {
+        world.generates_services = true;
         desired.send_if_modified(|current| {
-            let changed = **current != plan.services;
+            let changed = **current != services;
             if changed {
-                *current = Arc::new(plan.services);
+                *current = Arc::new(services);
             }
             changed
         });

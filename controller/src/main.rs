@@ -43,8 +43,9 @@ enum Command {
         #[arg(long, default_value = agimo_controller::api::CONTROLLER_NAME)]
         controller_name: String,
         /// Addresses for Gateways without spec.addresses, published in their
-        /// status.addresses (e.g. 10.245.0.0/24). Without a pool such Gateways
-        /// listen on --bind-address.
+        /// status.addresses (e.g. 10.245.0.0/24); each Gateway also gets a
+        /// ClusterIP Service in its namespace whose endpoint is its address.
+        /// Without a pool such Gateways listen on --bind-address.
         #[arg(long)]
         gateway_address_pool: Option<ipnet::IpNet>,
         #[command(flatten)]
@@ -63,19 +64,22 @@ enum Command {
     },
 }
 
-/// In a cluster: a Service per Gateway, selecting Agimo's pods.
+/// In a cluster: a Service per Gateway, in its namespace, whose
+/// EndpointSlices list Agimo's pods.
 #[derive(Args)]
 struct GatewayServiceArgs {
-    /// Expose every Gateway through a Service of this type in
-    /// --gateway-service-namespace, whose address Gateways publish; their
-    /// listeners get ports of their own on the pods (--gateway-pod-ports).
+    /// Expose every Gateway through a Service of this type in the Gateway's
+    /// namespace, whose address the Gateway publishes; its EndpointSlices
+    /// list Agimo's pods (--gateway-service-selector), and its listeners get
+    /// ports of their own on the pods (--gateway-pod-ports).
     #[arg(long, value_parser = ["LoadBalancer", "ClusterIP", "NodePort"], conflicts_with = "gateway_address_pool",
           requires = "gateway_service_selector")]
     gateway_service_type: Option<String>,
-    /// Where the Gateway Services live: Agimo's own namespace.
+    /// Agimo's own namespace, where its pods are.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     gateway_service_namespace: String,
-    /// The labels of Agimo's pods, KEY=VALUE[,KEY=VALUE...].
+    /// The labels of Agimo's pods, KEY=VALUE[,KEY=VALUE...]: the endpoints
+    /// of the Gateway Services.
     #[arg(long, value_parser = parse_labels)]
     gateway_service_selector: Option<BTreeMap<String, String>>,
     /// An annotation for every Gateway Service, KEY=VALUE (repeatable),

@@ -137,6 +137,12 @@ impl Runtime {
     /// Readiness turns false first; listeners keep accepting for `delay`
     /// while load balancers take the replica out; then listeners close and
     /// connections finish what they are doing, up to the grace period.
+    /// Starts leaving: readiness turns false at once; the listeners stay
+    /// open until [`Runtime::shutdown`].
+    pub fn begin_shutdown(&self) {
+        self.dataplane.begin_shutdown();
+    }
+
     pub async fn shutdown(self, delay: Duration, grace: Duration) {
         tracing::info!(connections = self.dataplane.open_connections(), ?delay, "shutting down");
         self.dataplane.begin_shutdown();

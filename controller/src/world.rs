@@ -12,7 +12,7 @@ use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
     BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, ListenerSet,
-    Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
+    Namespace, ObjectMeta, Pod, ReferenceGrant, Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -38,6 +38,12 @@ pub struct World {
     /// With Gateway Services (`--gateway-service-type`): each Gateway's
     /// Service, pod ports and addresses.
     pub exposed: Option<BTreeMap<ObjectRef, Exposed>>,
+    /// Whether Agimo writes a Service per Gateway (Gateway Services or an
+    /// address pool, in Kubernetes mode).
+    pub generates_services: bool,
+    /// With Gateway Services: Agimo's own pods (`--gateway-service-selector`
+    /// in its namespace), the endpoints of every Gateway's Service.
+    pub gateway_pods: BTreeMap<ObjectRef, Arc<Pod>>,
     /// Where Gateways with neither `spec.addresses` nor an assigned address
     /// listen (`--bind-address`); `None` means `0.0.0.0`.
     pub default_address: Option<IpAddr>,
@@ -50,7 +56,7 @@ pub struct World {
 /// Services plan decided from the world.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exposed {
-    /// The name of its Service (in Agimo's namespace).
+    /// The name of its Service (in the Gateway's namespace).
     pub service: String,
     /// Listener port → the pods' port.
     pub pod_ports: BTreeMap<u16, u16>,
@@ -151,6 +157,8 @@ impl Default for World {
             namespaces: BTreeMap::new(),
             assigned_addresses: BTreeMap::new(),
             exposed: None,
+            generates_services: false,
+            gateway_pods: BTreeMap::new(),
             default_address: None,
             bind_errors: BTreeMap::new(),
         }

@@ -18,6 +18,7 @@ use agimo_testkit::client::{self, Mode};
 use agimo_testkit::wait::{condition, eventually, eventually_within};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, discovery};
 use serde_json::{Value, json};
@@ -87,9 +88,9 @@ impl Env {
         list.pop()?.spec?.holder_identity.filter(|h| !h.is_empty())
     }
 
-    /// The Gateway Services of this test's Gateways, by Gateway name.
+    /// The Gateway Services of this test's Gateways (beside them), by Gateway name.
     async fn gateway_services(&self) -> BTreeSet<String> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.agimo_ns);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NS);
         let managed =
             services.list(&ListParams::default().labels("app.kubernetes.io/managed-by=agimo")).await.expect("services");
         managed
@@ -244,9 +245,24 @@ async fn the_chart_serves_through_gateway_services_and_survives_losing_its_leade
     assert_eq!(
         env.gateway_services().await,
         BTreeSet::from(["gw".to_owned(), "gw2".to_owned()]),
-        "a Service per Gateway in {}",
-        env.agimo_ns
+        "a Service per Gateway in {NS}"
     );
+    // Each lists both replicas, ready, in its EndpointSlice.
+    let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), NS);
+    let pod_ips: BTreeSet<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+    let by_gateway = ListParams::default().labels("gateway.networking.k8s.io/gateway-name=gw");
+    eventually("gw's EndpointSlice lists every Agimo pod, ready", || async {
+        let listed = slices.list(&by_gateway).await.expect("list EndpointSlices");
+        let ready: BTreeSet<String> = listed
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        if ready == pod_ips { Ok(()) } else { Err(format!("ready {ready:?}, pods {pod_ips:?}")) }
+    })
+    .await;
     env.wait_for("HTTPRoute", "first", 30, "Accepted", route_accepted).await;
 
     let gateway: SocketAddr = format!("{}:80", addresses[0]).parse().unwrap();

@@ -44,7 +44,12 @@ async fn statuses_traffic_and_changes() {
         .await;
     let features: Vec<&str> =
         class["status"]["supportedFeatures"].as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
-    assert_eq!(features, agimo_controller::compiler::SUPPORTED_FEATURES);
+    // With an address pool, Agimo writes a Service per Gateway: it claims
+    // GatewayInfrastructure too.
+    let mut expected = agimo_controller::compiler::SUPPORTED_FEATURES.to_vec();
+    expected.push(agimo_controller::compiler::INFRASTRUCTURE_FEATURE);
+    expected.sort_unstable();
+    assert_eq!(features, expected);
 
     // Gateway: Accepted and Programmed at its generation, an address from the
     // pool, one attached route.
@@ -237,4 +242,70 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     // replicas share one network namespace here, so only one could bind).
     let gw = c.get("Gateway", "gw").await;
     eventually_served(SocketAddr::new(gateway_address(&gw).unwrap(), 80), "x", "/after", 200, "v1").await;
+}
+
+/// With an address pool, a Gateway gets a ClusterIP Service beside it whose
+/// endpoint is its address, carrying its `spec.infrastructure` metadata; the
+/// Service follows the Gateway's changes and goes with it.
+#[tokio::test]
+async fn a_gateways_service_beside_it_carries_its_infrastructure_metadata() {
+    let mut c = Cluster::new("infra").await;
+    c.start_agimo();
+    let listeners = "  - {name: http, port: 80, protocol: HTTP}\n";
+    let infrastructure = "  infrastructure:\n    labels: {team: payments, tier: edge}\n    annotations: {note: hi}\n";
+    c.apply(&(gateway("gw", listeners) + infrastructure)).await;
+    let gw = c
+        .wait_for("Gateway", "gw", "Programmed with an address", |o| {
+            has(o, &o["status"]["conditions"], "Programmed", "True", "Programmed") && gateway_address(o).is_some()
+        })
+        .await;
+    let address = gateway_address(&gw).unwrap();
+
+    let services: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.ns, &api_resource("Service"));
+    let by_gateway = kube::api::ListParams::default().labels("gateway.networking.k8s.io/gateway-name=gw");
+    let service = eventually("the Gateway's Service in its namespace", || async {
+        let list = services.list(&by_gateway).await.map_err(|e| e.to_string())?;
+        let service = list.items.into_iter().next().ok_or_else(|| "none yet".to_owned())?;
+        let value = serde_json::to_value(&service).unwrap();
+        if value["metadata"]["labels"]["tier"] == "edge" { Ok(value) } else { Err(format!("{value:#}")) }
+    })
+    .await;
+    assert_eq!(service["metadata"]["labels"]["team"], "payments");
+    assert_eq!(service["metadata"]["annotations"]["note"], "hi");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert!(service["spec"]["selector"].is_null(), "{service:#}");
+    assert_eq!(service["metadata"]["ownerReferences"][0]["kind"], "Gateway");
+    assert_eq!(service["metadata"]["ownerReferences"][0]["uid"], gw["metadata"]["uid"]);
+    let name = service["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // Its EndpointSlice: the Gateway's address at the listener port.
+    let slice = c
+        .wait_for("EndpointSlice", &format!("{name}-ipv4"), "the Gateway's address", |o| {
+            o["endpoints"][0]["addresses"][0] == address.to_string()
+        })
+        .await;
+    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], name.as_str());
+    assert_eq!(slice["metadata"]["labels"]["team"], "payments");
+    assert_eq!(slice["ports"][0]["name"], "port-80");
+    assert_eq!(slice["ports"][0]["port"], 80);
+
+    // A label the Gateway drops leaves the Service; a new listener port joins it.
+    let listeners = listeners.to_owned() + "  - {name: alt, port: 8080, protocol: HTTP}\n";
+    c.apply(&(gateway("gw", &listeners) + "  infrastructure:\n    labels: {team: payments}\n")).await;
+    c.wait_for("Service", &name, "without tier, with port 8080", |o| {
+        o["metadata"]["labels"]["tier"].is_null()
+            && o["spec"]["ports"].as_array().is_some_and(|p| p.iter().any(|p| p["port"] == 8080))
+    })
+    .await;
+
+    // Deleted with its Gateway.
+    let gateways: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.ns, &api_resource("Gateway"));
+    gateways.delete("gw", &Default::default()).await.expect("delete the Gateway");
+    eventually("the Service is gone", || async {
+        match services.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

@@ -22,9 +22,9 @@ use crate::api::{
 };
 use crate::world::{Exposed, World, oldest_first};
 
-/// The features Agimo claims in `GatewayClass.status.supportedFeatures`,
-/// sorted by name as the spec requires. The conformance run reads this list
-/// from the status, so what is claimed is what is tested.
+/// The features Agimo claims in `GatewayClass.status.supportedFeatures` in
+/// every mode, sorted by name as the spec requires. The conformance run reads
+/// the list from the status, so what is claimed is what is tested.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
@@ -68,6 +68,21 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ReferenceGrant",
 ];
 
+/// Claimed where Agimo generates a Service per Gateway (beside it, with its
+/// `spec.infrastructure` labels and annotations): with Gateway Services or an
+/// address pool, not when Gateways only bind `--bind-address`.
+pub const INFRASTRUCTURE_FEATURE: &str = "GatewayInfrastructure";
+
+/// The features claimed for `world`'s mode, sorted by name.
+pub fn supported_features(world: &World) -> Vec<&'static str> {
+    let mut features = SUPPORTED_FEATURES.to_vec();
+    if world.generates_services {
+        features.push(INFRASTRUCTURE_FEATURE);
+        features.sort_unstable();
+    }
+    features
+}
+
 /// The GatewayClasses we own and accept; writes their statuses.
 pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<String> {
     let mut accepted = BTreeSet::new();
@@ -94,7 +109,7 @@ pub fn accepted_classes(world: &World, statuses: &mut Statuses) -> BTreeSet<Stri
             GatewayClassStatus {
                 conditions: Some(vec![accepted_condition]),
                 supported_features: Some(
-                    SUPPORTED_FEATURES.iter().map(|f| SupportedFeature { name: (*f).to_owned() }).collect(),
+                    supported_features(world).into_iter().map(|f| SupportedFeature { name: f.to_owned() }).collect(),
                 ),
             },
         );

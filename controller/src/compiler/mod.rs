@@ -34,7 +34,7 @@ use scale_to_zero::Annotations;
 
 pub use compiled::{Carryover, Compiled, Statuses};
 pub use conditions::{condition, types as condition_types};
-pub use gateways::SUPPORTED_FEATURES;
+pub use gateways::{INFRASTRUCTURE_FEATURE, SUPPORTED_FEATURES, supported_features};
 
 /// Compiles the world into a snapshot and statuses; `previous` is what the
 /// previous compile carried over.

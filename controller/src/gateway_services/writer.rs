@@ -1,19 +1,24 @@
-//! Writes the planned Gateway Services while this replica holds the Lease:
-//! applies (server-side, field manager `agimo`) each one that is missing or
-//! differs from the plan in what Agimo sets, and deletes the Services it
-//! manages that no Gateway wants any more.
+//! Writes the planned Gateway Services and their EndpointSlices while this
+//! replica holds the Lease: applies (server-side, field manager `agimo`) each
+//! one that is missing or differs from the plan in what Agimo sets, and
+//! deletes the ones it manages that no Gateway wants any more (its Services
+//! in any namespace, including those earlier versions kept in Agimo's own).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use agimo_shared::snapshot::ObjectRef;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::is_managed;
-use crate::api::Service;
+use super::{Desired, contains, endpoints, is_managed};
+use crate::api::{EndpointSlice, Service};
 use crate::sources::kube::Stores;
 
 /// How often the Services are checked again without a change, to repair
@@ -24,18 +29,16 @@ const FIELD_MANAGER: &str = "agimo";
 pub fn spawn(
     client: Client,
     stores: Stores,
-    namespace: String,
     controller_name: String,
-    mut desired: watch::Receiver<Arc<BTreeMap<String, Service>>>,
+    mut desired: watch::Receiver<Arc<Desired>>,
     mut leading: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let api: Api<Service> = Api::namespaced(client, &namespace);
         loop {
             if *leading.borrow_and_update() {
                 let want = desired.borrow_and_update().clone();
-                write_all(&api, &stores, (&namespace, &controller_name), &want).await;
+                write_all(&client, &stores, &controller_name, &want).await;
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -47,48 +50,92 @@ pub fn spawn(
     });
 }
 
-/// `owner`: the namespace of the Services and the controller name they carry.
-async fn write_all(api: &Api<Service>, stores: &Stores, owner: (&str, &str), desired: &BTreeMap<String, Service>) {
-    let (namespace, controller_name) = owner;
-    let current: BTreeMap<String, Arc<Service>> = stores
-        .services()
-        .into_iter()
-        .filter(|(key, service)| key.namespace == namespace && is_managed(service, controller_name))
-        .map(|(key, service)| (key.name, service))
-        .collect();
-    for (name, want) in desired {
-        if current.get(name).is_some_and(|have| up_to_date(have, want)) {
-            continue;
-        }
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api.patch(name, &params, &Patch::Apply(want)).await {
-            Ok(_) => tracing::info!(service = %format!("{namespace}/{name}"), "Gateway Service applied"),
-            Err(e) => {
-                tracing::warn!(service = %format!("{namespace}/{name}"), error = %e, "cannot apply Gateway Service")
+async fn write_all(client: &Client, stores: &Stores, controller_name: &str, desired: &Desired) {
+    let managed = |metadata: &kube::api::ObjectMeta| is_managed(metadata, controller_name);
+    let services: BTreeMap<ObjectRef, Arc<Service>> =
+        stores.services().into_iter().filter(|(_, s)| managed(&s.metadata)).collect();
+    let slices: BTreeMap<ObjectRef, Arc<EndpointSlice>> =
+        stores.endpoint_slices().into_iter().filter(|(_, s)| managed(&s.metadata)).collect();
+    let mut wanted_slices = Vec::new();
+    for (key, generated) in desired {
+        let have = services.get(key);
+        let uid = match have.filter(|have| up_to_date(have, &generated.service)) {
+            Some(have) => have.metadata.uid.clone(),
+            None => apply(client, key, &generated.service).await.and_then(|s| s.metadata.uid),
+        };
+        // Without the Service there is nothing for its slices to belong to.
+        let Some(uid) = uid else { continue };
+        for want in &generated.slices {
+            let at =
+                ObjectRef { namespace: key.namespace.clone(), name: want.metadata.name.clone().unwrap_or_default() };
+            wanted_slices.push(at.clone());
+            if slices.get(&at).is_some_and(|have| endpoints::up_to_date(have, want)) {
+                continue;
             }
+            // Owned by the Service: deleted with it.
+            let mut want = want.clone();
+            want.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Service".to_owned(),
+                name: key.name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]);
+            apply(client, &at, &want).await;
         }
     }
-    for name in current.keys().filter(|name| !desired.contains_key(*name)) {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {
-                tracing::info!(service = %format!("{namespace}/{name}"), "Gateway Service deleted: no Gateway wants it")
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                tracing::warn!(service = %format!("{namespace}/{name}"), error = %e, "cannot delete Gateway Service")
-            }
+    for key in slices.keys().filter(|k| !wanted_slices.contains(k)) {
+        delete::<EndpointSlice>(client, key).await;
+    }
+    for key in services.keys().filter(|k| !desired.contains_key(*k)) {
+        delete::<Service>(client, key).await;
+    }
+}
+
+async fn apply<K>(client: &Client, key: &ObjectRef, want: &K) -> Option<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(&key.name, &params, &Patch::Apply(want)).await {
+        Ok(written) => {
+            tracing::info!(kind = %K::kind(&()), object = %key, "Gateway Service applied");
+            Some(written)
         }
+        Err(e) => {
+            tracing::warn!(kind = %K::kind(&()), object = %key, error = %e, "cannot apply for a Gateway Service");
+            None
+        }
+    }
+}
+
+async fn delete<K>(client: &Client, key: &ObjectRef)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    match api.delete(&key.name, &DeleteParams::default()).await {
+        Ok(_) => tracing::info!(kind = %K::kind(&()), object = %key, "deleted: no Gateway wants it"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => tracing::warn!(kind = %K::kind(&()), object = %key, error = %e, "cannot delete"),
     }
 }
 
 /// Whether `have` already carries everything `want` sets (others may add
 /// labels, annotations and defaults such as node ports and cluster IPs).
 fn up_to_date(have: &Service, want: &Service) -> bool {
-    let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
     if !contains(&have.metadata.labels, &want.metadata.labels)
         || !contains(&have.metadata.annotations, &want.metadata.annotations)
+        || have.metadata.owner_references != want.metadata.owner_references
     {
         return false;
     }

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use crate::api::{
-    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, Pod,
     ReferenceGrant, Secret, Service,
 };
 use crate::world::World;
@@ -64,13 +64,25 @@ pub struct Stores {
     config_maps: Arc<Cache<ConfigMap>>,
     backend_tls_policies: Arc<Cache<BackendTlsPolicy>>,
     namespaces: Arc<Cache<Namespace>>,
+    /// Agimo's own pods, with Gateway Services (empty otherwise).
+    gateway_pods: Arc<Cache<Pod>>,
     changed: Arc<Notify>,
+}
+
+/// Where Agimo's own pods are, to watch them: the endpoints of the Gateway
+/// Services.
+#[derive(Clone, Debug)]
+pub struct OwnPods {
+    pub namespace: String,
+    /// A label selector, `k=v,k=v`.
+    pub selector: String,
 }
 
 impl Stores {
     /// Checks that the Gateway API CRDs are installed (waiting for them if
-    /// not), then starts a watch per kind.
-    pub async fn start(client: Client) -> Stores {
+    /// not), then starts a watch per kind, and one of Agimo's own pods when
+    /// `own_pods` says where they are.
+    pub async fn start(client: Client, own_pods: Option<OwnPods>) -> Stores {
         let OptionalKinds { reference_grants, listener_sets, backend_tls_policies } = loop {
             match required_crds(&client).await {
                 Ok(optional) => break optional,
@@ -93,6 +105,7 @@ impl Stores {
             config_maps: Cache::new(),
             backend_tls_policies: Cache::new(),
             namespaces: Cache::new(),
+            gateway_pods: Cache::new(),
             changed: Arc::new(Notify::new()),
         };
         let all = watcher::Config::default().any_semantic();
@@ -129,6 +142,19 @@ impl Stores {
             }
         }
         stores.spawn(&client, &stores.namespaces, ApiResource::erase::<Namespace>(&()), all);
+        match own_pods {
+            Some(OwnPods { namespace, selector }) => {
+                let resource = ApiResource::erase::<Pod>(&());
+                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+                let config = watcher::Config::default().any_semantic().labels(&selector);
+                // A pod's readiness is in its status, which is what matters here.
+                let (cache, changed) = (stores.gateway_pods.clone(), stores.changed.clone());
+                tokio::spawn(watch(api, config, resource.kind, cache, changed, Relevance::Always));
+            }
+            None => {
+                stores.gateway_pods.ready.send_replace(true);
+            }
+        }
         stores
     }
 
@@ -137,7 +163,8 @@ impl Stores {
         K: Resource + DeserializeOwned + Send + Sync + 'static,
     {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        tokio::spawn(watch(api, config, resource.kind, cache.clone(), self.changed.clone()));
+        let task = watch(api, config, resource.kind, cache.clone(), self.changed.clone(), Relevance::SpecAndMetadata);
+        tokio::spawn(task);
     }
 
     /// Waits until every watch has listed its objects once.
@@ -156,6 +183,7 @@ impl Stores {
         ready(&self.config_maps).await;
         ready(&self.backend_tls_policies).await;
         ready(&self.namespaces).await;
+        ready(&self.gateway_pods).await;
     }
 
     /// Resolves when any watched object changed since the last call.
@@ -166,6 +194,11 @@ impl Stores {
     /// The current Services.
     pub fn services(&self) -> BTreeMap<ObjectRef, Arc<Service>> {
         self.services.snapshot()
+    }
+
+    /// The current EndpointSlices.
+    pub fn endpoint_slices(&self) -> BTreeMap<ObjectRef, Arc<EndpointSlice>> {
+        self.endpoint_slices.snapshot()
     }
 
     /// The current objects as a world (shared, not copied).
@@ -185,6 +218,7 @@ impl Stores {
             config_maps: self.config_maps.snapshot(),
             backend_tls_policies: self.backend_tls_policies.snapshot(),
             namespaces: by_name(self.namespaces.snapshot()),
+            gateway_pods: self.gateway_pods.snapshot(),
             ..World::default()
         }
     }
@@ -237,12 +271,23 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
 }
 
+/// Which changes of an object call for a new world.
+#[derive(Clone, Copy, PartialEq)]
+enum Relevance {
+    /// Those the compiler can see ([`compiles_differently`]): not a status
+    /// change of a kind with a generation.
+    SpecAndMetadata,
+    /// Every change (a pod's readiness is in its status).
+    Always,
+}
+
 async fn watch<K>(
     api: Api<DynamicObject>,
     config: watcher::Config,
     kind: String,
     cache: Arc<Cache<K>>,
     changed: Arc<Notify>,
+    relevance: Relevance,
 ) where
     K: Resource + DeserializeOwned + Send + Sync + 'static,
 {
@@ -279,7 +324,8 @@ async fn watch<K>(
             Ok(Event::Apply(object)) => {
                 let key = key_of(&object);
                 if let Some(parsed) = parse::<K>(&kind, object) {
-                    let relevant = previous(&key).is_none_or(|old| compiles_differently(old.meta(), parsed.meta()));
+                    let relevant = relevance == Relevance::Always
+                        || previous(&key).is_none_or(|old| compiles_differently(old.meta(), parsed.meta()));
                     write().insert(key, parsed);
                     // Status updates (most of them ours) need no recompile.
                     if relevant {
