@@ -25,6 +25,10 @@ pub use gateway_api::experimental::gateways::{
     GatewayTlsFrontendPerPortTlsValidation as FrontendPerPortValidation,
     GatewayTlsFrontendPerPortTlsValidationMode as FrontendPerPortValidationMode,
 };
+pub use gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteRules as GrpcRule, GrpcRouteRulesMatches as GrpcRouteMatch,
+    GrpcRouteRulesMatchesMethodType as GrpcMethodMatchType, GrpcRouteStatus,
+};
 pub use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule, HttpRouteRulesBackendRefs as BackendRef,
     HttpRouteRulesFilters as Filter, HttpRouteRulesFiltersCors as CorsFilter,

@@ -120,6 +120,14 @@ pub fn plan(world: &World, exposure: &Exposure) -> Plan {
         let exposed = plan.gateways.get_mut(*key).expect("planned above");
         let at = ObjectRef { namespace: key.namespace.clone(), name: exposed.service.clone() };
         let have = current.get(&at).copied();
+        let written: BTreeSet<(i32, Option<u16>)> =
+            by_name.get(exposed.service.as_str()).into_iter().flat_map(|s| target_ports(s)).collect();
+        exposed.serving = exposed
+            .pod_ports
+            .iter()
+            .filter(|(port, target)| written.contains(&(i32::from(**port), Some(**target))))
+            .map(|(p, t)| (*p, *t))
+            .collect();
         if let Some(service) = plan_service(key, gateway, exposed, have, exposure, &world.controller_name) {
             let slices = endpoints::from_pods(&service, &world.gateway_pods, &exposed.pod_ports);
             plan.services.insert(at, Generated { service, slices });
@@ -695,17 +703,33 @@ spec:
         w.exposed = Some(plan(&w, &exposure()).gateways);
         let crate::Compiled { snapshot, statuses, .. } = crate::compile(&w, &crate::Carryover::default());
         let binds: Vec<String> = snapshot.binds.iter().map(|b| b.address.to_string()).collect();
-        // Both Gateways listen on port 80, each through a pod port of its own.
-        assert_eq!(binds, vec!["0.0.0.0:20000", "0.0.0.0:20001"]);
-        let listener = &snapshot.binds[1].listeners[0];
-        assert_eq!((listener.gateway.name.as_str(), listener.port), ("b", 80));
+        // `a` listens on the pod port its Service maps port 80 to; `b` has
+        // 20001 planned, but no Service yet: no replica serves it before the
+        // Service says where clients go (replicas may plan differently until
+        // they all see it), and it has no address to publish.
+        assert_eq!(binds, vec!["0.0.0.0:20000"]);
+        let listener = &snapshot.binds[0].listeners[0];
+        assert_eq!((listener.gateway.name.as_str(), listener.port), ("a", 80));
         assert_eq!(programmed(&statuses, "a"), ("True".into(), "Programmed".into()));
         let published: Vec<&str> =
             statuses.gateways[&key("a")].addresses.iter().flatten().map(|a| a.value.as_str()).collect();
         assert_eq!(published, vec!["10.245.1.7"]);
-        // `b` has no Service yet: it serves, but has no address to publish.
         assert_eq!(programmed(&statuses, "b"), ("False".into(), "AddressNotAssigned".into()));
         assert_eq!(statuses.gateways[&key("b")].addresses, None);
+        // Once `b`'s Service is written, both Gateways listen on port 80,
+        // each through a pod port of its own.
+        let b = service_name(&key("b"));
+        let mut w = world(
+            &(gateway("a", "2026-01-01T00:00:00Z", &[80], "")
+                + &gateway("b", "2026-01-02T00:00:00Z", &[80], "")
+                + &existing(&a, "a", &[(80, 20000)], "status: {loadBalancer: {ingress: [{ip: 10.245.1.7}]}}\n")
+                + &existing(&b, "b", &[(80, 20001)], "")),
+        );
+        w.exposed = Some(plan(&w, &exposure()).gateways);
+        let snapshot = crate::compile(&w, &crate::Carryover::default()).snapshot;
+        let binds: Vec<String> = snapshot.binds.iter().map(|b| b.address.to_string()).collect();
+        assert_eq!(binds, vec!["0.0.0.0:20000", "0.0.0.0:20001"]);
+        assert_eq!(snapshot.binds[1].listeners[0].gateway.name.as_str(), "b");
     }
 
     #[test]

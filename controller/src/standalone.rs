@@ -113,6 +113,9 @@ impl State {
         for (key, route) in &mut world.http_routes {
             stamp("HTTPRoute", key, &mut Arc::make_mut(route).metadata);
         }
+        for (key, route) in &mut world.grpc_routes {
+            stamp("GRPCRoute", key, &mut Arc::make_mut(route).metadata);
+        }
         self.first_seen = seen;
         world.default_address = Some(bind_address);
         world.bind_errors = std::mem::take(&mut self.world.bind_errors);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
-    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, HttpRoute, ListenerSet,
-    Namespace, ObjectMeta, Pod, ReferenceGrant, Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, GrpcRoute, HttpRoute,
+    ListenerSet, Namespace, ObjectMeta, Pod, ReferenceGrant, Secret, Service,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -24,6 +24,7 @@ pub struct World {
     pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub gateways: BTreeMap<ObjectRef, Arc<Gateway>>,
     pub http_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
+    pub grpc_routes: BTreeMap<ObjectRef, Arc<GrpcRoute>>,
     pub listener_sets: BTreeMap<ObjectRef, Arc<ListenerSet>>,
     pub reference_grants: BTreeMap<ObjectRef, Arc<ReferenceGrant>>,
     pub services: BTreeMap<ObjectRef, Arc<Service>>,
@@ -58,8 +59,14 @@ pub struct World {
 pub struct Exposed {
     /// The name of its Service (in the Gateway's namespace).
     pub service: String,
-    /// Listener port → the pods' port.
+    /// Listener port → the pods' port, as planned.
     pub pod_ports: BTreeMap<u16, u16>,
+    /// The planned pod ports that the Gateway's Service, as the API server
+    /// has it, already maps: the ones a replica serves. A replica whose world
+    /// lags behind the Lease holder's may plan other ports for a new
+    /// Gateway; serving only what the written Service says keeps every
+    /// replica on the ports clients are sent to.
+    pub serving: BTreeMap<u16, u16>,
     /// Listener ports left without a pod port (the range is exhausted).
     pub unassigned_ports: Vec<u16>,
     /// What `status.addresses` publishes; empty until the Service has one.
@@ -76,6 +83,7 @@ pub enum Resource {
     GatewayClass(GatewayClass),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
     ListenerSet(ListenerSet),
     ReferenceGrant(ReferenceGrant),
     Service(Service),
@@ -92,6 +100,7 @@ impl Resource {
             Resource::GatewayClass(_) => "GatewayClass",
             Resource::Gateway(_) => "Gateway",
             Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::ListenerSet(_) => "ListenerSet",
             Resource::ReferenceGrant(_) => "ReferenceGrant",
             Resource::Service(_) => "Service",
@@ -112,6 +121,7 @@ impl Resource {
             Resource::GatewayClass(o) => &o.metadata,
             Resource::Gateway(o) => &o.metadata,
             Resource::HttpRoute(o) => &o.metadata,
+            Resource::GrpcRoute(o) => &o.metadata,
             Resource::ListenerSet(o) => &o.metadata,
             Resource::ReferenceGrant(o) => &o.metadata,
             Resource::Service(o) => &o.metadata,
@@ -128,6 +138,7 @@ impl Resource {
             Resource::GatewayClass(o) => &mut o.metadata,
             Resource::Gateway(o) => &mut o.metadata,
             Resource::HttpRoute(o) => &mut o.metadata,
+            Resource::GrpcRoute(o) => &mut o.metadata,
             Resource::ListenerSet(o) => &mut o.metadata,
             Resource::ReferenceGrant(o) => &mut o.metadata,
             Resource::Service(o) => &mut o.metadata,
@@ -147,6 +158,7 @@ impl Default for World {
             gateway_classes: BTreeMap::new(),
             gateways: BTreeMap::new(),
             http_routes: BTreeMap::new(),
+            grpc_routes: BTreeMap::new(),
             listener_sets: BTreeMap::new(),
             reference_grants: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -184,6 +196,7 @@ impl World {
             Resource::Namespace(o) => put(&mut self.namespaces, key.name, o),
             Resource::Gateway(o) => put(&mut self.gateways, key, o),
             Resource::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Resource::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
             Resource::ListenerSet(o) => put(&mut self.listener_sets, key, o),
             Resource::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             Resource::Service(o) => put(&mut self.services, key, o),

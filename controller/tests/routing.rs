@@ -343,7 +343,7 @@ spec:
         ("/none", 500, "invalid-rule", "has no backendRefs"),
         ("/no-endpoints", 503, "no-ready-endpoints", "backend default/no-endpoints:80 has no ready endpoints"),
         ("/refused", 503, "upstream-connect-failed", "cannot connect to backend default/closed:80"),
-        ("/nothing-here", 404, "no-route", "no HTTPRoute rule matches host e.example path /nothing-here"),
+        ("/nothing-here", 404, "no-route", "no route rule matches host e.example path /nothing-here"),
     ];
     for (path, status, reason, text) in cases {
         let reply = agimo.get(8080, "e.example", path).await;

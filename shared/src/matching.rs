@@ -207,6 +207,18 @@ pub struct RequestMatch {
     pub headers: Vec<HeaderMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<QueryParamMatch>,
+    /// A GRPCRoute's match (its `method` compiled into `path`): ranked among
+    /// other GRPCRoute matches by its service and method, not its path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcRank>,
+}
+
+/// What orders a GRPCRoute match: the number of characters of its service
+/// and of its method (0 when unset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GrpcRank {
+    pub service: usize,
+    pub method: usize,
 }
 
 impl RequestMatch {
@@ -217,6 +229,7 @@ impl RequestMatch {
             method: None,
             headers: Vec::new(),
             query_params: Vec::new(),
+            grpc: None,
         }
     }
 
@@ -351,14 +364,34 @@ pub struct MatchOrigin {
 /// Agimo ranks RegularExpression paths between Exact and Prefix, longer
 /// patterns first. Hostname precedence comes before all of this and is
 /// handled by the route table's host buckets.
+///
+/// GRPCRoute matches (`grpc`) are ranked as `GRPCRouteRule.matches` says:
+///
+/// > * Characters in a matching service.
+/// > * Characters in a matching method.
+/// > * Header matches.
+///
+/// then by the same route and rule tie-breaks. (A listener never serves
+/// HTTPRoutes and GRPCRoutes for the same hostname, so the two kinds never
+/// meet in a table; if they did, GRPCRoute matches would come first.)
 pub fn precedence(a: (&RequestMatch, &MatchOrigin), b: (&RequestMatch, &MatchOrigin)) -> Ordering {
     let ((ma, oa), (mb, ob)) = (a, b);
-    path_rank(&ma.path)
-        .cmp(&path_rank(&mb.path))
-        .then_with(|| path_len(&mb.path).cmp(&path_len(&ma.path)))
-        .then_with(|| mb.method.is_some().cmp(&ma.method.is_some()))
-        .then_with(|| mb.headers.len().cmp(&ma.headers.len()))
-        .then_with(|| mb.query_params.len().cmp(&ma.query_params.len()))
+    let by_match = match (ma.grpc, mb.grpc) {
+        (Some(ga), Some(gb)) => gb
+            .service
+            .cmp(&ga.service)
+            .then_with(|| gb.method.cmp(&ga.method))
+            .then_with(|| mb.headers.len().cmp(&ma.headers.len())),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => path_rank(&ma.path)
+            .cmp(&path_rank(&mb.path))
+            .then_with(|| path_len(&mb.path).cmp(&path_len(&ma.path)))
+            .then_with(|| mb.method.is_some().cmp(&ma.method.is_some()))
+            .then_with(|| mb.headers.len().cmp(&ma.headers.len()))
+            .then_with(|| mb.query_params.len().cmp(&ma.query_params.len())),
+    };
+    by_match
         .then_with(|| created(oa).cmp(&created(ob)))
         .then_with(|| oa.route_namespace.cmp(&ob.route_namespace))
         .then_with(|| oa.route_name.cmp(&ob.route_name))
@@ -406,6 +439,7 @@ mod tests {
             method,
             headers,
             query_params: Vec::new(),
+            grpc: None,
         };
         let matches = vec![
             with(PathMatch::Exact("/a/b".into()), None, vec![header("x-tenant", "t1")]),
@@ -511,6 +545,34 @@ mod tests {
             rule_index: rule,
             match_index: 0,
         }
+    }
+
+    #[test]
+    fn grpc_matches_rank_by_service_then_method_then_headers() {
+        let o = origin("ns", "r", None, 0);
+        let grpc = |path: PathMatch, service: usize, method: usize, headers: usize| RequestMatch {
+            path,
+            headers: (0..headers)
+                .map(|i| HeaderMatch {
+                    name: HeaderName::from_bytes(format!("h{i}").as_bytes()).unwrap(),
+                    value: ValueMatch::Exact("v".into()),
+                })
+                .collect(),
+            grpc: Some(GrpcRank { service, method }),
+            ..RequestMatch::any()
+        };
+        // What a request for /pkg.Svc/Get could meet: service and method,
+        // service only, method only (a regular expression), neither.
+        let both = grpc(PathMatch::Exact("/pkg.Svc/Get".into()), 7, 3, 0);
+        let service = grpc(PathMatch::prefix("/pkg.Svc/"), 7, 0, 0);
+        let method = grpc(PathMatch::RegularExpression(FullRegex::new("/[^/]+/Get").unwrap()), 0, 3, 0);
+        let neither_headers = grpc(PathMatch::prefix("/"), 0, 0, 2);
+        let neither = grpc(PathMatch::prefix("/"), 0, 0, 0);
+        let mut all = [&neither, &method, &neither_headers, &service, &both];
+        all.sort_by(|a, b| precedence((a, &o), (b, &o)));
+        let ranks: Vec<(usize, usize, usize)> =
+            all.iter().map(|m| (m.grpc.unwrap().service, m.grpc.unwrap().method, m.headers.len())).collect();
+        assert_eq!(ranks, vec![(7, 3, 0), (7, 0, 0), (0, 3, 0), (0, 0, 2), (0, 0, 0)]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! An echo backend: answers every request with JSON describing it, like the
 //! Gateway API conformance suite's echo server, plus a websocket echo at
-//! `/ws`, a streaming response at `/stream`, `/status/<code>`, and `<n>` bytes
-//! at `/bytes/<n>`.
+//! `/ws`, a streaming response at `/stream`, `/status/<code>`, `<n>` bytes
+//! at `/bytes/<n>`, and for gRPC calls (content type `application/grpc`) a
+//! streaming echo ([`crate::grpc`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ async fn respond(name: &str, mut req: Request<Incoming>) -> Response<EchoBody> {
     if path == "/stream" {
         return stream(name, req.uri().query());
     }
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
         // A large body, for slow readers.
         return Response::new(full(vec![b'x'; n.min(1 << 30)]));
@@ -118,18 +120,21 @@ async fn respond(name: &str, mut req: Request<Incoming>) -> Response<EchoBody> {
         .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let body_bytes = match req.body_mut().collect().await {
-        Ok(collected) => collected.to_bytes().len(),
-        Err(_) => 0,
-    };
-    let reply = EchoReply {
+    let mut reply = EchoReply {
         backend: name.to_owned(),
         path: req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
         method: req.method().to_string(),
         host,
         proto: format!("{:?}", req.version()),
         headers,
-        body_bytes,
+        body_bytes: 0,
+    };
+    if grpc {
+        return grpc_echo(name, &reply, req.into_body());
+    }
+    reply.body_bytes = match req.body_mut().collect().await {
+        Ok(collected) => collected.to_bytes().len(),
+        Err(_) => 0,
     };
     let mut response = Response::new(full(serde_json::to_vec(&reply).expect("serializable")));
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
@@ -138,6 +143,37 @@ async fn respond(name: &str, mut req: Request<Incoming>) -> Response<EchoBody> {
 
 fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// A gRPC call: the request's description as the first message, then every
+/// message received as it arrives, then trailers with `grpc-status: 0`.
+fn grpc_echo(name: &str, reply: &EchoReply, mut body: Incoming) -> Response<EchoBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Frame<Bytes>>(16);
+    let first = crate::grpc::frame(&serde_json::to_vec(reply).expect("serializable"));
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        if tx.send(Frame::data(first)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data()
+                && tx.send(Frame::data(data)).await.is_err()
+            {
+                return;
+            }
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        if let Ok(value) = http::HeaderValue::try_from(name) {
+            trailers.insert("x-echo-backend", value);
+        }
+        let _ = tx.send(Frame::trailers(trailers)).await;
+    });
+    let frames =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx)) });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
 }
 
 /// `/stream?n=3&interval_ms=100`: server-sent events, one every interval.

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod grpc;
 pub mod h2raw;
 #[cfg(feature = "kubernetes")]
 pub mod kube;

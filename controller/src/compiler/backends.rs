@@ -9,11 +9,15 @@ use agimo_shared::snapshot::{Backend, BackendProtocol, ObjectRef};
 use super::backend_tls::{ClientCertificate, Policies};
 use super::conditions::{Problem, Reason};
 use super::grants;
+use super::kinds::RouteKind;
 use crate::api::{EndpointSlice, SERVICE_NAME_LABEL};
 use crate::world::World;
 
 /// A backendRef's target, whatever its route's filters say.
 pub struct BackendRefSpec<'a> {
+    /// The kind of the route that names it: what a ReferenceGrant must
+    /// allow, and (GRPCRoute) that it speaks HTTP/2.
+    pub route_kind: RouteKind,
     pub group: Option<&'a str>,
     pub kind: Option<&'a str>,
     pub name: &'a str,
@@ -26,7 +30,7 @@ pub struct BackendRefSpec<'a> {
 pub struct BackendResolver<'w> {
     world: &'w World,
     slices: BTreeMap<ObjectRef, Vec<&'w EndpointSlice>>,
-    resolved: HashMap<(ObjectRef, i32, Option<ObjectRef>), Arc<Backend>>,
+    resolved: HashMap<(ObjectRef, i32, BackendProtocol, Option<ObjectRef>), Arc<Backend>>,
     /// The BackendTLSPolicies, and the Gateways that use each.
     pub policies: Policies,
     /// The Services resolved since [`BackendResolver::take_services`].
@@ -78,16 +82,16 @@ impl<'w> BackendResolver<'w> {
         let key = ObjectRef { namespace: r.namespace.unwrap_or(route_namespace).to_owned(), name: r.name.to_owned() };
         let allowed = grants::allows(
             self.world,
-            grants::From { kind: "HTTPRoute", namespace: route_namespace },
+            grants::From { kind: r.route_kind.name(), namespace: route_namespace },
             grants::To { group: "", kind: "Service", namespace: &key.namespace, name: &key.name },
         );
         if !allowed {
             return Err(Problem::new(
                 Reason::RefNotPermitted,
                 format!(
-                    "backendRef to Service {key} is not permitted: no ReferenceGrant in namespace {} allows HTTPRoutes \
-                     from namespace {route_namespace}",
-                    key.namespace
+                    "backendRef to Service {key} is not permitted: no ReferenceGrant in namespace {} allows {}s from \
+                     namespace {route_namespace}",
+                    key.namespace, r.route_kind
                 ),
             ));
         }
@@ -113,16 +117,32 @@ impl<'w> BackendResolver<'w> {
         // "kubernetes.io/h2c" and "kubernetes.io/ws" are the Gateway API's
         // (GEP-1911); a protocol Agimo cannot speak makes the ref invalid.
         let port_name = service_port.name.as_deref();
-        let protocol = match service_port.app_protocol.as_deref() {
-            None | Some("http" | "HTTP" | "kubernetes.io/ws") => BackendProtocol::Http1,
-            Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+        let protocol = match (r.route_kind, service_port.app_protocol.as_deref()) {
+            // gRPC is HTTP/2: cleartext unless a BackendTLSPolicy says TLS.
+            (RouteKind::Grpc, None | Some("kubernetes.io/h2c" | "grpc")) => BackendProtocol::H2c,
+            (RouteKind::Grpc, Some("https" | "HTTPS"))
+                if self.policies.tls_for(&key, port_name, BackendProtocol::H2c, None).is_some() =>
+            {
+                BackendProtocol::H2c
+            }
+            (RouteKind::Grpc, Some(other)) => {
+                return Err(Problem::new(
+                    Reason::UnsupportedProtocol,
+                    format!(
+                        "Service {key} port {port} has appProtocol {other:?}; a GRPCRoute's backends speak HTTP/2 \
+                         (kubernetes.io/h2c, or TLS with a BackendTLSPolicy)"
+                    ),
+                ));
+            }
+            (_, None | Some("http" | "HTTP" | "kubernetes.io/ws")) => BackendProtocol::Http1,
+            (_, Some("kubernetes.io/h2c")) => BackendProtocol::H2c,
             // HTTPS needs a BackendTLSPolicy to say what to verify.
-            Some("https" | "HTTPS")
+            (_, Some("https" | "HTTPS"))
                 if self.policies.tls_for(&key, port_name, BackendProtocol::Http1, None).is_some() =>
             {
                 BackendProtocol::Http1
             }
-            Some(other) => {
+            (_, Some(other)) => {
                 return Err(Problem::new(
                     Reason::UnsupportedProtocol,
                     format!(
@@ -135,7 +155,7 @@ impl<'w> BackendResolver<'w> {
         let tls = self.policies.tls_for(&key, port_name, protocol, client);
         // The client certificate matters only to TLS backends.
         let client = client.filter(|_| tls.is_some()).map(|c| c.secret.clone());
-        let cache_key = (key.clone(), port, client);
+        let cache_key = (key.clone(), port, protocol, client);
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
         }

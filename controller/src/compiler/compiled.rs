@@ -22,6 +22,10 @@ pub struct Statuses {
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
+    /// As `http_routes` (a GRPCRoute's `parents` entries have the same
+    /// schema).
+    #[serde(rename = "grpcRoutes", skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
     /// Our `status.ancestors` entries of each BackendTLSPolicy (the
     /// Gateways whose routes send to a Service it targets).
     #[serde(rename = "backendTLSPolicies", skip_serializing_if = "BTreeMap::is_empty")]

@@ -14,6 +14,7 @@ use super::backend_tls::ClientCertificate;
 use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::grants::LabelSelector;
+use super::kinds::RouteKind;
 use super::scale_to_zero::{self, GateAnnotations};
 use super::tls::{self, CertificateCache};
 use crate::api::{
@@ -28,6 +29,8 @@ use crate::world::{Exposed, World, oldest_first};
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
+    "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayBackendClientCertificate",
@@ -125,7 +128,8 @@ pub struct GatewayModel<'w> {
     /// Addresses to bind: `spec.addresses` in order, else the assigned or
     /// default address (with Gateway Services: the default, 0.0.0.0).
     pub addresses: Vec<IpAddr>,
-    /// With Gateway Services, the pods' port of each listener port.
+    /// With Gateway Services, the pods' port of each listener port that the
+    /// Gateway's Service already maps (see [`crate::world::Exposed::serving`]).
     pub pod_ports: Option<BTreeMap<u16, u16>>,
     /// What `status.addresses` publishes.
     pub status_addresses: Vec<GatewayStatusAddress>,
@@ -160,7 +164,9 @@ pub struct ListenerModel<'w> {
     pub port: u16,
     pub protocol: Option<Protocol>,
     pub namespaces: AllowedNamespaces,
-    pub allows_http_routes: bool,
+    /// The route kinds that may attach (`allowedRoutes.kinds`, else every
+    /// kind of an HTTP or HTTPS listener).
+    pub route_kinds: Vec<RouteKind>,
     pub supported_kinds: Vec<SupportedKind>,
     pub certificates: Vec<Certificate>,
     /// Client certificate validation (the Gateway's `tls.frontend` for this
@@ -375,8 +381,10 @@ fn build_gateway<'w>(
     let inputs = listener_sets.get(key).map(Vec::as_slice).unwrap_or_default();
     let listener_sets = attach_listener_sets(world, inputs, &mut listeners, frontend, certs);
     mark_overlapping_tls(&mut listeners);
-    let pod_ports = exposed.as_ref().map(|e| e.pod_ports.clone());
-    let unusable = mark_bind_errors(world, &mut listeners, &addresses, pod_ports.as_ref());
+    let planned = exposed.as_ref().map(|e| &e.pod_ports);
+    let unusable = mark_bind_errors(world, &mut listeners, &addresses, planned);
+    // Sockets on the pod ports the Gateway's Service already maps only.
+    let pod_ports = exposed.as_ref().map(|e| e.serving.clone());
     let (status_addresses, address_problem) = match &exposed {
         Some(exposed) => service_addresses(exposed),
         None => own_addresses(&addresses, publish_addresses, &unusable),
@@ -608,11 +616,11 @@ pub fn build_listener<'w>(
         model.invalid.get_or_insert(problem);
         AllowedNamespaces::Same
     });
-    (model.allows_http_routes, model.unresolved) = allowed_kinds(l);
-    if model.allows_http_routes {
+    (model.route_kinds, model.unresolved) = allowed_kinds(l);
+    for kind in &model.route_kinds {
         model
             .supported_kinds
-            .push(SupportedKind { group: Some(GATEWAY_GROUP.to_owned()), kind: "HTTPRoute".to_owned() });
+            .push(SupportedKind { group: Some(GATEWAY_GROUP.to_owned()), kind: kind.name().to_owned() });
     }
     if model.protocol == Some(Protocol::Https) {
         resolve_tls(world, owner.kind, namespace, &mut model, certs);
@@ -634,7 +642,7 @@ impl<'w> ListenerModel<'w> {
             port: 0,
             protocol: None,
             namespaces: AllowedNamespaces::Same,
-            allows_http_routes: false,
+            route_kinds: Vec::new(),
             supported_kinds: Vec::new(),
             certificates: Vec::new(),
             client_validation: None,
@@ -667,29 +675,31 @@ fn allowed_namespaces(l: &Listener) -> Result<AllowedNamespaces, Problem> {
     }
 }
 
-/// `allowedRoutes.kinds`: whether HTTPRoutes may attach (the only kind
-/// supported on HTTP and HTTPS), and why ResolvedRefs is False if other
+/// `allowedRoutes.kinds`: which of the kinds supported on HTTP and HTTPS
+/// (HTTPRoute, GRPCRoute) may attach, and why ResolvedRefs is False if other
 /// kinds are listed.
-fn allowed_kinds(l: &Listener) -> (bool, Option<Problem>) {
+fn allowed_kinds(l: &Listener) -> (Vec<RouteKind>, Option<Problem>) {
     let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty());
     let Some(kinds) = kinds else {
-        return (true, None);
+        return (RouteKind::ALL.to_vec(), None);
     };
-    let mut allows_http_routes = false;
+    let mut allowed = Vec::new();
     let mut invalid = Vec::new();
     for k in kinds {
         let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
-            allows_http_routes = true;
-        } else {
-            invalid.push(format!("{}.{}", k.kind, group));
+        match RouteKind::from_name(&k.kind).filter(|_| group == GATEWAY_GROUP) {
+            Some(kind) if !allowed.contains(&kind) => allowed.push(kind),
+            Some(_) => {}
+            None => invalid.push(format!("{}.{}", k.kind, group)),
         }
     }
+    allowed.sort();
     let problem = (!invalid.is_empty()).then(|| {
-        let message = format!("route kinds {} are not supported; Agimo supports HTTPRoute", invalid.join(", "));
+        let message =
+            format!("route kinds {} are not supported; Agimo supports HTTPRoute and GRPCRoute", invalid.join(", "));
         Problem::new(Reason::InvalidRouteKinds, message)
     });
-    (allows_http_routes, problem)
+    (allowed, problem)
 }
 
 /// An HTTPS listener's `tls`: its certificates, or why they cannot be used.

@@ -24,6 +24,8 @@ mod conditions;
 mod duration;
 mod gateways;
 mod grants;
+mod grpc;
+mod kinds;
 mod listener_sets;
 mod routes;
 mod scale_to_zero;

@@ -1,5 +1,6 @@
-//! HTTPRoutes: rules compiled once per route, then attached to the listeners
-//! their parentRefs select, with route parent statuses.
+//! HTTPRoutes and GRPCRoutes (compiled to HTTPRoutes, [`grpc`]): rules
+//! compiled once per route, then attached to the listeners their parentRefs
+//! select, with route parent statuses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use agimo_shared::cors::{Allowed, Cors, OriginPattern};
 use agimo_shared::filters::{Fraction, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 use agimo_shared::hostname::Hostname;
 use agimo_shared::matching::{
-    FullRegex, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
+    FullRegex, GrpcRank, HeaderMatch, MatchOrigin, PathMatch, QueryParamMatch, RequestMatch, ValueMatch,
 };
 use agimo_shared::snapshot::{
     Action, BackendTarget, Backends, Filters, Mirror, ObjectRef, Rejection, Retry, RouteEntry, Rule, Timeouts,
@@ -23,6 +24,8 @@ use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::duration;
 use super::gateways::{GatewayModel, ListenerModel};
+use super::grpc;
+use super::kinds::RouteKind;
 use super::scale_to_zero::{self, GateAnnotations};
 use crate::api::{
     self, Condition, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
@@ -30,8 +33,61 @@ use crate::api::{
 };
 use crate::world::World;
 
-/// Attaches every HTTPRoute that names one of our Gateways, filling the
-/// listeners' route tables and the routes' statuses.
+/// One route to attach: an HTTPRoute, or a GRPCRoute compiled to one.
+struct RouteInput<'w> {
+    kind: RouteKind,
+    key: &'w ObjectRef,
+    route: std::borrow::Cow<'w, HttpRoute>,
+    /// A GRPCRoute's matches' ranks, per rule.
+    grpc_ranks: Option<Vec<Vec<GrpcRank>>>,
+    /// Rules that can never match, by index, with why.
+    invalid_rules: BTreeMap<usize, String>,
+}
+
+impl RouteInput<'_> {
+    fn created(&self) -> i64 {
+        self.route.metadata.creation_timestamp.as_ref().map_or(i64::MAX, |t| t.0.as_second())
+    }
+}
+
+/// The routes of every kind, oldest first, then by namespace and name: the
+/// order in which a listener's hostnames are claimed by HTTPRoutes or
+/// GRPCRoutes. A GRPCRoute that cannot be read as an HTTPRoute is skipped
+/// with a warning (its schema is the same, so this is not expected).
+fn route_inputs(world: &World) -> Vec<RouteInput<'_>> {
+    let mut inputs: Vec<RouteInput<'_>> = world
+        .http_routes
+        .iter()
+        .map(|(key, route)| RouteInput {
+            kind: RouteKind::Http,
+            key,
+            route: std::borrow::Cow::Borrowed(route.as_ref()),
+            grpc_ranks: None,
+            invalid_rules: BTreeMap::new(),
+        })
+        .collect();
+    for (key, route) in &world.grpc_routes {
+        match grpc::as_http_route(route) {
+            Ok(converted) => inputs.push(RouteInput {
+                kind: RouteKind::Grpc,
+                key,
+                route: std::borrow::Cow::Owned(converted.route),
+                grpc_ranks: Some(converted.ranks),
+                invalid_rules: converted.invalid_rules,
+            }),
+            Err(e) => tracing::warn!(route = %key, error = %e, "cannot compile a GRPCRoute"),
+        }
+    }
+    inputs.sort_by(|a, b| a.created().cmp(&b.created()).then_with(|| a.key.cmp(b.key)).then(a.kind.cmp(&b.kind)));
+    inputs
+}
+
+/// The hostnames a route of one kind serves on a listener: the other kind
+/// may not serve any of them there.
+type Claims = BTreeMap<(usize, usize), Vec<(RouteKind, ObjectRef, Vec<Option<Hostname>>)>>;
+
+/// Attaches every HTTPRoute and GRPCRoute that names one of our Gateways,
+/// filling the listeners' route tables and the routes' statuses.
 pub fn attach_all(
     world: &World,
     gateways: &mut [GatewayModel<'_>],
@@ -39,7 +95,9 @@ pub fn attach_all(
     statuses: &mut Statuses,
 ) {
     let mut resolver = BackendResolver::new(world);
-    for (key, route) in &world.http_routes {
+    let mut claims = Claims::new();
+    for input in route_inputs(world) {
+        let (kind, key, route) = (input.kind, input.key, input.route.as_ref());
         let parents = parents_of_ours(key, route, gateways);
         if parents.is_empty() {
             continue;
@@ -51,7 +109,7 @@ pub fn attach_all(
             let client = gateways[g].backend_client.as_ref().and_then(|c| c.as_ref().ok());
             if let std::collections::btree_map::Entry::Vacant(slot) = by_client.entry(client.map(|c| c.secret.clone()))
             {
-                slot.insert(compile_route(key, route, &mut resolver, client));
+                slot.insert(compile_route(&input, &mut resolver, client));
             }
             for service in resolver.take_services() {
                 resolver.policies.used_by(&service, &gateways[g].key);
@@ -61,13 +119,14 @@ pub fn attach_all(
             let client = g.backend_client.as_ref().and_then(|c| c.as_ref().ok()).map(|c| c.secret.clone());
             &by_client[&client]
         };
-        let gate = scale_to_zero::parse(&format!("HTTPRoute {key}"), route.metadata.annotations.as_ref(), in_force);
+        let gate = scale_to_zero::parse(&format!("{kind} {key}"), route.metadata.annotations.as_ref(), in_force);
         // Gateway → the listeners the route attaches to.
         let mut attached: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut parent_statuses = Vec::with_capacity(parents.len());
         for (parent, g, set) in parents {
             let compiled = compiled_for(&gateways[g]);
-            let outcome = attach(world, (&gateways[g], set.as_ref()), key, compiled, parent);
+            let outcome = attach(world, (&gateways[g], set.as_ref()), (kind, key), compiled, parent)
+                .and_then(|listeners| claim(&mut claims, (kind, key), (g, &gateways[g]), compiled, listeners));
             if let Ok(listeners) = &outcome {
                 attached.entry(g).or_default().extend(listeners);
             }
@@ -90,9 +149,67 @@ pub fn attach_all(
                 insert_routes(&mut gateways[g].listeners[l], key, compiled, &rules);
             }
         }
-        statuses.http_routes.insert(key.clone(), parent_statuses);
+        match kind {
+            RouteKind::Http => statuses.http_routes.insert(key.clone(), parent_statuses),
+            RouteKind::Grpc => statuses.grpc_routes.insert(key.clone(), parent_statuses),
+        };
     }
     statuses.backend_tls_policies = resolver.policies.statuses(&world.controller_name);
+}
+
+/// Keeps the listeners where no route of the other kind serves one of the
+/// route's hostnames, and claims the route's hostnames there. From
+/// `GRPCRouteSpec.hostnames`: "If a Route (A) of type HTTPRoute or GRPCRoute
+/// is attached to a Listener and that listener already has another Route (B)
+/// of the other type attached and the intersection of the hostnames of A and
+/// B is non-empty, then the implementation MUST accept exactly one of these
+/// two routes, determined by the following criteria, in order: The oldest
+/// Route based on creation timestamp. The Route appearing first in
+/// alphabetical order by "{namespace}/{name}"." Routes come oldest first, so
+/// the route claiming later is the one refused.
+fn claim(
+    claims: &mut Claims,
+    (kind, key): (RouteKind, &ObjectRef),
+    (g, gw): (usize, &GatewayModel<'_>),
+    compiled: &CompiledRoute,
+    listeners: Vec<usize>,
+) -> Result<Vec<usize>, Problem> {
+    let overlap = |a: &[Option<Hostname>], b: &[Option<Hostname>]| {
+        a.iter().any(|x| {
+            b.iter().any(|y| match (x, y) {
+                (None, _) | (_, None) => true,
+                (Some(x), Some(y)) => Hostname::intersect(Some(x), y).is_some(),
+            })
+        })
+    };
+    let mut kept = Vec::new();
+    let mut refused = Vec::new();
+    for l in listeners {
+        let listener = &gw.listeners[l];
+        let hostnames = effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames);
+        let holder = claims
+            .get(&(g, l))
+            .into_iter()
+            .flatten()
+            .find(|(other, _, theirs)| *other != kind && overlap(&hostnames, theirs));
+        match holder {
+            Some((other, holder, _)) => {
+                refused.push(format!("listener {} serves {other} {holder}", listener.spec.name))
+            }
+            None => {
+                claims.entry((g, l)).or_default().push((kind, key.clone(), hostnames));
+                kept.push(l);
+            }
+        }
+    }
+    if kept.is_empty() && !refused.is_empty() {
+        let message = format!(
+            "{}, older, for the same hostnames: a listener serves a hostname with HTTPRoutes or GRPCRoutes, not both",
+            refused.join("; ")
+        );
+        return Err(Problem::new(Reason::HostnameConflict, message));
+    }
+    Ok(kept)
 }
 
 /// The parentRefs of a route that name one of our Gateways or a ListenerSet
@@ -222,7 +339,7 @@ fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<O
 fn attach(
     world: &World,
     (gw, set): (&GatewayModel<'_>, Option<&ObjectRef>),
-    route: &ObjectRef,
+    (kind, route): (RouteKind, &ObjectRef),
     compiled: &CompiledRoute,
     parent: &api::ParentRef,
 ) -> Result<Vec<usize>, Problem> {
@@ -268,13 +385,13 @@ fn attach(
         .into_iter()
         .filter(|&i| {
             let l = &gw.listeners[i];
-            l.allows_http_routes && l.allows_namespace(world, &route.namespace)
+            l.route_kinds.contains(&kind) && l.allows_namespace(world, &route.namespace)
         })
         .collect();
     if allowed.is_empty() {
         return Err(Problem::new(
             Reason::NotAllowedByListeners,
-            format!("no listener of {parent_name} allows HTTPRoutes from namespace {}", route.namespace),
+            format!("no listener of {parent_name} allows {kind}s from namespace {}", route.namespace),
         ));
     }
     let matching: Vec<usize> = allowed
@@ -331,11 +448,11 @@ impl CompiledRoute {
 }
 
 fn compile_route(
-    key: &ObjectRef,
-    route: &HttpRoute,
+    input: &RouteInput<'_>,
     resolver: &mut BackendResolver<'_>,
     client: Option<&ClientCertificate>,
 ) -> CompiledRoute {
+    let (kind, key, route) = (input.kind, input.key, input.route.as_ref());
     let mut compiled = CompiledRoute {
         created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         hostnames: Vec::new(),
@@ -356,7 +473,11 @@ fn compile_route(
         Some(rules) => rules,
     };
     for (index, spec) in rules.iter().enumerate() {
-        let matches = match compile_matches(spec.matches.as_deref()) {
+        let compiled_matches = match input.invalid_rules.get(&index) {
+            Some(why) => Err(why.clone()),
+            None => compile_matches(spec.matches.as_deref()),
+        };
+        let mut matches = match compiled_matches {
             Ok(m) => m,
             Err(why) => {
                 // A rule whose matches cannot be compiled can never match.
@@ -364,8 +485,13 @@ fn compile_route(
                 continue;
             }
         };
+        if let Some(ranks) = input.grpc_ranks.as_ref().and_then(|r| r.get(index)) {
+            for (m, rank) in matches.iter_mut().zip(ranks) {
+                m.grpc = Some(*rank);
+            }
+        }
         let RuleAction { filters, timeouts, retry, action } =
-            match compile_action(key, spec, &matches, resolver, client, &mut compiled.backend_errors) {
+            match compile_action((kind, key), spec, &matches, resolver, client, &mut compiled.backend_errors) {
                 Ok(action) => action,
                 Err(why) => {
                     compiled.invalid_rules.push(format!("rule {index} (answers 500): {why}"));
@@ -375,7 +501,7 @@ fn compile_route(
                         retry: None,
                         action: Action::Reject(Rejection {
                             status: StatusCode::INTERNAL_SERVER_ERROR,
-                            reason: format!("HTTPRoute {key} rule {index} is invalid: {why}"),
+                            reason: format!("{kind} {key} rule {index} is invalid: {why}"),
                         }),
                     }
                 }
@@ -408,7 +534,7 @@ struct RuleAction {
 }
 
 fn compile_action(
-    key: &ObjectRef,
+    (kind, key): (RouteKind, &ObjectRef),
     spec: &api::Rule,
     matches: &[RequestMatch],
     resolver: &mut BackendResolver<'_>,
@@ -419,7 +545,7 @@ fn compile_action(
     let retry = spec.retry.as_ref().map(compile_retry).transpose()?;
     let CompiledFilters { mut filters, redirect, mirrors } =
         compile_filters(spec.filters.as_deref().unwrap_or_default(), matches)?;
-    filters.mirrors = resolve_mirrors(key, mirrors, resolver, client, backend_errors);
+    filters.mirrors = resolve_mirrors((kind, key), mirrors, resolver, client, backend_errors);
     if let Some(redirect) = redirect {
         return Ok(RuleAction { filters, timeouts, retry: None, action: Action::Redirect(redirect) });
     }
@@ -449,6 +575,7 @@ fn compile_action(
         let target = match resolver.resolve(
             &key.namespace,
             &BackendRefSpec {
+                route_kind: kind,
                 group: r.group.as_deref(),
                 kind: r.kind.as_deref(),
                 name: &r.name,
@@ -475,9 +602,9 @@ fn compile_action(
         None => Action::Reject(Rejection {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             reason: if refs.is_empty() {
-                format!("HTTPRoute {key} rule has no backendRefs")
+                format!("{kind} {key} rule has no backendRefs")
             } else {
-                format!("HTTPRoute {key} rule has no backendRef with a weight above 0")
+                format!("{kind} {key} rule has no backendRef with a weight above 0")
             },
         }),
     };
@@ -491,7 +618,7 @@ fn compile_action(
 /// on the Route status is set to `status: False` and not configure this
 /// backend in the underlying implementation."
 fn resolve_mirrors(
-    key: &ObjectRef,
+    (kind, key): (RouteKind, &ObjectRef),
     mirrors: Vec<(&api::MirrorBackendRef, Fraction)>,
     resolver: &mut BackendResolver<'_>,
     client: Option<&ClientCertificate>,
@@ -500,6 +627,7 @@ fn resolve_mirrors(
     let mut out = Vec::with_capacity(mirrors.len());
     for (r, fraction) in mirrors {
         let spec = BackendRefSpec {
+            route_kind: kind,
             group: r.group.as_deref(),
             kind: r.kind.as_deref(),
             name: &r.name,
@@ -737,7 +865,7 @@ fn compile_match(m: &RouteMatch) -> Result<RequestMatch, String> {
         };
         query_params.push(QueryParamMatch { name: q.name.clone(), value });
     }
-    Ok(RequestMatch { path, method: m.method.as_ref().map(method), headers, query_params })
+    Ok(RequestMatch { path, method: m.method.as_ref().map(method), headers, query_params, grpc: None })
 }
 
 fn absolute_path(value: &str) -> Result<&str, String> {

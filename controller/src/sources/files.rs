@@ -190,6 +190,7 @@ impl Loader {
             ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => {
                 parse(value, &mut unknown).map(Resource::HttpRoute)
             }
+            ("gateway.networking.k8s.io", "v1", "GRPCRoute") => parse(value, &mut unknown).map(Resource::GrpcRoute),
             ("gateway.networking.k8s.io", "v1", "ListenerSet") => parse(value, &mut unknown).map(Resource::ListenerSet),
             ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
                 parse(value, &mut unknown).map(Resource::ReferenceGrant)

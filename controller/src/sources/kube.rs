@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use crate::api::{
-    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, ListenerSet, Namespace, Pod,
-    ReferenceGrant, Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, ListenerSet, Namespace,
+    Pod, ReferenceGrant, Secret, Service,
 };
 use crate::world::World;
 
@@ -56,6 +56,7 @@ pub struct Stores {
     gateway_classes: Arc<Cache<GatewayClass>>,
     gateways: Arc<Cache<Gateway>>,
     http_routes: Arc<Cache<HttpRoute>>,
+    grpc_routes: Arc<Cache<GrpcRoute>>,
     listener_sets: Arc<Cache<ListenerSet>>,
     reference_grants: Arc<Cache<ReferenceGrant>>,
     services: Arc<Cache<Service>>,
@@ -83,7 +84,7 @@ impl Stores {
     /// not), then starts a watch per kind, and one of Agimo's own pods when
     /// `own_pods` says where they are.
     pub async fn start(client: Client, own_pods: Option<OwnPods>) -> Stores {
-        let OptionalKinds { reference_grants, listener_sets, backend_tls_policies } = loop {
+        let OptionalKinds { reference_grants, grpc_routes, listener_sets, backend_tls_policies } = loop {
             match required_crds(&client).await {
                 Ok(optional) => break optional,
                 Err(e) => {
@@ -97,6 +98,7 @@ impl Stores {
             gateway_classes: Cache::new(),
             gateways: Cache::new(),
             http_routes: Cache::new(),
+            grpc_routes: Cache::new(),
             listener_sets: Cache::new(),
             reference_grants: Cache::new(),
             services: Cache::new(),
@@ -117,6 +119,13 @@ impl Stores {
             None => {
                 tracing::warn!("the ReferenceGrant CRD is not installed: cross-namespace references are refused");
                 stores.reference_grants.ready.send_replace(true);
+            }
+        }
+        match grpc_routes {
+            Some(resource) => stores.spawn(&client, &stores.grpc_routes, resource, all.clone()),
+            None => {
+                tracing::warn!("the GRPCRoute CRD is not installed: Agimo serves HTTPRoutes only");
+                stores.grpc_routes.ready.send_replace(true);
             }
         }
         match listener_sets {
@@ -175,6 +184,7 @@ impl Stores {
         ready(&self.gateway_classes).await;
         ready(&self.gateways).await;
         ready(&self.http_routes).await;
+        ready(&self.grpc_routes).await;
         ready(&self.listener_sets).await;
         ready(&self.reference_grants).await;
         ready(&self.services).await;
@@ -210,6 +220,7 @@ impl Stores {
             gateway_classes: by_name(self.gateway_classes.snapshot()),
             gateways: self.gateways.snapshot(),
             http_routes: self.http_routes.snapshot(),
+            grpc_routes: self.grpc_routes.snapshot(),
             listener_sets: self.listener_sets.snapshot(),
             reference_grants: self.reference_grants.snapshot(),
             services: self.services.snapshot(),
@@ -228,6 +239,8 @@ impl Stores {
 struct OptionalKinds {
     /// ReferenceGrant, v1 else v1beta1.
     reference_grants: Option<ApiResource>,
+    /// GRPCRoute, v1.
+    grpc_routes: Option<ApiResource>,
     /// ListenerSet, v1.
     listener_sets: Option<ApiResource>,
     /// BackendTLSPolicy, v1.
@@ -251,6 +264,7 @@ async fn required_crds(client: &Client) -> anyhow::Result<OptionalKinds> {
     });
     Ok(OptionalKinds {
         reference_grants: grants,
+        grpc_routes: find("GRPCRoute").map(|(r, _)| r),
         listener_sets: find("ListenerSet").map(|(r, _)| r),
         backend_tls_policies: find("BackendTLSPolicy").map(|(r, _)| r),
     })

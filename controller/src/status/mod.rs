@@ -44,15 +44,18 @@ pub fn stamp(current: &mut Statuses, previous: &Statuses, now: &Time) {
             );
         }
     }
-    for (key, parents) in &mut current.http_routes {
-        let old = previous.http_routes.get(key);
-        for parent in parents {
-            let old_parent = old.and_then(|ps| ps.iter().find(|p| p.parent_ref == parent.parent_ref));
-            stamp_conditions(
-                parent.conditions.iter_mut(),
-                old_parent.map(|p| p.conditions.as_slice()).unwrap_or_default(),
-                now,
-            );
+    let routes = [(&mut current.http_routes, &previous.http_routes), (&mut current.grpc_routes, &previous.grpc_routes)];
+    for (current, previous) in routes {
+        for (key, parents) in current {
+            let old = previous.get(key);
+            for parent in parents {
+                let old_parent = old.and_then(|ps| ps.iter().find(|p| p.parent_ref == parent.parent_ref));
+                stamp_conditions(
+                    parent.conditions.iter_mut(),
+                    old_parent.map(|p| p.conditions.as_slice()).unwrap_or_default(),
+                    now,
+                );
+            }
         }
     }
     for (key, ancestors) in &mut current.backend_tls_policies {
@@ -131,15 +134,20 @@ pub fn log_changes(current: &Statuses, previous: &Statuses) {
             }
         }
     }
-    for (key, parents) in &current.http_routes {
-        for parent in parents {
-            let old = previous
-                .http_routes
-                .get(key)
-                .and_then(|ps| ps.iter().find(|p| p.parent_ref == parent.parent_ref))
-                .map(|p| p.conditions.as_slice());
-            for c in parent.conditions.iter().filter(|c| changed(c, old)) {
-                emit(&format!("HTTPRoute {key} parent {}", parent.parent_ref.name), c);
+    let routes = [
+        ("HTTPRoute", &current.http_routes, &previous.http_routes),
+        ("GRPCRoute", &current.grpc_routes, &previous.grpc_routes),
+    ];
+    for (kind, current, previous) in routes {
+        for (key, parents) in current {
+            for parent in parents {
+                let old = previous
+                    .get(key)
+                    .and_then(|ps| ps.iter().find(|p| p.parent_ref == parent.parent_ref))
+                    .map(|p| p.conditions.as_slice());
+                for c in parent.conditions.iter().filter(|c| changed(c, old)) {
+                    emit(&format!("{kind} {key} parent {}", parent.parent_ref.name), c);
+                }
             }
         }
     }

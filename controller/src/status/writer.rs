@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::stamp_conditions;
 use crate::api::{
     BackendTlsPolicy, BackendTlsPolicyStatus, Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus,
-    HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus, Time,
-    Timestamp,
+    GrpcRoute, HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus,
+    Time, Timestamp,
 };
 use crate::compiler::{Statuses, condition_types};
 use crate::sources::kube::Stores;
@@ -94,6 +94,16 @@ impl Writer {
             }
             let api = Api::<HttpRoute>::namespaced(self.client.clone(), &key.namespace);
             written += self.write(api, object, |o| merge_route(o, desired, &self.controller_name)).await;
+        }
+        for (key, object) in &world.grpc_routes {
+            let desired = statuses.grpc_routes.get(key).map(Vec::as_slice).unwrap_or_default();
+            let has_ours =
+                object.status.iter().flat_map(|s| &s.parents).any(|p| p.controller_name == self.controller_name);
+            if desired.is_empty() && !has_ours {
+                continue;
+            }
+            let api = Api::<GrpcRoute>::namespaced(self.client.clone(), &key.namespace);
+            written += self.write(api, object, |o| merge_grpc_route(o, desired, &self.controller_name)).await;
         }
         // Every BackendTLSPolicy: as routes, other controllers' ancestors stay.
         for (key, object) in &world.backend_tls_policies {
@@ -323,6 +333,21 @@ fn merge_shared<E: SharedEntry>(current: &[E], desired: &[E], controller: &str) 
 fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &str) -> Option<HttpRouteStatus> {
     let current = object.status.as_ref().map(|s| s.parents.as_slice()).unwrap_or_default();
     merge_shared(current, desired, controller).map(|parents| HttpRouteStatus { parents })
+}
+
+/// As [`merge_route`]: a GRPCRoute's `parents` entries have the same schema
+/// as an HTTPRoute's, but their own generated type.
+fn merge_grpc_route(object: &GrpcRoute, desired: &[RouteParentStatus], controller: &str) -> Option<serde_json::Value> {
+    let current = object.status.as_ref().map(|s| serde_json::to_value(&s.parents));
+    let current: Vec<RouteParentStatus> = match current.map(|v| v.and_then(serde_json::from_value)) {
+        None => Vec::new(),
+        Some(Ok(parents)) => parents,
+        Some(Err(e)) => {
+            tracing::warn!(route = ?object.metadata.name, error = %e, "cannot read a GRPCRoute's status parents");
+            return None;
+        }
+    };
+    merge_shared(&current, desired, controller).map(|parents| json!({ "parents": parents }))
 }
 
 /// Other controllers' `ancestors` entries, untouched, then ours.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use super::grpc::{self, Code};
 use crate::base::BoxError;
 use crate::upstream::body::Body;
 
@@ -34,7 +35,7 @@ pub enum ProxyError {
          {sni_listener}: open a connection for {host}"
     )]
     Misdirected { host: String, sni: String, host_listener: String, sni_listener: String },
-    #[error("no HTTPRoute rule matches host {host} path {path}")]
+    #[error("no route rule matches host {host} path {path}")]
     NoRoute { host: String, path: String },
     /// The matched rule is invalid: answered with the status the compiler
     /// chose for it ([`agimo_shared::snapshot::Rejection`]).
@@ -158,6 +159,50 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status of this error, for a gRPC request: by the HTTP status
+    /// as gRPC's http-grpc-status-mapping.md maps it, but for what the Gateway
+    /// API fixes (no listener or route: `UNIMPLEMENTED`; a GRPCRoute's invalid
+    /// backends: `UNAVAILABLE`) and the timeouts, which are deadlines.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::NoListener { .. } | ProxyError::NoRoute { .. } => Code::Unimplemented,
+            ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::InvalidHost { .. }
+            | ProxyError::InvalidPath(_)
+            | ProxyError::MethodNotAllowed { .. } => Code::InvalidArgument,
+            ProxyError::InvalidRequestBody { .. } => Code::Internal,
+            ProxyError::WaitTimeout { .. } | ProxyError::ConnectWaitTimeout(_) | ProxyError::Timeout { .. } => {
+                Code::DeadlineExceeded
+            }
+            ProxyError::EscapedSlashRedirect { .. }
+            | ProxyError::Misdirected { .. }
+            | ProxyError::InvalidRule { .. }
+            | ProxyError::InvalidBackend { .. }
+            | ProxyError::NoReadyEndpoints { .. }
+            | ProxyError::TooManyPending { .. }
+            | ProxyError::ShuttingDown { .. }
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamFailed { .. } => Code::Unavailable,
+        }
+    }
+
+    /// The response for this error to a gRPC request (`grpc`) or any other.
+    pub fn into_response_for(self, grpc: bool) -> Response<Body> {
+        if grpc { self.into_grpc_response() } else { self.into_response() }
+    }
+
+    /// A trailers-only gRPC error: status 200, no body, `grpc-status` and
+    /// `grpc-message`, and the reason header.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let mut response = Response::new(Body::empty());
+        let headers = response.headers_mut();
+        grpc::error_headers(headers, self.grpc_code(), &self.to_string());
+        headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        response
+    }
+
     /// The response for this error: status, reason header, and the message as
     /// a plain-text body. (The caller logs it, with the route.)
     pub fn into_response(self) -> Response<Body> {
@@ -212,5 +257,30 @@ mod tests {
         for (e, status) in statuses {
             assert_eq!(e.status().as_u16(), status, "{e}");
         }
+    }
+
+    #[test]
+    fn a_grpc_request_gets_a_trailers_only_grpc_error() {
+        let e = ProxyError::NoRoute { host: "a.example".into(), path: "/pkg.Svc/Get".into() };
+        let response = e.into_response_for(true);
+        assert_eq!(response.status(), StatusCode::OK, "gRPC errors travel in trailers");
+        assert_eq!(response.headers()["grpc-status"], "12", "UNIMPLEMENTED");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(response.headers()[REASON_HEADER], "no-route");
+        assert!(http_body::Body::is_end_stream(response.body()), "one HEADERS frame with END_STREAM");
+        let codes = [
+            (ProxyError::InvalidBackend { reason: "r".into() }, Code::Unavailable),
+            (ProxyError::NoReadyEndpoints { backend: "b".into() }, Code::Unavailable),
+            (
+                ProxyError::WaitTimeout { host: "h".into(), waited: std::time::Duration::from_secs(1) },
+                Code::DeadlineExceeded,
+            ),
+            (ProxyError::MissingHost, Code::InvalidArgument),
+        ];
+        for (e, code) in codes {
+            assert_eq!(e.grpc_code(), code, "{e}");
+        }
+        let plain = ProxyError::NoRoute { host: "a".into(), path: "/".into() }.into_response_for(false);
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -26,7 +26,13 @@ pub(super) fn prepare_upstream_request(req: &mut Request<RequestBody>, conn: &Co
         req.headers_mut().insert(header::HOST, value);
     }
     let headers = req.headers_mut();
+    // gRPC backends expect `te: trailers` ("used to detect incompatible
+    // proxies"); Agimo passes trailers through over HTTP/2, so it is true.
+    let grpc_trailers = from_http2 && super::grpc::is_grpc(headers) && super::grpc::accepts_trailers(headers);
     strip_hop_by_hop(headers, upgrade);
+    if grpc_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if from_http2 {
         join_cookies(headers);
     }

@@ -17,6 +17,7 @@ mod attempt;
 mod error;
 mod forward;
 mod gate;
+mod grpc;
 mod headers;
 mod mirror;
 mod retry;
@@ -42,12 +43,14 @@ pub(crate) async fn handle(
     mut guard: RequestGuard,
 ) -> Response<Body> {
     let start = Instant::now();
+    // Agimo's own errors for a gRPC request are gRPC errors.
+    let grpc = grpc::is_grpc(req.headers());
     let routed = route::normalize_path(proxy, &mut req).and_then(|()| route::route(proxy, conn, &req));
     let (host, response) = match routed {
         Err(e) => {
             proxy.metrics.unmatched().request();
             tracing::debug!(peer = %conn.peer, status = e.status().as_u16(), reason = e.reason(), error = %e, "request not routed");
-            (None, e.into_response())
+            (None, e.into_response_for(grpc))
         }
         Ok(routed) => {
             routed.stats.request();
@@ -64,7 +67,7 @@ pub(crate) async fn handle(
                         error = %e,
                         "request refused"
                     );
-                    e.into_response()
+                    e.into_response_for(grpc)
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -76,7 +79,7 @@ pub(crate) async fn handle(
                         error = %e,
                         "request failed"
                     );
-                    e.into_response()
+                    e.into_response_for(grpc)
                 }
             };
             (Some(routed.stats), response)
