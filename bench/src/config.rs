@@ -55,6 +55,32 @@ endpoints:
     Ok(())
 }
 
+/// A Gateway for gRPC (cleartext HTTP/2 on `port`) and a GRPCRoute sending
+/// every call to the echo backend, into `dir`.
+pub fn write_grpc(dir: &Path, port: u16) -> Result<()> {
+    let yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench-grpc, namespace: default}}
+spec:
+  gatewayClassName: agimo
+  listeners:
+  - {{name: grpc, protocol: HTTP, port: {port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: bench, namespace: default}}
+spec:
+  parentRefs: [{{name: bench-grpc}}]
+  rules:
+  - matches: [{{method: {{service: bench.Echo}}}}]
+    backendRefs: [{{name: echo, port: 80}}]
+"#
+    );
+    fs::write(dir.join("grpc.yaml"), yaml)?;
+    Ok(())
+}
+
 /// The basic route: `/ws` and `/upload` to the echo backend, everything else to the
 /// backend. `generation` goes into a response header so that each value is
 /// a different snapshot (the swap test).

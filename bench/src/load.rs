@@ -1,6 +1,6 @@
-//! Load generators and their reports: wrk (closed loop, throughput) and oha
-//! (open loop at a fixed rate, with latency correction), plus a one-shot
-//! HTTP/1.1 probe.
+//! Load generators and their reports: wrk (closed loop, throughput), oha
+//! (open loop at a fixed rate, with latency correction) and h2load (gRPC
+//! calls over h2c), plus one-shot HTTP/1.1 and gRPC probes.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -183,4 +183,119 @@ pub fn get(port: u16, host: &str, path: &str, headers: &[(String, String)]) -> R
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("a status line")?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// The gRPC method the benchmark calls (the echo backend answers any).
+pub const GRPC_PATH: &str = "/bench.Echo/Get";
+
+/// One unary gRPC call to `port`: it must end with `grpc-status: 0` and the
+/// echo's two messages (its description of the call, then ours).
+pub fn grpc_check(port: u16) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = runtime.block_on(agimo_testkit::grpc::unary(addr, "bench.example", GRPC_PATH, &[], b"ping"))?;
+    let status = reply.grpc_status();
+    if status != Some(0) || reply.messages.len() != 2 || reply.messages[1].as_ref() != b"ping" {
+        bail!("the call ended with grpc-status {status:?} and {} messages: {reply:?}", reply.messages.len());
+    }
+    Ok(())
+}
+
+/// What h2load reported.
+#[derive(Clone, Debug, Default)]
+pub struct H2load {
+    pub requests: u64,
+    pub rps: f64,
+    /// Requests that failed or errored, and responses other than 2xx.
+    pub errors: u64,
+}
+
+/// gRPC calls (a 5-byte-framed 16-byte message each) with h2load for
+/// `seconds`: `connections` h2c connections of `streams` concurrent streams.
+pub fn h2load(
+    work: &Path,
+    port: u16,
+    seconds: u32,
+    connections: u32,
+    streams: u32,
+    cpus: Option<&str>,
+) -> Result<H2load> {
+    let body = work.join("grpc-request.bin");
+    if !body.exists() {
+        std::fs::write(&body, agimo_testkit::grpc::frame(b"0123456789abcdef"))?;
+    }
+    let mut cmd = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus, "h2load"]);
+            c
+        }
+        None => Command::new("h2load"),
+    };
+    cmd.args(["-D", &seconds.to_string(), "-t", "1", "-c", &connections.to_string(), "-m", &streams.to_string()])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(&body)
+        .arg(format!("http://127.0.0.1:{port}{GRPC_PATH}"));
+    let out = cmd.output().context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    parse_h2load(&text)
+}
+
+pub fn parse_h2load(text: &str) -> Result<H2load> {
+    let mut report = H2load::default();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().map(|w| w.trim_end_matches(',')).collect();
+        match words.as_slice() {
+            ["finished", "in", _, rps, "req/s", ..] => report.rps = rps.parse()?,
+            [
+                "requests:",
+                total,
+                "total",
+                _,
+                "started",
+                _,
+                "done",
+                _,
+                "succeeded",
+                failed,
+                "failed",
+                errored,
+                "errored",
+                ..,
+            ] => {
+                report.requests = total.parse()?;
+                report.errors += failed.parse::<u64>()? + errored.parse::<u64>()?;
+            }
+            ["status", "codes:", _, "2xx", n3, "3xx", n4, "4xx", n5, "5xx"] => {
+                report.errors += n3.parse::<u64>()? + n4.parse::<u64>()? + n5.parse::<u64>()?;
+            }
+            _ => {}
+        }
+    }
+    if report.requests == 0 {
+        bail!("h2load reported no requests:\n{text}");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2load_reports_are_read() {
+        let text = "starting benchmark...
+finished in 8.00s, 41235.50 req/s, 3.11MB/s
+requests: 329884 total, 329884 started, 329884 done, 329880 succeeded, 4 failed, 1 errored, 0 timeout
+status codes: 329880 2xx, 0 3xx, 2 4xx, 0 5xx
+";
+        let r = parse_h2load(text).unwrap();
+        assert_eq!((r.requests, r.errors), (329_884, 7));
+        assert!((r.rps - 41_235.5).abs() < 0.01);
+        assert!(parse_h2load("nothing").is_err());
+    }
 }

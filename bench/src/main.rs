@@ -6,6 +6,7 @@
 //!  wrk / oha / sockets ──► agimo :18080 ─┐
 //!                          nginx :18082 ─┼──► backend (nginx, fixed body) :18081
 //!                          haproxy :18083┘    echo (websockets) :18085
+//!  h2load (gRPC, h2c)  ──► agimo :18180, nginx :18182, haproxy :18183 ──► echo (gRPC) :18085
 //! ```
 //!
 //! Run it with `bench/run`, which installs the tools and builds Agimo first.
@@ -72,6 +73,7 @@ pub enum Scenario {
     Swaps,
     Bodies,
     Held,
+    Grpc,
 }
 
 fn main() -> Result<()> {
@@ -104,6 +106,9 @@ fn main() -> Result<()> {
     }
     if wanted(Scenario::Held) {
         scenarios::held(&opts, &mut peers)?;
+    }
+    if wanted(Scenario::Grpc) {
+        scenarios::grpc(&opts, &env, &mut peers)?;
     }
     if wanted(Scenario::Routes) {
         // The sweep runs an Agimo of its own per size; this one would only take memory.

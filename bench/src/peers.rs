@@ -18,6 +18,10 @@ pub const AGIMO_PORT: u16 = 18080;
 pub const NGINX_PORT: u16 = 18082;
 pub const HAPROXY_PORT: u16 = 18083;
 pub const AGIMO_ADMIN_PORT: u16 = 18091;
+/// gRPC listeners (cleartext HTTP/2), in front of the echo backend's gRPC.
+pub const AGIMO_GRPC_PORT: u16 = 18180;
+pub const NGINX_GRPC_PORT: u16 = 18182;
+pub const HAPROXY_GRPC_PORT: u16 = 18183;
 pub const AGIMO_METRICS_PORT: u16 = 18090;
 
 /// The ports of one Agimo instance.
@@ -68,6 +72,17 @@ impl Target {
             Target::Agimo => AGIMO_PORT,
             Target::Nginx => NGINX_PORT,
             Target::Haproxy => HAPROXY_PORT,
+        }
+    }
+
+    /// Where the target takes gRPC calls (the direct target: the echo
+    /// backend, which answers them).
+    pub fn grpc_port(self) -> u16 {
+        match self {
+            Target::Direct => ECHO_PORT,
+            Target::Agimo => AGIMO_GRPC_PORT,
+            Target::Nginx => NGINX_GRPC_PORT,
+            Target::Haproxy => HAPROXY_GRPC_PORT,
         }
     }
 
@@ -129,7 +144,8 @@ http {{
 }
 
 /// The echo backend (Agimo's test echo server): websockets on `/ws`,
-/// uploads on `/upload`.
+/// uploads on `/upload`, and gRPC calls over h2c (it answers with a message
+/// describing the call, then echoes the request's messages).
 pub fn start_echo(env: &Env) -> Result<Proc> {
     let proc = Proc::spawn(
         "echo",
@@ -148,6 +164,14 @@ http {{
   {http_common}
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
   upstream echo {{ server 127.0.0.1:{ECHO_PORT}; keepalive 16; }}
+  upstream echo_grpc {{ server 127.0.0.1:{ECHO_PORT}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{NGINX_GRPC_PORT} http2 backlog=4096;
+    location / {{
+      grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      grpc_pass grpc://echo_grpc;
+    }}
+  }}
   map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
   server {{
     listen 127.0.0.1:{NGINX_PORT} backlog=4096;
@@ -243,6 +267,11 @@ backend backend
   server s1 127.0.0.1:{BACKEND_PORT}
 backend echo
   server s1 127.0.0.1:{ECHO_PORT}
+frontend grpc
+  bind 127.0.0.1:{HAPROXY_GRPC_PORT} proto h2
+  default_backend echo_grpc
+backend echo_grpc
+  server s1 127.0.0.1:{ECHO_PORT} proto h2
 "#
     );
     let path = env.path("haproxy.cfg");

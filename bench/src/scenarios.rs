@@ -20,7 +20,7 @@ use crate::procs::{Proc, wait_for_port};
 /// The processes shared by the side-by-side scenarios.
 pub struct Peers {
     backend: Proc,
-    _echo: Proc,
+    echo: Proc,
     agimo: Option<Proc>,
     agimo_config: PathBuf,
     agimo_log: PathBuf,
@@ -42,21 +42,17 @@ impl Peers {
         let haproxy = peers::start_haproxy(env)?;
         let agimo_config = env.path("agimo");
         config::write_base(&agimo_config, AGIMO_PORT)?;
+        config::write_grpc(&agimo_config, peers::AGIMO_GRPC_PORT)?;
         fs::write(agimo_config.join("routes.yaml"), config::basic_routes(0))?;
         let agimo = peers::start_agimo(env, &agimo_config, "agimo.log", AgimoPorts::MAIN)?;
         wait_for_port(AGIMO_PORT, Duration::from_secs(30))?;
-        let peers = Peers {
-            backend,
-            _echo: echo,
-            agimo: Some(agimo),
-            agimo_config,
-            agimo_log: env.path("agimo.log"),
-            nginx,
-            haproxy,
-        };
+        let peers =
+            Peers { backend, echo, agimo: Some(agimo), agimo_config, agimo_log: env.path("agimo.log"), nginx, haproxy };
         for target in Target::ALL {
             let (status, body) = load::get(target.port(), "bench.example", "/", &[])?;
             ensure!(status == 200 && body == SMALL_BODY, "{} answered {status} {body:?}", target.name());
+            wait_for_port(target.grpc_port(), Duration::from_secs(10))?;
+            load::grpc_check(target.grpc_port()).with_context(|| format!("{} over gRPC", target.name()))?;
         }
         Ok(peers)
     }
@@ -75,6 +71,11 @@ impl Peers {
             self.proxy(t).check_alive()?;
         }
         Ok(())
+    }
+
+    /// Pins the echo backend (the gRPC scenario's backend).
+    fn echo_pin(&self, cpus: &str) -> Result<()> {
+        self.echo.pin(cpus)
     }
 
     pub fn stop_agimo(&mut self) {
@@ -169,6 +170,62 @@ pub fn throughput(opts: &Opts, peers: &mut Peers) -> Result<ByTarget> {
     rps.raw("requests/s", 0);
     println!("    errors (all runs): {errors}\n");
     Ok(rps)
+}
+
+/// gRPC: unary calls over h2c, many streams per connection (h2load), to the
+/// echo backend's gRPC; throughput unpinned, then CPU per call with the proxy
+/// on CPU 0 and the backend and h2load on CPU 1.
+pub fn grpc(opts: &Opts, env: &Env, peers: &mut Peers) -> Result<()> {
+    let (connections, streams) = (8, 16);
+    println!(
+        "## gRPC (h2load -c{connections} -m{streams}, unary calls with a 16-byte message, h2c; the echo backend answers)\n"
+    );
+    let mut rps = ByTarget::new(&Target::ALL);
+    let mut errors = 0;
+    for _ in 0..opts.rounds {
+        for target in Target::ALL {
+            let run = load::h2load(&env.work, target.grpc_port(), opts.seconds, connections, streams, None)?;
+            rps.push(target, run.rps);
+            errors += run.errors;
+        }
+    }
+    for t in Target::PROXIES {
+        peers.proxy(t).pin("0")?;
+    }
+    peers.echo_pin("1")?;
+    let mut micros = ByTarget::new(&Target::PROXIES);
+    for _ in 0..opts.rounds {
+        for target in Target::PROXIES {
+            let before = peers.proxy(target).cpu();
+            let run = load::h2load(&env.work, target.grpc_port(), opts.seconds, connections, streams, Some("1"))?;
+            let used = peers.proxy(target).cpu() - before;
+            micros.push(target, used.as_secs_f64() * 1e6 / run.requests as f64);
+            errors += run.errors;
+        }
+    }
+    for t in Target::PROXIES {
+        peers.proxy(t).pin("0,1")?;
+    }
+    peers.echo_pin("0,1")?;
+    peers.check_alive()?;
+    let (nginx, direct) = (rps.median(Target::Nginx), rps.median(Target::Direct));
+    let nginx_cpu = micros.median(Target::Nginx);
+    println!(
+        "| target | calls/s (median) | × nginx | × direct | CPU µs/call (pinned) | × nginx |\n|---|---|---|---|---|---|"
+    );
+    for t in Target::ALL {
+        let r = rps.median(t);
+        let cpu = match t {
+            Target::Direct => "– | –".to_owned(),
+            _ => format!("{:.2} | {:.2}", micros.median(t), micros.median(t) / nginx_cpu),
+        };
+        println!("| {} | {r:.0} | {:.2} | {:.2} | {cpu} |", t.name(), r / nginx, r / direct);
+    }
+    println!();
+    rps.raw("calls/s", 0);
+    micros.raw("CPU µs/call", 2);
+    println!("    errors (all runs): {errors}\n");
+    Ok(())
 }
 
 /// 2. CPU per request: proxy pinned to CPU 0, backend and wrk to CPU 1.
