@@ -49,6 +49,7 @@ pub use gateway_api::experimental::listenersets::{
     ListenerSetStatusListenersSupportedKinds as ListenerSetSupportedKind,
 };
 pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantFrom, ReferenceGrantTo};
+pub use gateway_api::experimental::tlsroutes::TlsRoute;
 
 pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServicePort};
 pub use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};

@@ -116,6 +116,9 @@ impl State {
         for (key, route) in &mut world.grpc_routes {
             stamp("GRPCRoute", key, &mut Arc::make_mut(route).metadata);
         }
+        for (key, route) in &mut world.tls_routes {
+            stamp("TLSRoute", key, &mut Arc::make_mut(route).metadata);
+        }
         self.first_seen = seen;
         world.default_address = Some(bind_address);
         world.bind_errors = std::mem::take(&mut self.world.bind_errors);

@@ -12,7 +12,7 @@ use agimo_shared::snapshot::ObjectRef;
 
 use crate::api::{
     BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GatewayStatusAddress, GrpcRoute, HttpRoute,
-    ListenerSet, Namespace, ObjectMeta, Pod, ReferenceGrant, Secret, Service,
+    ListenerSet, Namespace, ObjectMeta, Pod, ReferenceGrant, Secret, Service, TlsRoute,
 };
 
 /// Objects are shared (`Arc`), so a source can hand the compiler a world
@@ -25,6 +25,7 @@ pub struct World {
     pub gateways: BTreeMap<ObjectRef, Arc<Gateway>>,
     pub http_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
     pub grpc_routes: BTreeMap<ObjectRef, Arc<GrpcRoute>>,
+    pub tls_routes: BTreeMap<ObjectRef, Arc<TlsRoute>>,
     pub listener_sets: BTreeMap<ObjectRef, Arc<ListenerSet>>,
     pub reference_grants: BTreeMap<ObjectRef, Arc<ReferenceGrant>>,
     pub services: BTreeMap<ObjectRef, Arc<Service>>,
@@ -84,6 +85,7 @@ pub enum Resource {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    TlsRoute(TlsRoute),
     ListenerSet(ListenerSet),
     ReferenceGrant(ReferenceGrant),
     Service(Service),
@@ -101,6 +103,7 @@ impl Resource {
             Resource::Gateway(_) => "Gateway",
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
+            Resource::TlsRoute(_) => "TLSRoute",
             Resource::ListenerSet(_) => "ListenerSet",
             Resource::ReferenceGrant(_) => "ReferenceGrant",
             Resource::Service(_) => "Service",
@@ -122,6 +125,7 @@ impl Resource {
             Resource::Gateway(o) => &o.metadata,
             Resource::HttpRoute(o) => &o.metadata,
             Resource::GrpcRoute(o) => &o.metadata,
+            Resource::TlsRoute(o) => &o.metadata,
             Resource::ListenerSet(o) => &o.metadata,
             Resource::ReferenceGrant(o) => &o.metadata,
             Resource::Service(o) => &o.metadata,
@@ -139,6 +143,7 @@ impl Resource {
             Resource::Gateway(o) => &mut o.metadata,
             Resource::HttpRoute(o) => &mut o.metadata,
             Resource::GrpcRoute(o) => &mut o.metadata,
+            Resource::TlsRoute(o) => &mut o.metadata,
             Resource::ListenerSet(o) => &mut o.metadata,
             Resource::ReferenceGrant(o) => &mut o.metadata,
             Resource::Service(o) => &mut o.metadata,
@@ -159,6 +164,7 @@ impl Default for World {
             gateways: BTreeMap::new(),
             http_routes: BTreeMap::new(),
             grpc_routes: BTreeMap::new(),
+            tls_routes: BTreeMap::new(),
             listener_sets: BTreeMap::new(),
             reference_grants: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -197,6 +203,7 @@ impl World {
             Resource::Gateway(o) => put(&mut self.gateways, key, o),
             Resource::HttpRoute(o) => put(&mut self.http_routes, key, o),
             Resource::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
+            Resource::TlsRoute(o) => put(&mut self.tls_routes, key, o),
             Resource::ListenerSet(o) => put(&mut self.listener_sets, key, o),
             Resource::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             Resource::Service(o) => put(&mut self.services, key, o),

@@ -87,6 +87,9 @@ pub enum Protocol {
     Http,
     #[serde(rename = "HTTPS")]
     Https,
+    /// TLS passthrough: connections routed by their SNI, never terminated.
+    #[serde(rename = "TLS")]
+    Tls,
 }
 
 impl fmt::Display for Protocol {
@@ -94,6 +97,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Http => "HTTP",
             Protocol::Https => "HTTPS",
+            Protocol::Tls => "TLS",
         })
     }
 }
@@ -102,7 +106,7 @@ impl Protocol {
     pub fn scheme(self) -> &'static str {
         match self {
             Protocol::Http => "http",
-            Protocol::Https => "https",
+            Protocol::Https | Protocol::Tls => "https",
         }
     }
 }

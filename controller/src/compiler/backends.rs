@@ -30,7 +30,9 @@ pub struct BackendRefSpec<'a> {
 pub struct BackendResolver<'w> {
     world: &'w World,
     slices: BTreeMap<ObjectRef, Vec<&'w EndpointSlice>>,
-    resolved: HashMap<(ObjectRef, i32, BackendProtocol, Option<ObjectRef>), Arc<Backend>>,
+    /// By Service port, protocol, client certificate, and whether TLS passes
+    /// through (a passthrough backend never gets a BackendTLSPolicy's TLS).
+    resolved: HashMap<(ObjectRef, i32, BackendProtocol, Option<ObjectRef>, bool), Arc<Backend>>,
     /// The BackendTLSPolicies, and the Gateways that use each.
     pub policies: Policies,
     /// The Services resolved since [`BackendResolver::take_services`].
@@ -117,6 +119,21 @@ impl<'w> BackendResolver<'w> {
         // "kubernetes.io/h2c" and "kubernetes.io/ws" are the Gateway API's
         // (GEP-1911); a protocol Agimo cannot speak makes the ref invalid.
         let port_name = service_port.name.as_deref();
+        if r.route_kind == RouteKind::Tls {
+            // TLS passes through: whatever the port speaks, Agimo only
+            // copies bytes, and no BackendTLSPolicy applies.
+            let cache_key = (key.clone(), port, BackendProtocol::Http1, None, true);
+            let endpoints = self.ready_endpoints(&key, port_name.unwrap_or(""));
+            let backend = self.resolved.entry(cache_key).or_insert_with(|| {
+                Arc::new(Backend {
+                    id: format!("{key}:{port}"),
+                    endpoints,
+                    protocol: BackendProtocol::Http1,
+                    tls: None,
+                })
+            });
+            return Ok(backend.clone());
+        }
         let protocol = match (r.route_kind, service_port.app_protocol.as_deref()) {
             // gRPC is HTTP/2: cleartext unless a BackendTLSPolicy says TLS.
             (RouteKind::Grpc, None | Some("kubernetes.io/h2c" | "grpc")) => BackendProtocol::H2c,
@@ -155,7 +172,7 @@ impl<'w> BackendResolver<'w> {
         let tls = self.policies.tls_for(&key, port_name, protocol, client);
         // The client certificate matters only to TLS backends.
         let client = client.filter(|_| tls.is_some()).map(|c| c.secret.clone());
-        let cache_key = (key.clone(), port, protocol, client);
+        let cache_key = (key.clone(), port, protocol, client, false);
         if let Some(backend) = self.resolved.get(&cache_key) {
             return Ok(backend.clone());
         }

@@ -26,6 +26,9 @@ pub struct Statuses {
     /// schema).
     #[serde(rename = "grpcRoutes", skip_serializing_if = "BTreeMap::is_empty")]
     pub grpc_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
+    /// As `http_routes`, for TLSRoutes.
+    #[serde(rename = "tlsRoutes", skip_serializing_if = "BTreeMap::is_empty")]
+    pub tls_routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
     /// Our `status.ancestors` entries of each BackendTLSPolicy (the
     /// Gateways whose routes send to a Service it targets).
     #[serde(rename = "backendTLSPolicies", skip_serializing_if = "BTreeMap::is_empty")]

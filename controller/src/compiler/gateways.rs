@@ -69,6 +69,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteSchemeRedirect",
     "ListenerSet",
     "ReferenceGrant",
+    "TLSRoute",
 ];
 
 /// Claimed where Agimo generates a Service per Gateway (beside it, with its
@@ -209,7 +210,7 @@ impl ListenerModel<'_> {
     pub fn programmable(&self) -> bool {
         self.invalid.is_none()
             && self.conflict.is_none()
-            && (self.protocol == Some(Protocol::Http) || !self.certificates.is_empty())
+            && (matches!(self.protocol, Some(Protocol::Http | Protocol::Tls)) || !self.certificates.is_empty())
     }
 
     pub fn allows_namespace(&self, world: &World, route_namespace: &str) -> bool {
@@ -587,8 +588,18 @@ pub fn build_listener<'w>(
     model.protocol = match l.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
+        // TLS: routed by SNI, never terminated (Passthrough). The mode's
+        // default, Terminate, is not supported: such a listener is not
+        // accepted, and supports no route kind.
+        "TLS" if l.tls.as_ref().and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) => Some(Protocol::Tls),
+        "TLS" => {
+            let message = "TLS listeners in tls.mode Terminate are not supported; Agimo passes TLS through \
+                           (tls.mode: Passthrough)";
+            model.invalid = Some(Problem::new(Reason::UnsupportedValue, message));
+            return model;
+        }
         other => {
-            let message = format!("protocol {other} is not supported; Agimo serves HTTP and HTTPS listeners");
+            let message = format!("protocol {other} is not supported; Agimo serves HTTP, HTTPS and TLS listeners");
             model.invalid = Some(Problem::new(Reason::UnsupportedProtocol, message));
             // No route kind is supported on it: listed kinds are invalid.
             if let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) {
@@ -616,7 +627,8 @@ pub fn build_listener<'w>(
         model.invalid.get_or_insert(problem);
         AllowedNamespaces::Same
     });
-    (model.route_kinds, model.unresolved) = allowed_kinds(l);
+    let kinds: &[RouteKind] = if model.protocol == Some(Protocol::Tls) { &RouteKind::TLS } else { &RouteKind::HTTP };
+    (model.route_kinds, model.unresolved) = allowed_kinds(l, kinds);
     for kind in &model.route_kinds {
         model
             .supported_kinds
@@ -675,19 +687,20 @@ fn allowed_namespaces(l: &Listener) -> Result<AllowedNamespaces, Problem> {
     }
 }
 
-/// `allowedRoutes.kinds`: which of the kinds supported on HTTP and HTTPS
-/// (HTTPRoute, GRPCRoute) may attach, and why ResolvedRefs is False if other
-/// kinds are listed.
-fn allowed_kinds(l: &Listener) -> (Vec<RouteKind>, Option<Problem>) {
+/// `allowedRoutes.kinds`: which of the kinds the listener's protocol
+/// supports (`supported`: HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute
+/// on TLS) may attach, and why ResolvedRefs is False if other kinds are
+/// listed.
+fn allowed_kinds(l: &Listener, supported: &[RouteKind]) -> (Vec<RouteKind>, Option<Problem>) {
     let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty());
     let Some(kinds) = kinds else {
-        return (RouteKind::ALL.to_vec(), None);
+        return (supported.to_vec(), None);
     };
     let mut allowed = Vec::new();
     let mut invalid = Vec::new();
     for k in kinds {
         let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        match RouteKind::from_name(&k.kind).filter(|_| group == GATEWAY_GROUP) {
+        match RouteKind::from_name(&k.kind).filter(|kind| group == GATEWAY_GROUP && supported.contains(kind)) {
             Some(kind) if !allowed.contains(&kind) => allowed.push(kind),
             Some(_) => {}
             None => invalid.push(format!("{}.{}", k.kind, group)),
@@ -695,8 +708,12 @@ fn allowed_kinds(l: &Listener) -> (Vec<RouteKind>, Option<Problem>) {
     }
     allowed.sort();
     let problem = (!invalid.is_empty()).then(|| {
-        let message =
-            format!("route kinds {} are not supported; Agimo supports HTTPRoute and GRPCRoute", invalid.join(", "));
+        let names: Vec<&str> = supported.iter().map(|k| k.name()).collect();
+        let message = format!(
+            "route kinds {} are not supported; this listener's protocol supports {}",
+            invalid.join(", "),
+            names.join(" and ")
+        );
         Problem::new(Reason::InvalidRouteKinds, message)
     });
     (allowed, problem)

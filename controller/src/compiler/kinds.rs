@@ -1,22 +1,31 @@
-//! The route kinds Agimo serves on HTTP and HTTPS listeners.
+//! The route kinds Agimo serves.
 
-/// An HTTPRoute or a GRPCRoute: both attach to HTTP and HTTPS listeners and
-/// compile to the same rules (a GRPCRoute's method match becomes a path).
+/// An HTTPRoute or a GRPCRoute (on HTTP and HTTPS listeners), or a TLSRoute
+/// (on TLS listeners in mode Passthrough). All compile to the same rules: a
+/// GRPCRoute's method match becomes a path; a TLSRoute's one rule matches
+/// every connection of its hostnames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
     Http,
     Grpc,
+    Tls,
 }
 
 impl RouteKind {
-    /// Every kind, in the order listeners list them in `supportedKinds`.
-    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+    /// Every kind.
+    pub const ALL: [RouteKind; 3] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tls];
+    /// The kinds of HTTP and HTTPS listeners, in the order they list them in
+    /// `supportedKinds`.
+    pub const HTTP: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+    /// The kinds of TLS listeners.
+    pub const TLS: [RouteKind; 1] = [RouteKind::Tls];
 
     /// The kind's name in the Gateway API (`HTTPRoute`, `GRPCRoute`).
     pub fn name(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 

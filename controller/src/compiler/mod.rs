@@ -30,6 +30,7 @@ mod listener_sets;
 mod routes;
 mod scale_to_zero;
 mod tls;
+mod tls_routes;
 
 use crate::world::World;
 use scale_to_zero::Annotations;

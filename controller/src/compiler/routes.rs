@@ -24,9 +24,9 @@ use super::compiled::Statuses;
 use super::conditions::{Problem, Reason, condition, types};
 use super::duration;
 use super::gateways::{GatewayModel, ListenerModel};
-use super::grpc;
 use super::kinds::RouteKind;
 use super::scale_to_zero::{self, GateAnnotations};
+use super::{grpc, tls_routes};
 use crate::api::{
     self, Condition, GATEWAY_GROUP, HeaderMatchType, HttpRoute, MatchMethod, ParentReference, PathMatchType,
     QueryParamMatchType, RedirectPathType, RedirectScheme, RouteMatch, RouteParentStatus,
@@ -76,6 +76,18 @@ fn route_inputs(world: &World) -> Vec<RouteInput<'_>> {
                 invalid_rules: converted.invalid_rules,
             }),
             Err(e) => tracing::warn!(route = %key, error = %e, "cannot compile a GRPCRoute"),
+        }
+    }
+    for (key, route) in &world.tls_routes {
+        match tls_routes::as_http_route(route) {
+            Ok(route) => inputs.push(RouteInput {
+                kind: RouteKind::Tls,
+                key,
+                route: std::borrow::Cow::Owned(route),
+                grpc_ranks: None,
+                invalid_rules: BTreeMap::new(),
+            }),
+            Err(e) => tracing::warn!(route = %key, error = %e, "cannot compile a TLSRoute"),
         }
     }
     inputs.sort_by(|a, b| a.created().cmp(&b.created()).then_with(|| a.key.cmp(b.key)).then(a.kind.cmp(&b.kind)));
@@ -152,6 +164,7 @@ pub fn attach_all(
         match kind {
             RouteKind::Http => statuses.http_routes.insert(key.clone(), parent_statuses),
             RouteKind::Grpc => statuses.grpc_routes.insert(key.clone(), parent_statuses),
+            RouteKind::Tls => statuses.tls_routes.insert(key.clone(), parent_statuses),
         };
     }
     statuses.backend_tls_policies = resolver.policies.statuses(&world.controller_name);

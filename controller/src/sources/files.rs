@@ -191,6 +191,7 @@ impl Loader {
                 parse(value, &mut unknown).map(Resource::HttpRoute)
             }
             ("gateway.networking.k8s.io", "v1", "GRPCRoute") => parse(value, &mut unknown).map(Resource::GrpcRoute),
+            ("gateway.networking.k8s.io", "v1", "TLSRoute") => parse(value, &mut unknown).map(Resource::TlsRoute),
             ("gateway.networking.k8s.io", "v1", "ListenerSet") => parse(value, &mut unknown).map(Resource::ListenerSet),
             ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
                 parse(value, &mut unknown).map(Resource::ReferenceGrant)

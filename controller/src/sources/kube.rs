@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::api::{
     BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, ListenerSet, Namespace,
-    Pod, ReferenceGrant, Secret, Service,
+    Pod, ReferenceGrant, Secret, Service, TlsRoute,
 };
 use crate::world::World;
 
@@ -57,6 +57,7 @@ pub struct Stores {
     gateways: Arc<Cache<Gateway>>,
     http_routes: Arc<Cache<HttpRoute>>,
     grpc_routes: Arc<Cache<GrpcRoute>>,
+    tls_routes: Arc<Cache<TlsRoute>>,
     listener_sets: Arc<Cache<ListenerSet>>,
     reference_grants: Arc<Cache<ReferenceGrant>>,
     services: Arc<Cache<Service>>,
@@ -84,7 +85,7 @@ impl Stores {
     /// not), then starts a watch per kind, and one of Agimo's own pods when
     /// `own_pods` says where they are.
     pub async fn start(client: Client, own_pods: Option<OwnPods>) -> Stores {
-        let OptionalKinds { reference_grants, grpc_routes, listener_sets, backend_tls_policies } = loop {
+        let OptionalKinds { reference_grants, grpc_routes, tls_routes, listener_sets, backend_tls_policies } = loop {
             match required_crds(&client).await {
                 Ok(optional) => break optional,
                 Err(e) => {
@@ -99,6 +100,7 @@ impl Stores {
             gateways: Cache::new(),
             http_routes: Cache::new(),
             grpc_routes: Cache::new(),
+            tls_routes: Cache::new(),
             listener_sets: Cache::new(),
             reference_grants: Cache::new(),
             services: Cache::new(),
@@ -126,6 +128,13 @@ impl Stores {
             None => {
                 tracing::warn!("the GRPCRoute CRD is not installed: Agimo serves HTTPRoutes only");
                 stores.grpc_routes.ready.send_replace(true);
+            }
+        }
+        match tls_routes {
+            Some(resource) => stores.spawn(&client, &stores.tls_routes, resource, all.clone()),
+            None => {
+                tracing::info!("the TLSRoute CRD (v1) is not installed: TLS listeners serve no routes");
+                stores.tls_routes.ready.send_replace(true);
             }
         }
         match listener_sets {
@@ -185,6 +194,7 @@ impl Stores {
         ready(&self.gateways).await;
         ready(&self.http_routes).await;
         ready(&self.grpc_routes).await;
+        ready(&self.tls_routes).await;
         ready(&self.listener_sets).await;
         ready(&self.reference_grants).await;
         ready(&self.services).await;
@@ -221,6 +231,7 @@ impl Stores {
             gateways: self.gateways.snapshot(),
             http_routes: self.http_routes.snapshot(),
             grpc_routes: self.grpc_routes.snapshot(),
+            tls_routes: self.tls_routes.snapshot(),
             listener_sets: self.listener_sets.snapshot(),
             reference_grants: self.reference_grants.snapshot(),
             services: self.services.snapshot(),
@@ -241,6 +252,8 @@ struct OptionalKinds {
     reference_grants: Option<ApiResource>,
     /// GRPCRoute, v1.
     grpc_routes: Option<ApiResource>,
+    /// TLSRoute, v1.
+    tls_routes: Option<ApiResource>,
     /// ListenerSet, v1.
     listener_sets: Option<ApiResource>,
     /// BackendTLSPolicy, v1.
@@ -265,6 +278,7 @@ async fn required_crds(client: &Client) -> anyhow::Result<OptionalKinds> {
     Ok(OptionalKinds {
         reference_grants: grants,
         grpc_routes: find("GRPCRoute").map(|(r, _)| r),
+        tls_routes: find("TLSRoute").map(|(r, _)| r),
         listener_sets: find("ListenerSet").map(|(r, _)| r),
         backend_tls_policies: find("BackendTLSPolicy").map(|(r, _)| r),
     })

@@ -44,7 +44,11 @@ pub fn stamp(current: &mut Statuses, previous: &Statuses, now: &Time) {
             );
         }
     }
-    let routes = [(&mut current.http_routes, &previous.http_routes), (&mut current.grpc_routes, &previous.grpc_routes)];
+    let routes = [
+        (&mut current.http_routes, &previous.http_routes),
+        (&mut current.grpc_routes, &previous.grpc_routes),
+        (&mut current.tls_routes, &previous.tls_routes),
+    ];
     for (current, previous) in routes {
         for (key, parents) in current {
             let old = previous.get(key);

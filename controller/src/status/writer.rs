@@ -22,7 +22,7 @@ use super::stamp_conditions;
 use crate::api::{
     BackendTlsPolicy, BackendTlsPolicyStatus, Condition, Gateway, GatewayClass, GatewayClassStatus, GatewayStatus,
     GrpcRoute, HttpRoute, HttpRouteStatus, ListenerSet, ListenerSetStatus, PolicyAncestorStatus, RouteParentStatus,
-    Time, Timestamp,
+    Time, Timestamp, TlsRoute,
 };
 use crate::compiler::{Statuses, condition_types};
 use crate::sources::kube::Stores;
@@ -103,7 +103,21 @@ impl Writer {
                 continue;
             }
             let api = Api::<GrpcRoute>::namespaced(self.client.clone(), &key.namespace);
-            written += self.write(api, object, |o| merge_grpc_route(o, desired, &self.controller_name)).await;
+            let parents = |o: &GrpcRoute| o.status.as_ref().map(|s| serde_json::to_value(&s.parents));
+            written +=
+                self.write(api, object, |o| merge_parents_json(parents(o), desired, &self.controller_name)).await;
+        }
+        for (key, object) in &world.tls_routes {
+            let desired = statuses.tls_routes.get(key).map(Vec::as_slice).unwrap_or_default();
+            let has_ours =
+                object.status.iter().flat_map(|s| &s.parents).any(|p| p.controller_name == self.controller_name);
+            if desired.is_empty() && !has_ours {
+                continue;
+            }
+            let api = Api::<TlsRoute>::namespaced(self.client.clone(), &key.namespace);
+            let parents = |o: &TlsRoute| o.status.as_ref().map(|s| serde_json::to_value(&s.parents));
+            written +=
+                self.write(api, object, |o| merge_parents_json(parents(o), desired, &self.controller_name)).await;
         }
         // Every BackendTLSPolicy: as routes, other controllers' ancestors stay.
         for (key, object) in &world.backend_tls_policies {
@@ -335,15 +349,19 @@ fn merge_route(object: &HttpRoute, desired: &[RouteParentStatus], controller: &s
     merge_shared(current, desired, controller).map(|parents| HttpRouteStatus { parents })
 }
 
-/// As [`merge_route`]: a GRPCRoute's `parents` entries have the same schema
-/// as an HTTPRoute's, but their own generated type.
-fn merge_grpc_route(object: &GrpcRoute, desired: &[RouteParentStatus], controller: &str) -> Option<serde_json::Value> {
-    let current = object.status.as_ref().map(|s| serde_json::to_value(&s.parents));
+/// As [`merge_route`], for GRPCRoutes and TLSRoutes: their `parents` entries
+/// have the same schema as an HTTPRoute's, but generated types of their own;
+/// `current` is them as JSON.
+fn merge_parents_json(
+    current: Option<serde_json::Result<serde_json::Value>>,
+    desired: &[RouteParentStatus],
+    controller: &str,
+) -> Option<serde_json::Value> {
     let current: Vec<RouteParentStatus> = match current.map(|v| v.and_then(serde_json::from_value)) {
         None => Vec::new(),
         Some(Ok(parents)) => parents,
         Some(Err(e)) => {
-            tracing::warn!(route = ?object.metadata.name, error = %e, "cannot read a GRPCRoute's status parents");
+            tracing::warn!(error = %e, "cannot read a route's status parents");
             return None;
         }
     };

@@ -156,6 +156,13 @@ fn serve_connection(
             let tls = tls.get(current.client_validation());
             tokio::spawn(serve_tls(server.clone(), stream, conn, activity, tls, stop.clone(), open));
         }
+        Protocol::Tls => {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _open = open;
+                crate::proxy::serve_passthrough(&server.proxy, &conn, stream).await;
+            });
+        }
     }
 }
 

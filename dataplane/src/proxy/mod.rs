@@ -20,6 +20,7 @@ mod gate;
 mod grpc;
 mod headers;
 mod mirror;
+mod passthrough;
 mod retry;
 mod route;
 mod state;
@@ -29,6 +30,7 @@ use std::time::Instant;
 use http::{Request, Response};
 
 pub use self::error::{ProxyError, REASON_HEADER};
+pub(crate) use self::passthrough::serve as serve_passthrough;
 pub(crate) use self::state::{ConnInfo, Proxy};
 use crate::upstream::body::{Body, RequestBody, RequestGuard};
 
