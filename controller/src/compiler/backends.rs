@@ -25,14 +25,17 @@ pub struct BackendRefSpec<'a> {
     pub port: Option<i32>,
 }
 
+/// A resolved backend's identity: its Service and port, protocol, client
+/// certificate, and whether TLS passes through (a passthrough backend never
+/// gets a BackendTLSPolicy's TLS).
+type BackendKey = (ObjectRef, i32, BackendProtocol, Option<ObjectRef>, bool);
+
 /// Resolves backendRefs against Services and EndpointSlices, sharing one
 /// `Arc<Backend>` per Service port within a compile.
 pub struct BackendResolver<'w> {
     world: &'w World,
     slices: BTreeMap<ObjectRef, Vec<&'w EndpointSlice>>,
-    /// By Service port, protocol, client certificate, and whether TLS passes
-    /// through (a passthrough backend never gets a BackendTLSPolicy's TLS).
-    resolved: HashMap<(ObjectRef, i32, BackendProtocol, Option<ObjectRef>, bool), Arc<Backend>>,
+    resolved: HashMap<BackendKey, Arc<Backend>>,
     /// The BackendTLSPolicies, and the Gateways that use each.
     pub policies: Policies,
     /// The Services resolved since [`BackendResolver::take_services`].
