@@ -81,6 +81,44 @@ spec:
     Ok(())
 }
 
+/// A Gateway with a TLS listener in mode Passthrough on `port`, and a
+/// TLSRoute sending [`crate::peers::TLS_HOST`] to the backend's TLS port.
+pub fn write_tls(dir: &Path, port: u16) -> Result<()> {
+    let (host, backend) = (crate::peers::TLS_HOST, crate::peers::BACKEND_TLS_PORT);
+    let yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench-tls, namespace: default}}
+spec:
+  gatewayClassName: agimo
+  listeners:
+  - {{name: tls, protocol: TLS, port: {port}, tls: {{mode: Passthrough}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: bench, namespace: default}}
+spec:
+  parentRefs: [{{name: bench-tls}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: [{{name: backend-tls, port: 443}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend-tls, namespace: default}}
+spec: {{ports: [{{name: tls, port: 443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: backend-tls, namespace: default, labels: {{kubernetes.io/service-name: backend-tls}}}}
+addressType: IPv4
+ports: [{{name: tls, port: {backend}}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+"#
+    );
+    fs::write(dir.join("tls.yaml"), yaml)?;
+    Ok(())
+}
+
 /// The basic route: `/ws` and `/upload` to the echo backend, everything else to the
 /// backend. `generation` goes into a response header so that each value is
 /// a different snapshot (the swap test).

@@ -282,6 +282,41 @@ pub fn parse_h2load(text: &str) -> Result<H2load> {
     Ok(report)
 }
 
+/// HTTPS GETs of `/` for `seconds` over `connections` with oha, to
+/// [`crate::peers::TLS_HOST`] at `port` (SNI and Host; the certificate is
+/// not verified); with `new_connections`, one TLS handshake per request.
+/// Returns requests/s, requests and errors.
+pub fn oha_tls(oha: &Path, port: u16, seconds: u32, connections: u32, new_connections: bool) -> Result<Oha> {
+    let host = crate::peers::TLS_HOST;
+    let mut cmd = Command::new(oha);
+    cmd.args(["--no-tui", "--output-format", "json", "--insecure", "--disable-compression"])
+        .args(["-z", &format!("{seconds}s"), "-c", &connections.to_string()])
+        .args(["--connect-to", &format!("{host}:{port}:127.0.0.1:{port}")]);
+    if new_connections {
+        cmd.arg("--disable-keepalive");
+    }
+    let out = cmd.arg(format!("https://{host}:{port}/")).output().context("running oha")?;
+    if !out.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("oha's JSON report")?;
+    let statuses = json["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
+    let not_ok: u64 = statuses.iter().filter(|(code, _)| !code.starts_with('2')).filter_map(|(_, n)| n.as_u64()).sum();
+    let ok: u64 = statuses.iter().filter(|(code, _)| code.starts_with('2')).filter_map(|(_, n)| n.as_u64()).sum();
+    let failed: u64 = json["errorDistribution"]
+        .as_object()
+        .map_or(0, |e| e.iter().filter(|(what, _)| !what.contains("deadline")).filter_map(|(_, n)| n.as_u64()).sum());
+    if ok == 0 {
+        bail!("oha got no 2xx from port {port}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(Oha {
+        rps: json["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: not_ok + failed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

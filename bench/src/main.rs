@@ -7,6 +7,7 @@
 //!                          nginx :18082 ─┼──► backend (nginx, fixed body) :18081
 //!                          haproxy :18083┘    echo (websockets) :18085
 //!  h2load (gRPC, h2c)  ──► agimo :18180, nginx :18182, haproxy :18183 ──► echo (gRPC) :18085
+//!  oha (HTTPS, by SNI) ──► agimo :18280, nginx :18282, haproxy :18283 ──► backend (TLS) :18086
 //! ```
 //!
 //! Run it with `bench/run`, which installs the tools and builds Agimo first.
@@ -74,6 +75,7 @@ pub enum Scenario {
     Bodies,
     Held,
     Grpc,
+    Tls,
 }
 
 fn main() -> Result<()> {
@@ -109,6 +111,9 @@ fn main() -> Result<()> {
     }
     if wanted(Scenario::Grpc) {
         scenarios::grpc(&opts, &env, &mut peers)?;
+    }
+    if wanted(Scenario::Tls) {
+        scenarios::tls(&opts, &mut peers)?;
     }
     if wanted(Scenario::Routes) {
         // The sweep runs an Agimo of its own per size; this one would only take memory.

@@ -22,6 +22,14 @@ pub const AGIMO_ADMIN_PORT: u16 = 18091;
 pub const AGIMO_GRPC_PORT: u16 = 18180;
 pub const NGINX_GRPC_PORT: u16 = 18182;
 pub const HAPROXY_GRPC_PORT: u16 = 18183;
+/// TLS passthrough: the backend's TLS port (nginx with a self-signed
+/// certificate for [`TLS_HOST`]) and each proxy's, routing by SNI.
+pub const BACKEND_TLS_PORT: u16 = 18086;
+pub const AGIMO_TLS_PORT: u16 = 18280;
+pub const NGINX_TLS_PORT: u16 = 18282;
+pub const HAPROXY_TLS_PORT: u16 = 18283;
+/// The SNI of the TLS passthrough scenario.
+pub const TLS_HOST: &str = "bench.example";
 pub const AGIMO_METRICS_PORT: u16 = 18090;
 
 /// The ports of one Agimo instance.
@@ -86,6 +94,17 @@ impl Target {
         }
     }
 
+    /// Where the target takes TLS connections for [`TLS_HOST`] (the direct
+    /// target: the backend, which terminates them).
+    pub fn tls_port(self) -> u16 {
+        match self {
+            Target::Direct => BACKEND_TLS_PORT,
+            Target::Agimo => AGIMO_TLS_PORT,
+            Target::Nginx => NGINX_TLS_PORT,
+            Target::Haproxy => HAPROXY_TLS_PORT,
+        }
+    }
+
     /// The most client connections the target is configured for.
     pub fn max_connections(self) -> usize {
         match self {
@@ -118,12 +137,18 @@ impl Env {
 }
 
 /// The backend: nginx with one worker answering `ok` on `/` and a 1 MiB file
-/// on `/1m`. (Uploads go to the echo backend, which reads the whole body
+/// on `/1m`, also over TLS (a self-signed ECDSA P-256 certificate for
+/// [`TLS_HOST`], TLS 1.2 and 1.3, no session cache: every connection a full
+/// handshake). (Uploads go to the echo backend, which reads the whole body
 /// before it answers; nginx would answer first and close.)
 pub fn start_backend(env: &Env) -> Result<Proc> {
     let www = env.path("www");
     fs::create_dir_all(&www)?;
     fs::write(www.join("1m"), vec![b'x'; LARGE])?;
+    let cert = agimo_testkit::tls::self_signed(&[TLS_HOST]);
+    let (cert_path, key_path) = (env.path("backend-tls.crt"), env.path("backend-tls.key"));
+    fs::write(&cert_path, &cert.cert_pem)?;
+    fs::write(&key_path, &cert.key_pem)?;
     let conf = format!(
         r#"{common}
 http {{
@@ -133,12 +158,22 @@ http {{
     location / {{ return 200 "{body}"; }}
     location = /1m {{ root {www}; }}
   }}
+  server {{
+    listen 127.0.0.1:{BACKEND_TLS_PORT} ssl backlog=4096;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / {{ return 200 "{body}"; }}
+  }}
 }}
 "#,
         common = nginx_common(env, "backend"),
         http_common = nginx_http_common(env, "backend"),
         body = SMALL_BODY.escape_default(),
         www = www.display(),
+        cert = cert_path.display(),
+        key = key_path.display(),
     );
     start_nginx(env, "backend", &conf, BACKEND_PORT)
 }
@@ -156,10 +191,20 @@ pub fn start_echo(env: &Env) -> Result<Proc> {
     Ok(proc)
 }
 
-/// nginx as the reverse proxy.
+/// nginx as the reverse proxy, and (its `stream` module, `ssl_preread`) as
+/// the TLS passthrough proxy routing by SNI.
 pub fn start_nginx_proxy(env: &Env) -> Result<Proc> {
     let conf = format!(
-        r#"{common}
+        r#"load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+{common}
+stream {{
+  map $ssl_preread_server_name $tls_upstream {{ {TLS_HOST} 127.0.0.1:{BACKEND_TLS_PORT}; default 127.0.0.1:1; }}
+  server {{
+    listen 127.0.0.1:{NGINX_TLS_PORT} backlog=4096;
+    ssl_preread on;
+    proxy_pass $tls_upstream;
+  }}
+}}
 http {{
   {http_common}
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
@@ -267,6 +312,15 @@ backend backend
   server s1 127.0.0.1:{BACKEND_PORT}
 backend echo
   server s1 127.0.0.1:{ECHO_PORT}
+frontend tls
+  mode tcp
+  bind 127.0.0.1:{HAPROXY_TLS_PORT}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if {{ req_ssl_hello_type 1 }}
+  use_backend backend_tls if {{ req.ssl_sni -i {TLS_HOST} }}
+backend backend_tls
+  mode tcp
+  server s1 127.0.0.1:{BACKEND_TLS_PORT}
 frontend grpc
   bind 127.0.0.1:{HAPROXY_GRPC_PORT} proto h2
   default_backend echo_grpc

@@ -43,6 +43,7 @@ impl Peers {
         let agimo_config = env.path("agimo");
         config::write_base(&agimo_config, AGIMO_PORT)?;
         config::write_grpc(&agimo_config, peers::AGIMO_GRPC_PORT)?;
+        config::write_tls(&agimo_config, peers::AGIMO_TLS_PORT)?;
         fs::write(agimo_config.join("routes.yaml"), config::basic_routes(0))?;
         let agimo = peers::start_agimo(env, &agimo_config, "agimo.log", AgimoPorts::MAIN)?;
         wait_for_port(AGIMO_PORT, Duration::from_secs(30))?;
@@ -224,6 +225,57 @@ pub fn grpc(opts: &Opts, env: &Env, peers: &mut Peers) -> Result<()> {
     println!();
     rps.raw("calls/s", 0);
     micros.raw("CPU µs/call", 2);
+    println!("    errors (all runs): {errors}\n");
+    Ok(())
+}
+
+/// TLS passthrough: HTTPS to the backend (which terminates TLS) through each
+/// proxy routing by SNI without terminating: keep-alive requests/s, and new
+/// connections/s (a full handshake each, no session resumption), with the
+/// proxies' CPU per connection.
+pub fn tls(opts: &Opts, peers: &mut Peers) -> Result<()> {
+    println!(
+        "## TLS passthrough (oha over HTTPS to the backend through each proxy, routed by SNI; ECDSA P-256, no resumption)\n"
+    );
+    let mut keepalive = ByTarget::new(&Target::ALL);
+    let mut handshakes = ByTarget::new(&Target::ALL);
+    let mut micros = ByTarget::new(&Target::PROXIES);
+    let mut errors = 0;
+    for _ in 0..opts.rounds {
+        for target in Target::ALL {
+            let run = load::oha_tls(&opts.oha, target.tls_port(), opts.seconds, 64, false)?;
+            keepalive.push(target, run.rps);
+            errors += run.errors;
+            let before = (target != Target::Direct).then(|| peers.proxy(target).cpu());
+            let run = load::oha_tls(&opts.oha, target.tls_port(), opts.seconds, 16, true)?;
+            if let Some(before) = before {
+                let used = peers.proxy(target).cpu() - before;
+                let connections = run.rps * f64::from(opts.seconds);
+                micros.push(target, used.as_secs_f64() * 1e6 / connections.max(1.0));
+            }
+            handshakes.push(target, run.rps);
+            errors += run.errors;
+        }
+    }
+    peers.check_alive()?;
+    let (nginx_ka, nginx_hs, nginx_cpu) =
+        (keepalive.median(Target::Nginx), handshakes.median(Target::Nginx), micros.median(Target::Nginx));
+    println!(
+        "| target | keep-alive requests/s | × nginx | new connections/s | × nginx | proxy CPU µs/connection | × nginx |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for t in Target::ALL {
+        let (k, h) = (keepalive.median(t), handshakes.median(t));
+        let cpu = match t {
+            Target::Direct => "– | –".to_owned(),
+            _ => format!("{:.1} | {:.2}", micros.median(t), micros.median(t) / nginx_cpu),
+        };
+        println!("| {} | {k:.0} | {:.2} | {h:.0} | {:.2} | {cpu} |", t.name(), k / nginx_ka, h / nginx_hs);
+    }
+    println!();
+    keepalive.raw("keep-alive requests/s", 0);
+    handshakes.raw("new connections/s", 0);
+    micros.raw("proxy CPU µs/connection", 1);
     println!("    errors (all runs): {errors}\n");
     Ok(())
 }
