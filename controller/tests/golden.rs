@@ -91,6 +91,7 @@ golden! {
     listenerset_routes,
     scale_to_zero_annotations,
     scale_to_zero_last_good,
+    tlsroute_listeners,
 }
 
 #[derive(serde::Serialize)]

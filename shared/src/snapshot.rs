@@ -5,7 +5,8 @@
 //! Snapshot
 //!  └─ Bind (address, port, protocol)        one listening socket
 //!      └─ Listener (Gateway listener)        chosen by hostname / SNI
-//!          ├─ certificates                   HTTPS only
+//!          ├─ tls_mode                       TLS only: Passthrough or Terminate
+//!          ├─ certificates                   HTTPS, and TLS in mode Terminate
 //!          ├─ client_validation              HTTPS with tls.frontend (same on every listener of a bind)
 //!          └─ RouteTable                     host bucket → entries in precedence order
 //!              └─ RouteEntry (match)  ──►  Rule (filters + action)
@@ -87,9 +88,21 @@ pub enum Protocol {
     Http,
     #[serde(rename = "HTTPS")]
     Https,
-    /// TLS passthrough: connections routed by their SNI, never terminated.
+    /// TLS connections routed by their SNI to TLSRoutes, each listener
+    /// passing them through or terminating them ([`TlsMode`]).
     #[serde(rename = "TLS")]
     Tls,
+}
+
+/// What a TLS listener does with a connection its SNI chose it for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum TlsMode {
+    /// The ClientHello and every byte after it go to the backend: the
+    /// backend terminates TLS.
+    Passthrough,
+    /// The listener's certificate answers the handshake; the backend gets
+    /// the plaintext stream.
+    Terminate,
 }
 
 impl fmt::Display for Protocol {
@@ -194,6 +207,9 @@ pub struct Listener {
     pub hostname: Option<Hostname>,
     pub port: u16,
     pub protocol: Protocol,
+    /// A TLS listener's mode; `None` on HTTP and HTTPS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<TlsMode>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
     /// Client certificate validation (the Gateway's `tls.frontend` for this

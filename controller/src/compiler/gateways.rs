@@ -70,6 +70,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ListenerSet",
     "ReferenceGrant",
     "TLSRoute",
+    "TLSRouteModeMixed",
+    "TLSRouteModeTerminate",
 ];
 
 /// Claimed where Agimo generates a Service per Gateway (beside it, with its
@@ -164,6 +166,8 @@ pub struct ListenerModel<'w> {
     pub hostname: Option<Hostname>,
     pub port: u16,
     pub protocol: Option<Protocol>,
+    /// A TLS listener's `tls.mode`.
+    pub tls_mode: Option<snapshot::TlsMode>,
     pub namespaces: AllowedNamespaces,
     /// The route kinds that may attach (`allowedRoutes.kinds`, else every
     /// kind of an HTTP or HTTPS listener).
@@ -210,7 +214,9 @@ impl ListenerModel<'_> {
     pub fn programmable(&self) -> bool {
         self.invalid.is_none()
             && self.conflict.is_none()
-            && (matches!(self.protocol, Some(Protocol::Http | Protocol::Tls)) || !self.certificates.is_empty())
+            && (self.protocol == Some(Protocol::Http)
+                || self.tls_mode == Some(snapshot::TlsMode::Passthrough)
+                || !self.certificates.is_empty())
     }
 
     pub fn allows_namespace(&self, world: &World, route_namespace: &str) -> bool {
@@ -588,15 +594,14 @@ pub fn build_listener<'w>(
     model.protocol = match l.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
-        // TLS: routed by SNI, never terminated (Passthrough). The mode's
-        // default, Terminate, is not supported: such a listener is not
-        // accepted, and supports no route kind.
-        "TLS" if l.tls.as_ref().and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) => Some(Protocol::Tls),
+        // TLS: routed by SNI to TLSRoutes, passed through or terminated
+        // (the mode's default). Both modes share a port (TLSRouteModeMixed).
         "TLS" => {
-            let message = "TLS listeners in tls.mode Terminate are not supported; Agimo passes TLS through \
-                           (tls.mode: Passthrough)";
-            model.invalid = Some(Problem::new(Reason::UnsupportedValue, message));
-            return model;
+            model.tls_mode = Some(match l.tls.as_ref().and_then(|t| t.mode.as_ref()) {
+                Some(TlsMode::Passthrough) => snapshot::TlsMode::Passthrough,
+                _ => snapshot::TlsMode::Terminate,
+            });
+            Some(Protocol::Tls)
         }
         other => {
             let message = format!("protocol {other} is not supported; Agimo serves HTTP, HTTPS and TLS listeners");
@@ -636,9 +641,13 @@ pub fn build_listener<'w>(
     }
     if model.protocol == Some(Protocol::Https) {
         resolve_tls(world, owner.kind, namespace, &mut model, certs);
+        // Client certificate validation is for "Listeners handling HTTPS
+        // traffic".
         if let Some(frontend) = frontend {
             resolve_frontend(world, namespace, &mut model, frontend);
         }
+    } else if model.tls_mode == Some(snapshot::TlsMode::Terminate) {
+        resolve_tls(world, owner.kind, namespace, &mut model, certs);
     }
     model
 }
@@ -653,6 +662,7 @@ impl<'w> ListenerModel<'w> {
             hostname: None,
             port: 0,
             protocol: None,
+            tls_mode: None,
             namespaces: AllowedNamespaces::Same,
             route_kinds: Vec::new(),
             supported_kinds: Vec::new(),
@@ -719,7 +729,8 @@ fn allowed_kinds(l: &Listener, supported: &[RouteKind]) -> (Vec<RouteKind>, Opti
     (allowed, problem)
 }
 
-/// An HTTPS listener's `tls`: its certificates, or why they cannot be used.
+/// The `tls` of a listener that terminates TLS (HTTPS, TLS in mode
+/// Terminate): its certificates, or why they cannot be used.
 fn resolve_tls(
     world: &World,
     kind: &'static str,
@@ -736,9 +747,8 @@ fn resolve_tls(
     }
     let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
     if refs.is_empty() {
-        model
-            .unresolved
-            .get_or_insert(Problem::new(Reason::InvalidCertificateRef, "an HTTPS listener needs tls.certificateRefs"));
+        let message = format!("a {} listener that terminates TLS needs tls.certificateRefs", model.spec.protocol);
+        model.unresolved.get_or_insert(Problem::new(Reason::InvalidCertificateRef, message));
     }
     for r in refs {
         match certs.resolve(world, (kind, namespace), r) {
@@ -955,6 +965,7 @@ pub fn into_snapshot(gateways: &mut [GatewayModel<'_>], statuses: &mut Statuses)
                 hostname: l.hostname.clone(),
                 port: l.port,
                 protocol,
+                tls_mode: l.tls_mode,
                 certificates: l.certificates.clone(),
                 client_validation: l.client_validation.clone(),
                 routes,

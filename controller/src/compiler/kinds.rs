@@ -1,7 +1,7 @@
 //! The route kinds Agimo serves.
 
 /// An HTTPRoute or a GRPCRoute (on HTTP and HTTPS listeners), or a TLSRoute
-/// (on TLS listeners in mode Passthrough). All compile to the same rules: a
+/// (on TLS listeners, either mode). All compile to the same rules: a
 /// GRPCRoute's method match becomes a path; a TLSRoute's one rule matches
 /// every connection of its hostnames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -157,11 +157,8 @@ fn serve_connection(
             tokio::spawn(serve_tls(server.clone(), stream, conn, activity, tls, stop.clone(), open));
         }
         Protocol::Tls => {
-            let server = server.clone();
-            tokio::spawn(async move {
-                let _open = open;
-                crate::proxy::serve_passthrough(&server.proxy, &conn, stream).await;
-            });
+            let terminate = tls.tls_routes();
+            tokio::spawn(super::tls_route::serve(server.clone(), stream, conn, activity, terminate, open));
         }
     }
 }

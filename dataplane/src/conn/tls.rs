@@ -62,13 +62,23 @@ pub struct TlsConfigs {
     bind: SocketAddr,
     without_client_auth: Arc<ServerConfig>,
     with_client_auth: Mutex<Option<(Arc<ClientValidation>, Arc<ServerConfig>)>>,
+    /// For the TLS listeners in mode Terminate: no ALPN (the stream is the
+    /// backend's protocol, not HTTP) and no client certificates (the
+    /// Gateway's `tls.frontend` is for HTTPS listeners).
+    tls_routes: Arc<ServerConfig>,
 }
 
 impl TlsConfigs {
     pub fn new(server: Arc<Server>, bind: SocketAddr) -> Self {
         let resolver = Arc::new(SniResolver { server: server.clone(), bind });
-        let without_client_auth = server_config(resolver, None);
-        TlsConfigs { server, bind, without_client_auth, with_client_auth: Mutex::new(None) }
+        let without_client_auth = server_config(resolver.clone(), None, HTTP_ALPN);
+        let tls_routes = server_config(resolver, None, &[]);
+        TlsConfigs { server, bind, without_client_auth, with_client_auth: Mutex::new(None), tls_routes }
+    }
+
+    /// The configuration for the handshakes of TLSRoute connections.
+    pub fn tls_routes(&self) -> Arc<ServerConfig> {
+        self.tls_routes.clone()
     }
 
     /// The configuration for a handshake under `validation`.
@@ -88,17 +98,24 @@ impl TlsConfigs {
             validation.verifier.clone()
         };
         let resolver = Arc::new(SniResolver { server: self.server.clone(), bind: self.bind });
-        let config = server_config(resolver, Some(verifier));
+        let config = server_config(resolver, Some(verifier), HTTP_ALPN);
         *cached = Some((validation.clone(), config.clone()));
         config
     }
 }
 
-/// A rustls configuration: ALPN h2 and http/1.1, certificates by SNI, client
+/// The protocols an HTTPS listener offers by ALPN.
+const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A rustls configuration: the `alpn` protocols, certificates by SNI, client
 /// certificates verified by `verifier` if given. Each configuration has its
 /// own session cache, so a session made without a client certificate cannot
 /// be resumed where one is required.
-fn server_config(resolver: Arc<SniResolver>, verifier: Option<Arc<dyn ClientCertVerifier>>) -> Arc<ServerConfig> {
+fn server_config(
+    resolver: Arc<SniResolver>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    alpn: &[&[u8]],
+) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -108,7 +125,7 @@ fn server_config(resolver: Arc<SniResolver>, verifier: Option<Arc<dyn ClientCert
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 

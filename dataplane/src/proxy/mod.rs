@@ -20,18 +20,18 @@ mod gate;
 mod grpc;
 mod headers;
 mod mirror;
-mod passthrough;
 mod retry;
 mod route;
 mod state;
+mod tls_route;
 
 use std::time::Instant;
 
 use http::{Request, Response};
 
 pub use self::error::{ProxyError, REASON_HEADER};
-pub(crate) use self::passthrough::serve as serve_passthrough;
 pub(crate) use self::state::{ConnInfo, Proxy};
+pub(crate) use self::tls_route::open as open_tls_route;
 use crate::upstream::body::{Body, RequestBody, RequestGuard};
 
 /// Handles one request end to end; never fails: errors become responses.
