@@ -122,18 +122,25 @@ spec: {{controllerName: agimo.dev/{ns}}}
     }
 
     pub async fn get(&self, kind: &str, name: &str) -> Value {
+        self.get_opt(kind, name).await.unwrap_or_else(|| panic!("get {kind} {name}: not found"))
+    }
+
+    /// The object, or `None` if it does not exist (yet).
+    pub async fn get_opt(&self, kind: &str, name: &str) -> Option<Value> {
         let resource = api_resource(kind);
         let api: Api<DynamicObject> = match kind {
             "GatewayClass" => Api::all_with(self.client.clone(), &resource),
             _ => Api::namespaced_with(self.client.clone(), &self.ns, &resource),
         };
-        serde_json::to_value(api.get(name).await.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))).unwrap()
+        let object = api.get_opt(name).await.unwrap_or_else(|e| panic!("get {kind} {name}: {e}"))?;
+        Some(serde_json::to_value(object).unwrap())
     }
 
-    /// Waits for `check` to hold on the object (see [`eventually`]); returns it.
+    /// Waits for the object to exist and `check` to hold on it (see
+    /// [`eventually`]); returns it.
     pub async fn wait_for(&self, kind: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         eventually(&format!("{kind} {name}: {what}"), || async {
-            let object = self.get(kind, name).await;
+            let object = self.get_opt(kind, name).await.ok_or_else(|| "not created yet".to_owned())?;
             if check(&object) { Ok(object) } else { Err(format!("status:\n{:#}", object["status"])) }
         })
         .await
