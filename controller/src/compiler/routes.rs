@@ -94,9 +94,10 @@ fn route_inputs(world: &World) -> Vec<RouteInput<'_>> {
     inputs
 }
 
-/// The hostnames a route of one kind serves on a listener: the other kind
-/// may not serve any of them there.
-type Claims = BTreeMap<(usize, usize), Vec<(RouteKind, ObjectRef, Vec<Option<Hostname>>)>>;
+/// The hostnames the routes of each kind serve on a listener: the other
+/// kind may not serve any of them there. By kind, so that a route looks only
+/// at the other kind's claims (none, on most listeners).
+type Claims = BTreeMap<(usize, usize), BTreeMap<RouteKind, Vec<(ObjectRef, Vec<Option<Hostname>>)>>>;
 
 /// Attaches every HTTPRoute and GRPCRoute that names one of our Gateways,
 /// filling the listeners' route tables and the routes' statuses.
@@ -200,17 +201,14 @@ fn claim(
     for l in listeners {
         let listener = &gw.listeners[l];
         let hostnames = effective_hostnames(listener.hostname.as_ref(), &compiled.hostnames);
-        let holder = claims
-            .get(&(g, l))
-            .into_iter()
-            .flatten()
-            .find(|(other, _, theirs)| *other != kind && overlap(&hostnames, theirs));
+        let holder =
+            claims.get(&(g, l)).into_iter().flatten().filter(|(other, _)| **other != kind).find_map(|(other, held)| {
+                held.iter().find(|(_, theirs)| overlap(&hostnames, theirs)).map(|(holder, _)| (other, holder))
+            });
         match holder {
-            Some((other, holder, _)) => {
-                refused.push(format!("listener {} serves {other} {holder}", listener.spec.name))
-            }
+            Some((other, holder)) => refused.push(format!("listener {} serves {other} {holder}", listener.spec.name)),
             None => {
-                claims.entry((g, l)).or_default().push((kind, key.clone(), hostnames));
+                claims.entry((g, l)).or_default().entry(kind).or_default().push((key.clone(), hostnames));
                 kept.push(l);
             }
         }
