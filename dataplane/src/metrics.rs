@@ -199,6 +199,9 @@ impl Metrics {
             Box::new(mirrors.clone()),
             Box::new(mirrors_dropped.clone()),
             Box::new(HostCollector::new(all.clone())),
+            // The standard process_* series (resident memory, CPU seconds,
+            // open and maximum file descriptors, start time).
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metrics register once");
         }
