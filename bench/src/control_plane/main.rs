@@ -36,7 +36,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 1000)]
     attached_routes: usize,
     /// Routes added one at a time, idle and again under traffic (propagation).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 3000)]
     propagation_routes: usize,
     /// Requests per second of background traffic (propagation, loaded).
     #[arg(long, default_value_t = 10_000)]

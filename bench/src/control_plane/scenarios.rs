@@ -48,9 +48,35 @@ async fn delete_routes(env: &Env, namespace: &str, label: &str) -> Result<()> {
 
 /// Waits until `host` answers 200 through the Gateway (up to 120 s).
 async fn served(env: &Env, host: &str) -> Result<Duration> {
-    traffic::until_served(env.gateway, host, Duration::from_millis(5), Duration::from_secs(120))
+    served_path(env, host, "/").await
+}
+
+async fn served_path(env: &Env, host: &str, path: &str) -> Result<Duration> {
+    traffic::until_served(env.gateway, (host, path), Duration::from_millis(5), Duration::from_secs(120))
         .await
-        .with_context(|| format!("{host} not served within 120 s"))
+        .with_context(|| format!("{host}{path} not served within 120 s"))
+}
+
+/// Waits until `host` answers 200 twenty times in a row on new connections:
+/// the Gateway's Service spreads them over both replicas, so each serves
+/// the route (the first 200 says only that one of them does).
+async fn served_by_all(env: &Env, host: &str, path: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        served_path(env, host, path).await?;
+        let reply = agimo_testkit::client::send(
+            env.gateway,
+            agimo_testkit::client::Mode::Http1,
+            agimo_testkit::client::get(host, path),
+        )
+        .await;
+        in_a_row = if reply.is_ok_and(|r| r.status == 200) { in_a_row + 1 } else { 0 };
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("{host}{path} not served by every replica within 120 s");
+        }
+    }
+    Ok(())
 }
 
 /// Routes applied at once: until every one is Accepted, until every one is
@@ -134,7 +160,7 @@ pub async fn propagation(env: &Env) -> Result<Vec<Row>> {
             let route = cluster::route(NS, &format!("prop-{phase}-{i}"), &host, "echo-a", &format!("prop-{phase}"));
             let started = Instant::now();
             let ack = env.cluster.create_route(&api, route).await?;
-            traffic::until_served(env.gateway, &host, Duration::from_millis(1), Duration::from_secs(30))
+            traffic::until_served(env.gateway, (&host, "/"), Duration::from_millis(1), Duration::from_secs(30))
                 .await
                 .with_context(|| format!("{host} not served within 30 s"))?;
             let elapsed = started.elapsed();
@@ -181,8 +207,8 @@ pub async fn changes(env: &Env) -> Result<Vec<Row>> {
     let n = env.opts.changes;
     env.cluster.apply(changing(0)).await?;
     env.cluster.apply(cluster::route(NS, "steady", "steady.bench", "echo-a", "changes")).await?;
-    served(env, "changing.bench").await?;
-    served(env, "steady.bench").await?;
+    served_by_all(env, "changing.bench", "/a/b").await?;
+    served_by_all(env, "steady.bench", "/").await?;
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -340,7 +366,7 @@ pub async fn flapping(env: &Env) -> Result<Vec<Row>> {
         env.cluster.apply(object).await?;
     }
     env.cluster.apply(cluster::route(NS, "flap", "flap.bench", "flap", "flapping")).await?;
-    served(env, "flap.bench").await?;
+    served_by_all(env, "flap.bench", "/").await?;
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
     let mut clients = Vec::new();
     for _ in 0..4 {

@@ -15,8 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// What the clients saw.
-#[derive(Default)]
 pub struct Tally {
+    /// When the clients started (problems are printed with their time).
+    pub started: Instant,
     pub ok: AtomicU64,
     /// Answers other than 200.
     pub not_ok: AtomicU64,
@@ -28,12 +29,26 @@ pub struct Tally {
     pub examples: Mutex<Vec<String>>,
 }
 
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            started: Instant::now(),
+            ok: AtomicU64::new(0),
+            not_ok: AtomicU64::new(0),
+            wrong_backend: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            examples: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Tally {
     fn note(&self, counter: &AtomicU64, what: String) {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut examples = self.examples.lock().unwrap_or_else(|e| e.into_inner());
-        if examples.len() < 5 {
-            examples.push(what);
+        if examples.len() < 3 {
+            let what = what.lines().next().unwrap_or_default().to_owned();
+            examples.push(format!("{what} at {:.2} s", self.started.elapsed().as_secs_f64()));
         }
     }
 
@@ -170,13 +185,18 @@ pub fn background(
     })
 }
 
-/// GETs `host` on new connections until it answers 200 (every
+/// GETs `path` of `host` on new connections until it answers 200 (every
 /// `interval`), up to `limit`; the time it took.
-pub async fn until_served(addr: SocketAddr, host: &str, interval: Duration, limit: Duration) -> Option<Duration> {
+pub async fn until_served(
+    addr: SocketAddr,
+    (host, path): (&str, &str),
+    interval: Duration,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     loop {
         let mut conn = Connection::new(addr);
-        if let Ok((200, _)) = conn.get(host, "/").await {
+        if let Ok((200, _)) = conn.get(host, path).await {
             return Some(started.elapsed());
         }
         if started.elapsed() > limit {

@@ -61,29 +61,46 @@ struct Writer {
     controller_name: String,
 }
 
+/// Status writes in flight at once.
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// One status write: 1 if it wrote.
+type Write<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>>;
+
+/// Runs `writes`, up to [`WRITES_IN_FLIGHT`] at a time; how many wrote.
+async fn concurrently(writes: Vec<Write<'_>>) -> usize {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).fold(0, |n, w| async move { n + w }).await
+}
+
 impl Writer {
     async fn write_all(&self, stores: &Stores, statuses: &Statuses) {
         let world = stores.world();
-        let mut written = 0;
+        // Classes, Gateways and ListenerSets first (few), then routes and
+        // policies, up to WRITES_IN_FLIGHT at a time: a thousand routes
+        // applied at once get their statuses in a second, not in one round
+        // trip each after the other.
+        let mut first: Vec<Write<'_>> = Vec::new();
         for (name, desired) in &statuses.gateway_classes {
             if let Some(object) = world.gateway_classes.get(name) {
-                written += self
-                    .write(Api::<GatewayClass>::all(self.client.clone()), object, |o| merge_class(o, desired))
-                    .await;
+                let api = Api::<GatewayClass>::all(self.client.clone());
+                first.push(Box::pin(self.write(api, object, |o| merge_class(o, desired))));
             }
         }
         for (key, desired) in &statuses.gateways {
             if let Some(object) = world.gateways.get(key) {
                 let api = Api::<Gateway>::namespaced(self.client.clone(), &key.namespace);
-                written += self.write(api, object, |o| merge_gateway(o, desired)).await;
+                first.push(Box::pin(self.write(api, object, |o| merge_gateway(o, desired))));
             }
         }
         for (key, desired) in &statuses.listener_sets {
             if let Some(object) = world.listener_sets.get(key) {
                 let api = Api::<ListenerSet>::namespaced(self.client.clone(), &key.namespace);
-                written += self.write(api, object, |o| merge_listener_set(o, desired)).await;
+                first.push(Box::pin(self.write(api, object, |o| merge_listener_set(o, desired))));
             }
         }
+        let mut written = concurrently(first).await;
+        let mut rest: Vec<Write<'_>> = Vec::new();
         // Every route: ours get our parents; others lose stale entries of ours.
         for (key, object) in &world.http_routes {
             let desired = statuses.http_routes.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -93,7 +110,7 @@ impl Writer {
                 continue;
             }
             let api = Api::<HttpRoute>::namespaced(self.client.clone(), &key.namespace);
-            written += self.write(api, object, |o| merge_route(o, desired, &self.controller_name)).await;
+            rest.push(Box::pin(self.write(api, object, move |o| merge_route(o, desired, &self.controller_name))));
         }
         for (key, object) in &world.grpc_routes {
             let desired = statuses.grpc_routes.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -104,8 +121,9 @@ impl Writer {
             }
             let api = Api::<GrpcRoute>::namespaced(self.client.clone(), &key.namespace);
             let parents = |o: &GrpcRoute| o.status.as_ref().map(|s| serde_json::to_value(&s.parents));
-            written +=
-                self.write(api, object, |o| merge_parents_json(parents(o), desired, &self.controller_name)).await;
+            rest.push(Box::pin(
+                self.write(api, object, move |o| merge_parents_json(parents(o), desired, &self.controller_name)),
+            ));
         }
         for (key, object) in &world.tls_routes {
             let desired = statuses.tls_routes.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -116,8 +134,9 @@ impl Writer {
             }
             let api = Api::<TlsRoute>::namespaced(self.client.clone(), &key.namespace);
             let parents = |o: &TlsRoute| o.status.as_ref().map(|s| serde_json::to_value(&s.parents));
-            written +=
-                self.write(api, object, |o| merge_parents_json(parents(o), desired, &self.controller_name)).await;
+            rest.push(Box::pin(
+                self.write(api, object, move |o| merge_parents_json(parents(o), desired, &self.controller_name)),
+            ));
         }
         // Every BackendTLSPolicy: as routes, other controllers' ancestors stay.
         for (key, object) in &world.backend_tls_policies {
@@ -128,8 +147,9 @@ impl Writer {
                 continue;
             }
             let api = Api::<BackendTlsPolicy>::namespaced(self.client.clone(), &key.namespace);
-            written += self.write(api, object, |o| merge_policy(o, desired, &self.controller_name)).await;
+            rest.push(Box::pin(self.write(api, object, move |o| merge_policy(o, desired, &self.controller_name))));
         }
+        written += concurrently(rest).await;
         if written > 0 {
             tracing::debug!(written, "statuses written");
         }
@@ -143,12 +163,20 @@ impl Writer {
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
         S: Serialize,
     {
+        // Most objects need no write: decided on the cached object, without
+        // a copy of it.
+        let Some(mut status) = merge(cached) else {
+            return 0;
+        };
         let name = cached.meta().name.clone().unwrap_or_default();
         let mut object = (**cached).clone();
         for attempt in 0..4 {
-            let Some(status) = merge(&object) else {
-                return 0;
-            };
+            if attempt > 0 {
+                let Some(merged) = merge(&object) else {
+                    return 0;
+                };
+                status = merged;
+            }
             let patch = json!({
                 "metadata": {"resourceVersion": object.meta().resource_version},
                 "status": status,
